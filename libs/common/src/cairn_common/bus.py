@@ -1,0 +1,141 @@
+"""The NATS JetStream bus: connect, provision the topology, publish with dedupe and tracing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+
+from cairn_common.messages import Message, encode
+from cairn_common.topology import ConsumerSpec, StreamSpec, Topology
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("cairn.bus")
+
+MSG_ID = "Nats-Msg-Id"
+
+
+async def connect(url: str, *, name: str) -> NATS:
+    """Connect with endless reconnects: a NATS restart must not kill a service, only pause it."""
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    return await nats.connect(
+        servers=[url],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+
+
+def _stream_config(spec: StreamSpec) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=api.RetentionPolicy(spec.retention),
+        storage=api.StorageType.FILE,
+        duplicate_window=spec.duplicate_window.total_seconds(),
+        max_age=spec.max_age.total_seconds(),
+        discard=api.DiscardPolicy.OLD,
+    )
+
+
+def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        durable_name=spec.durable,
+        description=spec.description,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=spec.ack_wait.total_seconds(),
+        max_deliver=spec.max_deliver,
+        backoff=[b.total_seconds() for b in spec.backoff] or None,
+        filter_subject=spec.filter_subject,
+        max_ack_pending=spec.max_ack_pending,
+    )
+
+
+async def provision(
+    js: JetStreamContext,
+    streams: Sequence[StreamSpec],
+    consumers: Sequence[ConsumerSpec] = (),
+) -> None:
+    """Create or update streams and durable consumers. Safe to run from every replica at once."""
+    for spec in streams:
+        config = _stream_config(spec)
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                log.info("stream created", stream=spec.name)
+                continue
+            except nats.js.errors.BadRequestError:
+                pass  # another replica created it between our look and our add
+        await js.update_stream(config)
+    for cspec in consumers:
+        await js.add_consumer(cspec.stream, _consumer_config(cspec))
+
+
+async def provision_topology(js: JetStreamContext, topology: Topology) -> None:
+    await provision(js, topology.streams(), topology.consumers())
+
+
+def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers with the current W3C trace context injected."""
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    message: Message,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> api.PubAck:
+    """Publish one message and wait for JetStream's acknowledgement.
+
+    ``msg_id`` becomes ``Nats-Msg-Id`` so a retried publish inside the stream's duplicate window is
+    stored once (``PubAck.duplicate`` is then true).
+    """
+    with tracer.start_as_current_span(
+        f"send {subject}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "send",
+            "messaging.message.id": msg_id,
+        },
+    ):
+        hdrs = trace_headers(headers)
+        hdrs[MSG_ID] = msg_id
+        return await js.publish(subject, encode(message), timeout=timeout, headers=hdrs)
+
+
+def span_links_from(headers: Mapping[str, Any] | None) -> Any:
+    """The trace context carried in ``headers`` (for a consumer span's parent)."""
+    return propagate.extract(dict(headers or {}))

@@ -1,0 +1,155 @@
+"""Wire contracts between Cairn's services.
+
+Every message that crosses a service boundary is one of the tagged ``msgspec.Struct``s below,
+encoded as JSON. Rules that keep rolling deploys safe:
+
+- a new field always gets a default, so an older reader ignores it and a newer reader of an older
+  message sees the default;
+- a tag never changes meaning; a breaking change is a new tag.
+
+Subjects and streams that carry these messages are declared in ``cairn_common.topology``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="msg_type"):
+    """Base of every wire message: the JSON carries ``"msg_type": "<tag>"``."""
+
+
+EventType = Literal["track", "identify", "page", "screen", "group", "alias"]
+EventSource = Literal["http", "cloudevents", "nats", "tracking", "dispatcher", "internal"]
+
+
+class Event(Wire, tag="event"):
+    """A canonical event, whatever way it came in (Segment HTTP, CloudEvents, NATS).
+
+    ``profile_id`` is ``user_id`` if there is one, else ``anonymous_id``. ``timestamp`` is the
+    event's own time (corrected for client clock skew as Segment does); journey logic runs on
+    processing time, but the event's time is kept and shown.
+    """
+
+    message_id: str
+    type: EventType
+    profile_id: str
+    partition: int
+    received_at: datetime
+    timestamp: datetime
+    event: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    group_id: str | None = None
+    name: str | None = None
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    integrations: dict[str, Any] = msgspec.field(default_factory=dict)
+    sent_at: datetime | None = None
+    source: EventSource = "http"
+    write_key: str | None = None
+
+
+class TimerFired(Wire, tag="timer_fired"):
+    """A timer came due. Sent by the scheduler into the profile's partition.
+
+    A fire for a timer that no longer exists (cancelled by an exit, already fired) is ignored by
+    the matcher, so the scheduler may fire at least once.
+    """
+
+    timer_id: str
+    profile_id: str
+    partition: int
+    instance_id: str
+    step_id: str
+    due_at: datetime
+    fired_at: datetime
+    kind: str = "wait"
+
+
+DeliveryOutcome = Literal[
+    "sent", "failed", "skipped", "suppressed", "deferred", "dropped", "dead_lettered"
+]
+
+
+class DeliveryRequested(Wire, tag="delivery_requested"):
+    """The matcher asks the dispatcher to send one message (transactional outbox).
+
+    ``delivery_id`` is deterministic — derived from (instance, step, visit) — so a redelivered
+    request is recognised by the dispatcher's ledger and travels to providers as their idempotency
+    key (``webhook-id``, Iterable's event ``id``, ...).
+    """
+
+    delivery_id: str
+    profile_id: str
+    journey: str
+    version: int
+    instance_id: str
+    step_id: str
+    visit: int
+    requested_at: datetime
+    channel: str | None = None
+    destination: str | None = None
+    template: str | None = None
+    to: str | None = None
+    address: str | None = None
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+    event: dict[str, Any] = msgspec.field(default_factory=dict)
+    matched_events: dict[str, Any] = msgspec.field(default_factory=dict)
+    unique_value: str | None = None
+
+
+class DeliveryResult(Wire, tag="delivery_result"):
+    """The dispatcher reports what became of a delivery; it re-enters the profile's partition so
+    journeys and analytics can see it."""
+
+    delivery_id: str
+    profile_id: str
+    partition: int
+    instance_id: str
+    step_id: str
+    outcome: DeliveryOutcome
+    at: datetime
+    channel: str | None = None
+    destination: str | None = None
+    reason: str | None = None
+    provider_message_id: str | None = None
+    attempts: int = 1
+
+
+class DeadLetter(Wire, tag="dead_letter"):
+    """A message a consumer gave up on, with the reason. The original bytes are kept verbatim."""
+
+    stream: str
+    consumer: str
+    subject: str
+    reason: str
+    deliveries: int
+    at: datetime
+    data: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    stream_seq: int | None = None
+
+
+ProfileInput = Event | TimerFired | DeliveryResult
+"""Everything that enters a profile's partition; the matcher handles them one at a time."""
+
+Message = Event | TimerFired | DeliveryRequested | DeliveryResult | DeadLetter
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes) -> Message:
+    """Decode any wire message; raises ``msgspec.ValidationError``/``DecodeError`` naming the
+    field when the bytes do not match the contract."""
+    return _decoder.decode(data)

@@ -1,0 +1,145 @@
+"""Every JetStream stream and durable consumer Cairn uses, declared in one place.
+
+Names are derived from a namespace (``CAIRN_NAMESPACE``, default ``cairn``) so several deployments,
+or several tests, can share one NATS server without seeing each other.
+
+Subjects:
+
+- ``{ns}.ingest.>``                  NATS ingestion (request/reply; core NATS, not a stream)
+- ``{ns}.inputs.{partition}.{kind}`` everything a profile's actor handles, in arrival order:
+                                     ``event``, ``timer`` (fired), ``result`` (delivery result)
+- ``{ns}.deliveries.{channel}``      delivery requests from the matcher's outbox (work queue)
+- ``{ns}.dlq.{stream}``              messages a consumer gave up on, with the reason
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+
+InputKind = str  # "event" | "timer" | "result"
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "limits" | "workqueue"
+    duplicate_window: timedelta
+    max_age: timedelta
+    description: str
+
+
+class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    durable: str
+    filter_subject: str | None
+    max_deliver: int
+    ack_wait: timedelta
+    backoff: tuple[timedelta, ...]
+    max_ack_pending: int = 10_000
+    description: str = ""
+
+
+class Topology(msgspec.Struct, frozen=True):
+    namespace: str = "cairn"
+
+    # ---- streams -------------------------------------------------------------------------------
+    @property
+    def inputs_stream(self) -> str:
+        return f"{self._upper}_INPUTS"
+
+    @property
+    def deliveries_stream(self) -> str:
+        return f"{self._upper}_DELIVERIES"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self._upper}_DEAD_LETTERS"
+
+    # ---- subjects ------------------------------------------------------------------------------
+    def input_subject(self, partition: int, kind: InputKind) -> str:
+        return f"{self.namespace}.inputs.{partition}.{kind}"
+
+    def partition_filter(self, partition: int) -> str:
+        return f"{self.namespace}.inputs.{partition}.>"
+
+    def delivery_subject(self, channel: str) -> str:
+        return f"{self.namespace}.deliveries.{channel}"
+
+    def dead_letter_subject(self, stream: str) -> str:
+        return f"{self.namespace}.dlq.{stream}"
+
+    @property
+    def ingest_subjects(self) -> str:
+        return f"{self.namespace}.ingest.>"
+
+    # ---- consumers -----------------------------------------------------------------------------
+    @property
+    def matcher_consumer(self) -> str:
+        return "matcher"
+
+    @property
+    def dispatcher_consumer(self) -> str:
+        return "dispatcher"
+
+    def streams(self) -> list[StreamSpec]:
+        ns = self.namespace
+        return [
+            StreamSpec(
+                name=self.inputs_stream,
+                subjects=(f"{ns}.inputs.>",),
+                retention="limits",
+                duplicate_window=timedelta(minutes=10),
+                max_age=timedelta(days=7),
+                description="Events, fired timers and delivery results, partitioned by profile",
+            ),
+            StreamSpec(
+                name=self.deliveries_stream,
+                subjects=(f"{ns}.deliveries.>",),
+                retention="workqueue",
+                duplicate_window=timedelta(minutes=10),
+                max_age=timedelta(days=7),
+                description="Delivery requests from the matcher's outbox, one work queue",
+            ),
+            StreamSpec(
+                name=self.dead_letter_stream,
+                subjects=(f"{ns}.dlq.>",),
+                retention="limits",
+                duplicate_window=timedelta(minutes=2),
+                max_age=timedelta(days=30),
+                description="Messages consumers gave up on, with the reason",
+            ),
+        ]
+
+    def consumers(self) -> list[ConsumerSpec]:
+        backoff = (
+            timedelta(seconds=1),
+            timedelta(seconds=5),
+            timedelta(seconds=30),
+            timedelta(minutes=2),
+        )
+        return [
+            ConsumerSpec(
+                stream=self.inputs_stream,
+                durable=self.matcher_consumer,
+                filter_subject=None,
+                max_deliver=8,
+                ack_wait=timedelta(seconds=30),
+                backoff=backoff,
+                description="The matcher's view of every profile input",
+            ),
+            ConsumerSpec(
+                stream=self.deliveries_stream,
+                durable=self.dispatcher_consumer,
+                filter_subject=None,
+                max_deliver=10,
+                ack_wait=timedelta(seconds=60),
+                backoff=backoff,
+                description="Shared by all dispatcher replicas",
+            ),
+        ]
+
+    @property
+    def _upper(self) -> str:
+        return self.namespace.upper().replace("-", "_")
