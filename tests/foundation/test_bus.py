@@ -1,4 +1,4 @@
-"""The bus against a real nats-server: provisioning, dedupe, and the consume loop's three endings."""
+"""The bus against a real nats-server: provisioning, dedupe, the consume loop's three endings."""
 
 from __future__ import annotations
 
@@ -101,7 +101,11 @@ async def test_provisioning_twice_and_concurrently_leaves_one_identical_topology
         cinfo = await js.consumer_info(cspec.stream, cspec.durable)
         assert cinfo.config.max_deliver == cspec.max_deliver
     names = {s.name for s in topology.streams()}
-    assert names == {topology.inputs_stream, topology.deliveries_stream, topology.dead_letter_stream}
+    assert names == {
+        topology.inputs_stream,
+        topology.deliveries_stream,
+        topology.dead_letter_stream,
+    }
     for spec in topology.streams():
         await js.delete_stream(spec.name)
 

@@ -26,7 +26,7 @@ EventType = Literal["track", "identify", "page", "screen", "group", "alias"]
 EventSource = Literal["http", "cloudevents", "nats", "tracking", "dispatcher", "internal"]
 
 
-class Event(Wire, tag="event"):
+class Event(Wire, frozen=True, kw_only=True, tag="event"):
     """A canonical event, whatever way it came in (Segment HTTP, CloudEvents, NATS).
 
     ``profile_id`` is ``user_id`` if there is one, else ``anonymous_id``. ``timestamp`` is the
@@ -55,7 +55,7 @@ class Event(Wire, tag="event"):
     write_key: str | None = None
 
 
-class TimerFired(Wire, tag="timer_fired"):
+class TimerFired(Wire, frozen=True, kw_only=True, tag="timer_fired"):
     """A timer came due. Sent by the scheduler into the profile's partition.
 
     A fire for a timer that no longer exists (cancelled by an exit, already fired) is ignored by
@@ -77,7 +77,7 @@ DeliveryOutcome = Literal[
 ]
 
 
-class DeliveryRequested(Wire, tag="delivery_requested"):
+class DeliveryRequested(Wire, frozen=True, kw_only=True, tag="delivery_requested"):
     """The matcher asks the dispatcher to send one message (transactional outbox).
 
     ``delivery_id`` is deterministic — derived from (instance, step, visit) — so a redelivered
@@ -104,7 +104,7 @@ class DeliveryRequested(Wire, tag="delivery_requested"):
     unique_value: str | None = None
 
 
-class DeliveryResult(Wire, tag="delivery_result"):
+class DeliveryResult(Wire, frozen=True, kw_only=True, tag="delivery_result"):
     """The dispatcher reports what became of a delivery; it re-enters the profile's partition so
     journeys and analytics can see it."""
 
@@ -122,7 +122,7 @@ class DeliveryResult(Wire, tag="delivery_result"):
     attempts: int = 1
 
 
-class DeadLetter(Wire, tag="dead_letter"):
+class DeadLetter(Wire, frozen=True, kw_only=True, tag="dead_letter"):
     """A message a consumer gave up on, with the reason. The original bytes are kept verbatim."""
 
     stream: str
