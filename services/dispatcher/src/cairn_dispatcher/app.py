@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cairn_common.consume import one_at_a_time
 from cairn_common.runtime import ServiceContext, consume
-
 from cairn_dispatcher.handlers import DeliveryRequests
 from cairn_dispatcher.settings import Settings
 

@@ -1,7 +1,6 @@
 """`python -m cairn_ingest`: wiring only; see app.py for the lifecycle."""
 
 from cairn_common.runtime import run_service
-
 from cairn_ingest.app import run
 from cairn_ingest.settings import Settings
 

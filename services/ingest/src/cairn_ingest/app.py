@@ -4,7 +4,6 @@ connections, health and shutdown are final."""
 from __future__ import annotations
 
 from cairn_common.runtime import ServiceContext
-
 from cairn_ingest.settings import Settings
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from cairn_common.consume import one_at_a_time
 from cairn_common.runtime import ServiceContext, consume
-
 from cairn_matcher.handlers import ProfileInputs
 from cairn_matcher.settings import Settings
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 import structlog
+
 from cairn_common.consume import ACK, Incoming, Outcome, Reject
 from cairn_common.messages import DeliveryResult, Event, TimerFired
-
 from cairn_matcher import repo
 
 log = structlog.get_logger(__name__)

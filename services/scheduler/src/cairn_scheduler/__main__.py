@@ -1,7 +1,6 @@
 """`python -m cairn_scheduler`: wiring only; see app.py for the lifecycle."""
 
 from cairn_common.runtime import run_service
-
 from cairn_scheduler.app import run
 from cairn_scheduler.settings import Settings
 

@@ -4,7 +4,6 @@ the process, its connections, health and shutdown are final."""
 from __future__ import annotations
 
 from cairn_common.runtime import ServiceContext
-
 from cairn_scheduler.settings import Settings
 
 
