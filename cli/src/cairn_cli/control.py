@@ -77,9 +77,7 @@ def document_files(paths: Sequence[str]) -> list[Path]:
         else:
             raise CliFailure(f"{name}: no such file or directory", EXIT_PROBLEMS)
     if not found:
-        raise CliFailure(
-            f"no .yaml, .yml or .json files in {', '.join(paths)}", EXIT_PROBLEMS
-        )
+        raise CliFailure(f"no .yaml, .yml or .json files in {', '.join(paths)}", EXIT_PROBLEMS)
     return found
 
 
@@ -128,15 +126,16 @@ def validate_command(args: argparse.Namespace) -> int:
     documents, problems = parse_texts(texts)
     problems += check_documents(documents, [])
     as_dicts = [
-        {"path": p.path, "message": p.message, "source": p.source, "line": p.line}
-        for p in problems
+        {"path": p.path, "message": p.message, "source": p.source, "line": p.line} for p in problems
     ]
     if args.output == "json":
         print_json(
             {
                 "valid": not problems,
                 "problems": as_dicts,
-                "documents": [{"kind": d.kind, "name": d.name, "source": d.source} for d in documents],
+                "documents": [
+                    {"kind": d.kind, "name": d.name, "source": d.source} for d in documents
+                ],
             }
         )
     elif problems:
@@ -184,8 +183,10 @@ def journeys_versions(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     if args.version is not None:
         answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions/{args.version}")
         if args.output == "table":
+            live = "  (live)" if answer["live"] else ""
+            published = _cell(answer["published_at"])
             print(f"{answer['journey']} v{answer['version']}  {answer['checksum']}  "
-                  f"published {_cell(answer['published_at'])}{'  (live)' if answer['live'] else ''}")  # fmt: skip
+                  f"published {published}{live}")  # fmt: skip
             print(json.dumps(answer["definition"], indent=2, ensure_ascii=False))
         return answer
     answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions")
@@ -312,11 +313,8 @@ def _add(
     name: str,
     command: Command,
     help_text: str,
-    *args: tuple[Sequence[str], dict[str, Any]],
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
-    for flags, options in args:
-        parser.add_argument(*flags, **options)
     _common(parser)
     parser.set_defaults(func=run_api_command(command))
     return parser
@@ -329,48 +327,55 @@ def _group(
     return parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
 
+def _files(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f", "--filename", action="append", required=True, metavar="FILE|DIR",
+        help="a document file or a folder of them (repeatable)",
+    )  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    files = (["-f", "--filename"], {"action": "append", "required": True, "metavar": "FILE|DIR",
-             "help": "a document file or a folder of them (repeatable)"})  # fmt: skip
-    name = (["name"], {"metavar": "NAME"})
-    _add(sub, "apply", apply_command, "create or update drafts from YAML/JSON documents", files)
+    _files(_add(sub, "apply", apply_command, "create or update drafts from YAML/JSON documents"))
     validate = sub.add_parser(
         "validate",
         help="check documents offline (no server needed)",
         description="Parse the documents and check the journeys' references against the "
         "templates, triggers, channels and destinations among the files given.",
     )
-    validate.add_argument(*files[0], **files[1])
+    _files(validate)
     _common(validate, api=False)
     validate.set_defaults(func=validate_command)
-    _add(sub, "publish", publish_command, "validate a journey's draft and make it live", name)
-    _add(sub, "stop", stop_command, "stop a journey: no new entries; running ones drain",
-         name, (["--exit-all"], {"action": "store_true",
-                "help": "also exit every running instance now"}))  # fmt: skip
+    publish = _add(sub, "publish", publish_command, "validate a journey's draft; make it live")
+    publish.add_argument("name", metavar="NAME")
+    stop = _add(sub, "stop", stop_command, "stop a journey: no new entries; running ones drain")
+    stop.add_argument("name", metavar="NAME")
+    stop.add_argument("--exit-all", action="store_true", help="also exit running instances now")
 
     journeys = _group(sub, "journeys", "list and inspect journeys")
     _add(journeys, "list", journeys_list, "every journey with its state and live version")
-    _add(journeys, "show", journeys_show, "one journey and its draft", name)
-    _add(journeys, "versions", journeys_versions, "a journey's published versions", name,
-         (["--version"], {"type": int, "help": "show this version's frozen definition"}))  # fmt: skip
+    _add(journeys, "show", journeys_show, "one journey and its draft").add_argument("name")
+    versions = _add(journeys, "versions", journeys_versions, "a journey's published versions")
+    versions.add_argument("name", metavar="NAME")
+    versions.add_argument("--version", type=int, help="show this version's frozen definition")
 
     templates = _group(sub, "templates", "template status (draft/ready)")
     _add(templates, "list", templates_list, "every template, its status and live users")
-    _add(templates, "ready", templates_set("ready"), "mark a template ready to send", name)
-    _add(templates, "draft", templates_set("draft"), "move a template back to draft", name)
+    _add(templates, "ready", templates_set("ready"), "mark a template ready").add_argument("name")
+    _add(templates, "draft", templates_set("draft"), "back to draft").add_argument("name")
 
     keys = _group(sub, "keys", "write keys for the Tracking API")
-    _add(keys, "create", keys_create, "create a write key; its secret is shown once", name,
-         (["--rate"], {"type": int, "metavar": "N", "help": "limit to N events per second"}))  # fmt: skip
+    create = _add(keys, "create", keys_create, "create a write key; its secret is shown once")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--rate", type=int, metavar="N", help="limit to N events per second")
     _add(keys, "list", keys_list, "every write key (secrets are never shown again)")
-    _add(keys, "revoke", keys_revoke, "revoke a write key at once", (["key_id"], {"metavar": "ID"}))
+    _add(keys, "revoke", keys_revoke, "revoke a write key at once").add_argument("key_id")
 
-    _add(sub, "preview", preview_command, "show exactly what one step would send",
-         (["journey"], {"metavar": "JOURNEY"}),
-         (["--step"], {"required": True, "metavar": "ID", "help": "the send step's id"}),
-         (["--event"], {"required": True, "metavar": "FILE", "help": "sample event (JSON)"}),
-         (["--profile"], {"metavar": "FILE", "help": "sample profile traits (JSON)"}),
-         (["--version"], {"type": int, "help": "a published version (default: the draft)"}))  # fmt: skip
+    preview = _add(sub, "preview", preview_command, "show exactly what one step would send")
+    preview.add_argument("journey", metavar="JOURNEY")
+    preview.add_argument("--step", required=True, metavar="ID", help="the send step's id")
+    preview.add_argument("--event", required=True, metavar="FILE", help="sample event (JSON)")
+    preview.add_argument("--profile", metavar="FILE", help="sample profile traits (JSON)")
+    preview.add_argument("--version", type=int, help="a published version (default: the draft)")
 
 
 __all__ = ["EXIT_USAGE", "register"]

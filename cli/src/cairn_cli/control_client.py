@@ -80,7 +80,9 @@ def _read_cli_file(path: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CliFailure(f"{path} is unreadable ({exc}); run `cairn up` again", EXIT_USAGE) from None
+        raise CliFailure(
+            f"{path} is unreadable ({exc}); run `cairn up` again", EXIT_USAGE
+        ) from None
     return found if isinstance(found, dict) else {}
 
 

@@ -83,7 +83,9 @@ async def _documents_of(request: web.Request) -> list[tuple[str, str]]:
         if item.text is not None:
             texts.append((item.text, item.source or f"documents[{i}]"))
         elif item.document is not None:
-            texts.append((_encoder.encode(item.document).decode(), item.source or f"documents[{i}]"))
+            texts.append(
+                (_encoder.encode(item.document).decode(), item.source or f"documents[{i}]")
+            )
         else:
             raise Invalid(f"documents[{i}]: give either 'text' (YAML or JSON) or 'document'")
     if not texts:
@@ -157,7 +159,9 @@ async def list_templates(request: web.Request) -> web.Response:
 
 
 async def show_template(request: web.Request) -> web.Response:
-    return json_response(await templates.get_template(request.app[POOL], request.match_info["name"]))
+    return json_response(
+        await templates.get_template(request.app[POOL], request.match_info["name"])
+    )
 
 
 async def template_ready(request: web.Request) -> web.Response:

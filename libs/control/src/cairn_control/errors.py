@@ -21,7 +21,9 @@ class ProblemOut(msgspec.Struct, frozen=True, kw_only=True):
     def __str__(self) -> str:
         where = ""
         if self.source is not None:
-            where = f" ({self.source}:{self.line})" if self.line is not None else f" ({self.source})"
+            where = (
+                f" ({self.source}:{self.line})" if self.line is not None else f" ({self.source})"
+            )
         prefix = f"{self.path}: " if self.path else ""
         return f"{prefix}{self.message}{where}"
 

@@ -52,7 +52,9 @@ async def create_key(pool: asyncpg.Pool, name: str, rate_limit: int | None = Non
     if not name.strip():
         raise Invalid("a write key needs a name (e.g. the source it is for: 'website')")
     if rate_limit is not None and rate_limit <= 0:
-        raise Invalid(f"rate_limit must be a positive number of events per second, not {rate_limit}")
+        raise Invalid(
+            f"rate_limit must be a positive number of events per second, not {rate_limit}"
+        )
     key_id = "wk_" + secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     async with pool.acquire() as conn, conn.transaction():
@@ -64,7 +66,7 @@ async def create_key(pool: asyncpg.Pool, name: str, rate_limit: int | None = Non
             hash_secret(secret),
             rate_limit,
         )
-        await audit(conn, "write_key.create", "WriteKey", key_id, name=name, rate_limit=rate_limit)
+        await audit(conn, "write_key.create", "WriteKey", key_id, label=name, rate_limit=rate_limit)
         await conn.execute("SELECT pg_notify($1, $2)", WRITE_KEYS_CHANNEL, key_id)
     return CreatedKey(key=_key(row), secret=secret)
 

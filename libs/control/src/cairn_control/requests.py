@@ -1,4 +1,4 @@
-"""Request and response bodies of the admin API (their JSON Schemas go into the OpenAPI document)."""
+"""Request and response bodies of the admin API (their JSON Schemas go into /openapi.json)."""
 
 from __future__ import annotations
 

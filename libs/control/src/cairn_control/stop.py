@@ -83,7 +83,10 @@ async def stop_journey(
     if mode == "drain":
         message = f"{name} stopped: no new entries; running instances finish their journey"
     else:
-        message = f"{name} stopped: no new entries; active instances of {len(profiles)} profile(s) exit now"
+        message = (
+            f"{name} stopped: no new entries; "
+            f"active instances of {len(profiles)} profile(s) exit now"
+        )
     return Stopped(
         journey=name,
         mode=mode,

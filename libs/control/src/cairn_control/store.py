@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from cairn_control.errors import Conflict, Invalid, NotFound
+from cairn_control.errors import Invalid, NotFound
 from cairn_control.validation import (
     ParsedDocument,
     ResourceSet,
@@ -114,7 +114,9 @@ async def apply_documents(pool: asyncpg.Pool, documents: Sequence[ParsedDocument
     async with pool.acquire() as conn, conn.transaction():
         for doc in documents:
             outcome = await _apply_one(conn, doc)
-            results.append(Applied(kind=doc.kind, name=doc.name, outcome=outcome, source=doc.source))
+            results.append(
+                Applied(kind=doc.kind, name=doc.name, outcome=outcome, source=doc.source)
+            )
             if outcome != "unchanged":
                 await audit(conn, "apply", doc.kind, doc.name, outcome=outcome, source=doc.source)
     return results
@@ -222,7 +224,9 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
         assert journey is not None  # apply creates the row with the draft
         problems = check_journey_draft(draft, await load_resources(conn))
         if problems:
-            raise Invalid(f"journey {name!r} cannot be published: {len(problems)} problem(s)", problems)
+            raise Invalid(
+                f"journey {name!r} cannot be published: {len(problems)} problem(s)", problems
+            )
         checksum = checksum_of(draft.document)
         latest = await conn.fetchrow(
             "SELECT version, checksum FROM journey_versions WHERE journey = $1 "
@@ -254,7 +258,7 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
             outcome = "published"
             message = f"{name} v{version} published; new entries go to v{version}"
             if latest is not None:
-                message += f", running instances finish on the version they started on"
+                message += ", running instances finish on the version they started on"
         await conn.execute(
             "UPDATE journeys SET state = 'live', live_version = $2, stop_mode = NULL, "
             "stopped_at = NULL, updated_at = now() WHERE name = $1",
@@ -272,7 +276,9 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
 # ---- journeys and versions -----------------------------------------------------------------------
 
 
-async def _active_counts(conn: asyncpg.Connection, name: str | None = None) -> dict[tuple[str, int], int] | None:
+async def _active_counts(
+    conn: asyncpg.Connection, name: str | None = None
+) -> dict[tuple[str, int], int] | None:
     """Active instances per (journey, version), or None when the matcher's table is not there."""
     try:
         rows = await conn.fetch(
@@ -291,7 +297,8 @@ async def list_journeys(pool: asyncpg.Pool, name: str | None = None) -> list[Jou
         rows = await conn.fetch(
             """SELECT j.name, j.state, j.live_version, j.stop_mode, j.stopped_at, j.updated_at,
                       r.document->>'title' AS title,
-                      (SELECT count(*) FROM journey_versions v WHERE v.journey = j.name) AS versions,
+                      (SELECT count(*) FROM journey_versions v
+                        WHERE v.journey = j.name) AS versions,
                       (SELECT v.checksum FROM journey_versions v WHERE v.journey = j.name
                         ORDER BY v.version DESC LIMIT 1) AS latest_checksum,
                       r.document AS draft

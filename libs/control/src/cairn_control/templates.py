@@ -87,13 +87,17 @@ async def get_template(pool: asyncpg.Pool, name: str) -> TemplateInfo:
     return found[0]
 
 
-async def set_template_status(pool: asyncpg.Pool, name: str, status: TemplateStatus) -> TemplateInfo:
+async def set_template_status(
+    pool: asyncpg.Pool, name: str, status: TemplateStatus
+) -> TemplateInfo:
     async with pool.acquire() as conn, conn.transaction():
         current = await conn.fetchval(
             "SELECT status FROM resources WHERE kind = 'Template' AND name = $1 FOR UPDATE", name
         )
         if current is None:
-            raise NotFound(f"template {name!r} does not exist; apply it first (cairn apply -f FILE)")
+            raise NotFound(
+                f"template {name!r} does not exist; apply it first (cairn apply -f FILE)"
+            )
         if status == "draft":
             users = (await _live_users(conn)).get(name, [])
             if users:

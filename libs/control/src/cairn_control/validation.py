@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
+import yaml
 
 from cairn_control.errors import ProblemOut
-from cairn_journey.documents import parse_text
+from cairn_journey.documents import DocumentError, parse_document, parse_text
 from cairn_journey.model import Channel, Destination, Journey, Template, Trigger
+from cairn_journey.problems import Problem
 from cairn_journey.validate import Limits, check_publishable
 
 KINDS = ("Journey", "Template", "Trigger", "Channel", "Destination")
@@ -38,12 +40,14 @@ class StoredResource(msgspec.Struct, frozen=True, kw_only=True):
     status: str
 
 
-def problem_out(problem: Any) -> ProblemOut:
+def problem_out(problem: Problem, lines: Mapping[str, int] | None = None) -> ProblemOut:
+    """The API's form of a problem; a problem without a line gets the line of its path (or of
+    the nearest enclosing path) in the document's text, when there is one."""
+    line = problem.line
+    if line is None and lines:
+        line = line_of(problem.path, lines)
     return ProblemOut(
-        path=str(getattr(problem, "path", "") or ""),
-        message=str(getattr(problem, "message", problem)),
-        source=getattr(problem, "source", None),
-        line=getattr(problem, "line", None),
+        path=problem.path, message=problem.message, source=problem.source or None, line=line
     )
 
 
@@ -56,7 +60,8 @@ def parse_texts(
     for text, source in texts:
         result = parse_text(text, source)
         problems.extend(problem_out(p) for p in result.problems)
-        for doc in result.documents:
+        for loaded in result.loaded:
+            doc = loaded.document
             documents.append(
                 ParsedDocument(
                     kind=doc.kind,
@@ -86,35 +91,57 @@ class ResourceSet(msgspec.Struct, kw_only=True):
         return out
 
     def add(self, kind: str, document: Mapping[str, Any], *, ready: bool) -> None:
-        name = str(document.get("name"))
-        if kind == "Template":
-            self.templates[name] = msgspec.convert(document, Template)
-            if ready:
-                self.ready_templates.add(name)
-            else:
-                self.ready_templates.discard(name)
-        elif kind == "Trigger":
-            # Trigger documents are keyed by the event they describe.
-            trigger = msgspec.convert(document, Trigger)
-            self.triggers[trigger.event] = trigger
-        elif kind == "Channel":
-            self.channels[name] = msgspec.convert(document, Channel)
-        elif kind == "Destination":
-            self.destinations[name] = msgspec.convert(document, Destination)
+        try:
+            doc = parse_document(document)
+        except DocumentError:
+            return  # stored before a language change made it invalid: as if it were absent
+        match doc:
+            case Template():
+                self.templates[doc.name] = doc
+                if ready:
+                    self.ready_templates.add(doc.name)
+                else:
+                    self.ready_templates.discard(doc.name)
+            case Trigger():
+                self.triggers[doc.event] = doc  # keyed by the event it describes
+            case Channel():
+                self.channels[doc.name] = doc
+            case Destination():
+                self.destinations[doc.name] = doc
+            case _:
+                pass
 
 
-def _reparse(resource: StoredResource) -> tuple[Journey | None, list[ProblemOut]]:
+class Draft(msgspec.Struct, frozen=True, kw_only=True):
+    journey: Journey
+    source: str | None
+    lines: dict[str, int]
+    """Line of each path of the document in its source text (empty without text)."""
+
+
+def _reparse(resource: StoredResource) -> tuple[Draft | None, list[ProblemOut]]:
     """The draft parsed again from the text it was applied from (for lines in problems)."""
     if resource.source_text is None:
-        return msgspec.convert(resource.document, Journey), []
-    result = parse_text(resource.source_text, resource.source or "<applied>")
-    for doc in result.documents:
+        try:
+            journey = parse_document(resource.document)
+        except DocumentError as exc:
+            return None, [problem_out(p) for p in exc.problems]
+        assert isinstance(journey, Journey)
+        return Draft(journey=journey, source=resource.source, lines={}), []
+    source = resource.source or "<applied>"
+    result = parse_text(resource.source_text, source)
+    for loaded in result.loaded:
+        doc = loaded.document
         if isinstance(doc, Journey) and doc.name == resource.name:
-            return doc, []
+            lines = path_lines(resource.source_text, "Journey", resource.name)
+            return Draft(journey=doc, source=source, lines=lines), []
     return None, [problem_out(p) for p in result.problems]
 
 
-def check_journey(journey: Journey, resources: ResourceSet, limits: Limits | None = None) -> list[ProblemOut]:
+def check_journey(
+    draft: Draft, resources: ResourceSet, limits: Limits | None = None
+) -> list[ProblemOut]:
+    journey = draft.journey
     problems = check_publishable(
         journey,
         templates=resources.templates,
@@ -124,14 +151,21 @@ def check_journey(journey: Journey, resources: ResourceSet, limits: Limits | Non
         ready_templates=resources.ready_templates,
         limits=limits or Limits(),
     )
-    return [problem_out(p) for p in problems]
+    return [
+        problem_out(msgspec.structs.replace(p, source=p.source or draft.source or ""), draft.lines)
+        for p in problems
+    ]
 
 
-def check_journey_draft(draft: StoredResource, resources: ResourceSet, limits: Limits | None = None) -> list[ProblemOut]:
-    journey, problems = _reparse(draft)
-    if journey is None:
-        return problems or [ProblemOut(path="", message=f"journey {draft.name!r} no longer parses")]
-    return check_journey(journey, resources, limits)
+def check_journey_draft(
+    resource: StoredResource, resources: ResourceSet, limits: Limits | None = None
+) -> list[ProblemOut]:
+    draft, problems = _reparse(resource)
+    if draft is None:
+        return problems or [
+            ProblemOut(path="", message=f"journey {resource.name!r} does not parse")
+        ]
+    return check_journey(draft, resources, limits)
 
 
 def check_documents(
@@ -147,7 +181,7 @@ def check_documents(
     problems: list[ProblemOut] = []
     for doc in documents:
         if doc.kind == "Journey":
-            journey, reparse_problems = _reparse(
+            draft, reparse_problems = _reparse(
                 StoredResource(
                     kind=doc.kind,
                     name=doc.name,
@@ -158,6 +192,59 @@ def check_documents(
                 )
             )
             problems.extend(reparse_problems)
-            if journey is not None:
-                problems.extend(check_journey(journey, resources))
+            if draft is not None:
+                problems.extend(check_journey(draft, resources))
     return problems
+
+
+# ---- lines of paths ------------------------------------------------------------------------------
+
+
+def path_lines(text: str, kind: str, name: str) -> dict[str, int]:
+    """``{"steps[1].wait_for.within": 14, ...}`` for the document of that kind and name in
+    ``text`` (YAML or JSON), so a problem found on the parsed struct can still name its line."""
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return {}
+    for node in nodes:
+        if (
+            isinstance(node, yaml.MappingNode)
+            and _scalar(node, "kind") == kind
+            and (_scalar(node, "name") == name)
+        ):
+            lines: dict[str, int] = {"": node.start_mark.line + 1}
+            _walk(node, "", lines)
+            return lines
+    return {}
+
+
+def _scalar(node: yaml.MappingNode, key: str) -> str | None:
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == key and isinstance(v, yaml.ScalarNode):
+            return str(v.value)
+    return None
+
+
+def _walk(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            lines[path] = key.start_mark.line + 1
+            _walk(value, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = f"{prefix}[{i}]"
+            lines[path] = item.start_mark.line + 1
+            _walk(item, path, lines)
+
+
+def line_of(path: str, lines: Mapping[str, int]) -> int | None:
+    """The line of ``path``, else of the nearest enclosing path that has one."""
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
