@@ -22,6 +22,7 @@ from cairn_common.topology import Topology
 from cairn_control import keys, store, templates
 from cairn_control.errors import ControlError, Invalid
 from cairn_control.openapi import Route, openapi_document
+from cairn_control.preview import Preview, preview_step
 from cairn_control.requests import (
     AppliedList,
     ApplyRequest,
@@ -175,8 +176,6 @@ async def template_draft(request: web.Request) -> web.Response:
 
 
 async def preview(request: web.Request) -> web.Response:
-    from cairn_control.preview import preview_step
-
     body: PreviewRequest = decode_body(await request.read(), PreviewRequest)
     return json_response(await preview_step(request.app[POOL], body))
 
@@ -221,7 +220,7 @@ ROUTES: list[Route] = [
           "Move a template back to draft (refused while a live journey sends it)",
           response=templates.TemplateInfo),
     Route("POST", "/v1/preview", preview, "What one send step would send for a sample event",
-          request=PreviewRequest, response=None),
+          request=PreviewRequest, response=Preview),
     Route("GET", "/v1/write-keys", list_keys, "List write keys", response=KeyList),
     Route("POST", "/v1/write-keys", create_key, "Create a write key (the secret is shown once)",
           request=CreateKeyRequest, response=keys.CreatedKey, status=201),
