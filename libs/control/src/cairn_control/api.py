@@ -262,9 +262,12 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except (asyncpg.PostgresError, OSError) as exc:
-        log.exception("admin request failed", path=request.path)
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("admin request failed: database unreachable", path=request.path)
         return error_response(503, "unavailable", f"the database is not answering: {exc}")
+    except Exception:
+        log.exception("admin request failed", path=request.path)
+        return error_response(500, "internal", "internal error; the ingest log has the details")
 
 
 def admin_app(
