@@ -16,7 +16,7 @@ import yaml
 
 from cairn_control.errors import ProblemOut
 from cairn_journey.documents import DocumentError, parse_document, parse_text
-from cairn_journey.model import Channel, Destination, Journey, Template, Trigger
+from cairn_journey.model import Channel, Destination, Document, Journey, Template, Trigger
 from cairn_journey.problems import Problem
 from cairn_journey.validate import Limits, check_publishable
 
@@ -51,6 +51,13 @@ def problem_out(problem: Problem, lines: Mapping[str, int] | None = None) -> Pro
     )
 
 
+def canonical(doc: Document) -> dict[str, Any]:
+    """The document as stored: ``to_builtins`` of its struct (defaults left out, durations as
+    ISO-8601) with ``kind`` kept, so it parses back to the same struct anywhere."""
+    data: dict[str, Any] = msgspec.to_builtins(doc)
+    return {"kind": doc.kind, **data}
+
+
 def parse_texts(
     texts: Iterable[tuple[str, str]],
 ) -> tuple[list[ParsedDocument], list[ProblemOut]]:
@@ -66,7 +73,7 @@ def parse_texts(
                 ParsedDocument(
                     kind=doc.kind,
                     name=doc.name,
-                    document=msgspec.to_builtins(doc),
+                    document=canonical(doc),
                     source=source,
                     source_text=text,
                 )
@@ -92,7 +99,7 @@ class ResourceSet(msgspec.Struct, kw_only=True):
 
     def add(self, kind: str, document: Mapping[str, Any], *, ready: bool) -> None:
         try:
-            doc = parse_document(document)
+            doc = parse_document({"kind": kind, **document})
         except DocumentError:
             return  # stored before a language change made it invalid: as if it were absent
         match doc:
@@ -123,7 +130,7 @@ def _reparse(resource: StoredResource) -> tuple[Draft | None, list[ProblemOut]]:
     """The draft parsed again from the text it was applied from (for lines in problems)."""
     if resource.source_text is None:
         try:
-            journey = parse_document(resource.document)
+            journey = parse_document({"kind": "Journey", **resource.document})
         except DocumentError as exc:
             return None, [problem_out(p) for p in exc.problems]
         assert isinstance(journey, Journey)
