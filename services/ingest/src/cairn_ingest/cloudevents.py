@@ -17,6 +17,7 @@ import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 
@@ -56,8 +57,11 @@ def from_structured(raw: bytes | msgspec.Raw) -> SegmentMessage:
 
 
 def from_binary(headers: Mapping[str, str], body: bytes, content_type: str) -> SegmentMessage:
+    # Header values are percent-encoded (CloudEvents HTTP binding 3.1.3.2).
     attributes: dict[str, Any] = {
-        name[3:].lower(): value for name, value in headers.items() if name.lower().startswith("ce-")
+        name[3:].lower(): unquote(value)
+        for name, value in headers.items()
+        if name.lower().startswith("ce-")
     }
     attributes["datacontenttype"] = content_type or None
     if body:

@@ -231,6 +231,9 @@ def to_event(
     properties = m.properties if m.properties is not None else {}
     if kind in ("page", "screen") and m.category is not None and "category" not in properties:
         properties = {**properties, "category": m.category}
+    traits = m.traits if m.traits is not None else {}
+    if kind == "identify" and isinstance(context.get("traits"), dict):
+        traits = {**context["traits"], **traits}  # RudderStack sends identify traits there
     sent_at = m.sent_at or batch_sent_at
     event_type: EventType = kind  # type: ignore[assignment]  # checked against EVENT_TYPES
     return Event(
@@ -247,7 +250,7 @@ def to_event(
         group_id=group_id,
         name=m.name,
         properties=properties,
-        traits=m.traits if m.traits is not None else {},
+        traits=traits,
         context=context,
         integrations=integrations,
         sent_at=_utc(sent_at) if sent_at is not None else None,
