@@ -47,9 +47,18 @@ class Ingest(msgspec.Struct, kw_only=True):
     proc: ServiceProcess | None = None
     triggers: TriggerCache | None = None
 
-    async def events(self, expected: int | None = None, timeout: float = 15.0) -> list[Event]:
-        """Every event stored in the inputs stream, in order (waiting for ``expected`` of them)."""
-        return await stored_events(self.js, self.topology, expected, timeout)
+    async def events(
+        self, expected: int | None = None, timeout: float = 15.0, *, skip: int = 0
+    ) -> list[Event]:
+        """Every event stored in the inputs stream, in order (waiting for ``expected`` of them),
+        less the first ``skip``."""
+        return await stored_events(self.js, self.topology, expected, timeout, skip=skip)
+
+    async def count(self) -> int:
+        try:
+            return int((await self.js.stream_info(self.topology.inputs_stream)).state.messages)
+        except NotFoundError:
+            return 0
 
     async def new_key(self, name: str = "other", rate_limit: int | None = None) -> str:
         conn = await asyncpg.connect(self.database_url)
@@ -60,7 +69,12 @@ class Ingest(msgspec.Struct, kw_only=True):
 
 
 async def stored_events(
-    js: JetStreamContext, topology: Topology, expected: int | None = None, timeout: float = 15.0
+    js: JetStreamContext,
+    topology: Topology,
+    expected: int | None = None,
+    timeout: float = 15.0,
+    *,
+    skip: int = 0,
 ) -> list[Event]:
     async with asyncio.timeout(timeout):
         while True:
@@ -75,7 +89,7 @@ async def stored_events(
     if info is None or not count:
         return []
     events: list[Event] = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+    for seq in range(info.state.first_seq + skip, info.state.last_seq + 1):
         msg = await js.get_msg(topology.inputs_stream, seq)
         assert msg.data is not None
         message = decode(msg.data)
