@@ -11,8 +11,10 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from cairn_control.errors import Conflict, NotFound
+from cairn_control.errors import Conflict, Invalid, NotFound, ProblemOut
 from cairn_control.store import audit
+from cairn_control.validation import line_of, path_lines
+from cairn_journey.render import template_problems
 
 TemplateStatus = Literal["draft", "ready"]
 
@@ -91,10 +93,13 @@ async def set_template_status(
     pool: asyncpg.Pool, name: str, status: TemplateStatus
 ) -> TemplateInfo:
     async with pool.acquire() as conn, conn.transaction():
-        current = await conn.fetchval(
-            "SELECT status FROM resources WHERE kind = 'Template' AND name = $1 FOR UPDATE", name
+        row = await conn.fetchrow(
+            "SELECT status, document, source, source_text FROM resources "
+            "WHERE kind = 'Template' AND name = $1 FOR UPDATE",
+            name,
         )
-        if current is None:
+        current = None if row is None else row["status"]
+        if row is None:
             raise NotFound(
                 f"template {name!r} does not exist; apply it first (cairn apply -f FILE)"
             )
@@ -105,6 +110,11 @@ async def set_template_status(
                     f"template {name!r} is sent by live journey(s) {', '.join(users)}; "
                     "stop them (cairn stop NAME) before moving it back to draft"
                 )
+        if status == "ready":
+            problems = _render_problems(name, row)
+            if problems:
+                message = f"template {name!r} cannot be marked ready: {len(problems)} problem(s)"
+                raise Invalid(message, problems)
         if current != status:
             await conn.execute(
                 "UPDATE resources SET status = $2, updated_at = now() "
@@ -114,3 +124,19 @@ async def set_template_status(
             )
             await audit(conn, f"template.{status}", "Template", name)
     return await get_template(pool, name)
+
+
+def _render_problems(name: str, row: asyncpg.Record) -> list[ProblemOut]:
+    """What stops a template from rendering (syntax, unknown filters or variables, missing
+    fields), each with the line of its field in the file it was applied from."""
+    found = template_problems(json.loads(row["document"]))
+    lines = path_lines(row["source_text"], "Template", name) if row["source_text"] else {}
+    problems = []
+    for text in found:
+        path, _, message = text.partition(": ")
+        if not message:
+            path, message = "", text
+        problems.append(
+            ProblemOut(path=path, message=message, source=row["source"], line=line_of(path, lines))
+        )
+    return problems
