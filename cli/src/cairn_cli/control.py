@@ -199,6 +199,16 @@ def journeys_versions(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     return answer
 
 
+def stats_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    from cairn_cli.control_stats import print_stats
+
+    query = f"?by={args.by}" + (f"&version={args.version}" if args.version is not None else "")
+    answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/stats{query}")
+    if args.output == "table":
+        print_stats(answer, print_table)
+    return answer
+
+
 def stop_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     mode = "exit_all" if args.exit_all else "drain"
     answer = api.call("POST", f"/v1/journeys/{_q(args.name)}/stop", {"mode": mode})
@@ -350,6 +360,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stop = _add(sub, "stop", stop_command, "stop a journey: no new entries; running ones drain")
     stop.add_argument("name", metavar="NAME")
     stop.add_argument("--exit-all", action="store_true", help="also exit running instances now")
+
+    stats = _add(sub, "stats", stats_command, "a journey's funnel: entries, steps, conversions")
+    stats.add_argument("name", metavar="JOURNEY")
+    stats.add_argument("--version", type=int, help="one version (default: all added together)")
+    stats.add_argument("--by", choices=["day", "hour"], default="day", help="series period")
 
     journeys = _group(sub, "journeys", "list and inspect journeys")
     _add(journeys, "list", journeys_list, "every journey with its state and live version")

@@ -37,6 +37,7 @@ from cairn_control.requests import (
     ValidateResponse,
     VersionList,
 )
+from cairn_control.stats import JourneyStats, journey_stats
 from cairn_control.stop import Stopped, stop_journey
 from cairn_control.validation import check_documents, parse_texts
 
@@ -141,6 +142,22 @@ async def show_version(request: web.Request) -> web.Response:
     return json_response(info)
 
 
+async def stats(request: web.Request) -> web.Response:
+    query = request.query
+    by = query.get("by", "day")
+    if by not in ("day", "hour"):
+        raise Invalid(f"by must be 'day' or 'hour', not {by!r}")
+    version = None
+    if "version" in query:
+        try:
+            version = int(query["version"])
+        except ValueError:
+            raise Invalid(f"version must be a number, not {query['version']!r}") from None
+    name = request.match_info["name"]
+    result = await journey_stats(request.app[POOL], name, version=version, by=by)  # type: ignore[arg-type]
+    return json_response(result)
+
+
 async def publish(request: web.Request) -> web.Response:
     return json_response(await store.publish(request.app[POOL], request.match_info["name"]))
 
@@ -206,6 +223,9 @@ ROUTES: list[Route] = [
           response=VersionList),
     Route("GET", "/v1/journeys/{name}/versions/{version}", show_version,
           "One frozen version with its definition", response=store.VersionInfo),
+    Route("GET", "/v1/journeys/{name}/stats", stats,
+          "Analytics: totals, per-step funnel, conversion against the goal, series "
+          "(query: version, by=day|hour)", response=JourneyStats),
     Route("POST", "/v1/journeys/{name}/publish", publish,
           "Validate the draft and freeze it as the next version", response=store.Published),
     Route("POST", "/v1/journeys/{name}/stop", stop,
