@@ -7,6 +7,7 @@ import json
 import asyncpg
 import pytest
 
+from cairn_journey.documents import parse_document, parse_text
 from tests.control.conftest import EXAMPLES, Admin
 
 TEMPLATE_SMS = """\
@@ -236,3 +237,19 @@ async def test_unknown_journey_is_a_404_with_a_json_error(admin: Admin) -> None:
     assert status == 404
     assert body["code"] == "not_found"
     assert "nope" in body["message"]
+
+
+async def test_a_published_definition_loads_back_as_the_journey_that_was_applied(
+    admin: Admin,
+) -> None:
+    """The matcher builds its catalogue with ``parse_document(definition)``: the frozen
+    definition must give back exactly the journey the operator applied."""
+    await admin.apply_files(EXAMPLES)
+    await admin.ready_all_templates()
+    await admin.call("POST", "/v1/journeys/abandoned-cart/publish")
+    stored = await admin.pool.fetchval(
+        "SELECT definition::text FROM journey_versions WHERE journey = 'abandoned-cart'"
+    )
+    path = EXAMPLES / "journeys" / "abandoned-cart.yaml"
+    [applied] = parse_text(path.read_text(), str(path)).documents
+    assert parse_document(json.loads(stored)) == applied
