@@ -238,6 +238,43 @@ def templates_set(status: str) -> Command:
     return command
 
 
+def resources_list(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    query = f"?kind={_q(args.kind)}" if args.kind else ""
+    answer = api.call("GET", f"/v1/resources{query}")
+    if args.output == "table":
+        rows = [
+            (r["kind"], r["name"], r["status"], r["source"], r["updated_at"])
+            for r in answer["resources"]
+        ]
+        print_table(rows, ["kind", "name", "status", "source", "updated"])
+    return answer
+
+
+def resources_show(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    answer = api.call("GET", f"/v1/resources/{_q(args.kind)}/{_q(args.name)}")
+    if args.output == "table":
+        print(f"{answer['kind']} {answer['name']} ({answer['status']}, from {answer['source']})")
+        print(json.dumps(answer["document"], indent=2, ensure_ascii=False))
+    return answer
+
+
+def history_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    query = f"?limit={args.limit}"
+    if args.name:
+        query += f"&name={_q(args.name)}"
+    if args.kind:
+        query += f"&kind={_q(args.kind)}"
+    answer = api.call("GET", f"/v1/audit{query}")
+    if args.output == "table":
+        rows = [
+            (c["at"], c["action"], c["kind"], c["name"],
+             ", ".join(f"{k}={v}" for k, v in sorted(c["detail"].items())))
+            for c in answer["changes"]
+        ]  # fmt: skip
+        print_table(rows, ["at", "action", "kind", "name", "detail"])
+    return answer
+
+
 def keys_create(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     answer = api.call("POST", "/v1/write-keys", {"name": args.name, "rate_limit": args.rate})
     if args.output == "table":
@@ -377,6 +414,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add(templates, "list", templates_list, "every template, its status and live users")
     _add(templates, "ready", templates_set("ready"), "mark a template ready").add_argument("name")
     _add(templates, "draft", templates_set("draft"), "back to draft").add_argument("name")
+
+    resources = _group(sub, "resources", "everything applied: channels, destinations, triggers...")
+    listed = _add(resources, "list", resources_list, "every applied resource")
+    listed.add_argument("--kind", help="only this kind (Journey, Template, Trigger, ...)")
+    shown = _add(resources, "show", resources_show, "one resource's stored document")
+    shown.add_argument("kind", metavar="KIND")
+    shown.add_argument("name", metavar="NAME")
+    history = _add(sub, "history", history_command, "control-plane changes, oldest first")
+    history.add_argument("name", nargs="?", metavar="NAME", help="only this resource")
+    history.add_argument("--kind", help="only this kind")
+    history.add_argument("--limit", type=int, default=50, help="the newest N changes (50)")
 
     keys = _group(sub, "keys", "write keys for the Tracking API")
     create = _add(keys, "create", keys_create, "create a write key; its secret is shown once")

@@ -19,19 +19,21 @@ from aiohttp import web
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from cairn_control import keys, store, templates
+from cairn_control import keys, resources, store, templates
 from cairn_control.errors import ControlError, Invalid
 from cairn_control.openapi import Route, openapi_document
 from cairn_control.preview import Preview, preview_step
 from cairn_control.requests import (
     AppliedList,
     ApplyRequest,
+    AuditList,
     CreateKeyRequest,
     DocumentRef,
     JourneyDetail,
     JourneyList,
     KeyList,
     PreviewRequest,
+    ResourceList,
     StopRequest,
     TemplateList,
     ValidateResponse,
@@ -197,6 +199,28 @@ async def preview(request: web.Request) -> web.Response:
     return json_response(await preview_step(request.app[POOL], body))
 
 
+async def list_resources(request: web.Request) -> web.Response:
+    found = await resources.list_resources(request.app[POOL], request.query.get("kind"))
+    return json_response(ResourceList(resources=found))
+
+
+async def show_resource(request: web.Request) -> web.Response:
+    kind, name = request.match_info["kind"], request.match_info["name"]
+    return json_response(await resources.get_resource(request.app[POOL], kind, name))
+
+
+async def audit(request: web.Request) -> web.Response:
+    query = request.query
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise Invalid(f"limit must be a number, not {query['limit']!r}") from None
+    changes = await resources.audit_trail(
+        request.app[POOL], kind=query.get("kind"), name=query.get("name"), limit=limit
+    )
+    return json_response(AuditList(changes=changes))
+
+
 async def list_keys(request: web.Request) -> web.Response:
     return json_response(KeyList(write_keys=await keys.list_keys(request.app[POOL])))
 
@@ -241,6 +265,12 @@ ROUTES: list[Route] = [
           response=templates.TemplateInfo),
     Route("POST", "/v1/preview", preview, "What one send step would send for a sample event",
           request=PreviewRequest, response=Preview),
+    Route("GET", "/v1/resources", list_resources,
+          "Every applied resource (query: kind)", response=ResourceList),
+    Route("GET", "/v1/resources/{kind}/{name}", show_resource, "One resource's document",
+          response=resources.ResourceInfo),
+    Route("GET", "/v1/audit", audit,
+          "Control-plane changes, oldest first (query: kind, name, limit)", response=AuditList),
     Route("GET", "/v1/write-keys", list_keys, "List write keys", response=KeyList),
     Route("POST", "/v1/write-keys", create_key, "Create a write key (the secret is shown once)",
           request=CreateKeyRequest, response=keys.CreatedKey, status=201),

@@ -8,6 +8,7 @@ import msgspec
 
 from cairn_control.errors import ProblemOut
 from cairn_control.keys import WriteKey
+from cairn_control.resources import AuditEntry, ResourceInfo
 from cairn_control.store import Applied, JourneySummary, VersionInfo
 from cairn_control.templates import TemplateInfo
 
@@ -82,6 +83,14 @@ class PreviewRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     event: dict[str, Any] = msgspec.field(default_factory=dict)
     profile: dict[str, Any] = msgspec.field(default_factory=dict)
     version: int | None = None
+
+
+class ResourceList(msgspec.Struct, frozen=True, kw_only=True):
+    resources: list[ResourceInfo]
+
+
+class AuditList(msgspec.Struct, frozen=True, kw_only=True):
+    changes: list[AuditEntry]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
