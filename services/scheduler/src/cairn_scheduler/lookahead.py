@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from cairn_common.messages import TimerFired, encode
 from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
 from cairn_common.topology import Topology
+from cairn_common.waiting import setter, wait_any
 from cairn_scheduler import repo
 from cairn_scheduler.metrics import (
     FIRE_LATENESS,
@@ -142,7 +143,7 @@ class Lookahead:
                 await wait_any(stop, timeout=1.0)
                 continue
             try:
-                conn.add_termination_listener(_setter(lost))
+                conn.add_termination_listener(setter(lost))
                 await conn.add_listener(NOTIFY_CHANNEL, on_notify)
                 self._scan.set()  # anything committed while we were not listening
                 await wait_any(stop, lost)
@@ -221,17 +222,3 @@ class Lookahead:
             log.info("released unfired timer claims", count=released)
         except TRANSIENT as exc:
             log.warning("could not release claims; they expire by themselves", error=repr(exc))
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _conn: event.set()
-
-
-async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Wait until one of ``events`` is set or ``timeout`` passes."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
