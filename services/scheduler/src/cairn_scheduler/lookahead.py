@@ -154,22 +154,34 @@ class Lookahead:
     # ---- firing --------------------------------------------------------------------------------
 
     async def _fire_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self._claimed.clear()
-            if not self._heap:
-                await wait_any(stop, self._claimed)
-                continue
-            delay = (self._heap[0][0] - datetime.now(UTC)).total_seconds()
-            if delay > 0:
-                await wait_any(stop, self._claimed, timeout=delay)
-                continue
-            due = self._take_due()
-            try:
-                await self.fire(due)
-            except TRANSIENT as exc:
-                log.warning("firing timers failed; will retry", error=repr(exc), count=len(due))
-                self._requeue(due)
-                await wait_any(stop, timeout=0.5)
+        """Fire due timers in batches, up to ``fire_concurrency`` batches in flight, so the
+        database round trips of one batch overlap the publishes of another."""
+        slots = asyncio.Semaphore(self._s.fire_concurrency)
+        async with asyncio.TaskGroup() as tg:
+            while not stop.is_set():
+                self._claimed.clear()
+                if not self._heap:
+                    await wait_any(stop, self._claimed)
+                    continue
+                delay = (self._heap[0][0] - datetime.now(UTC)).total_seconds()
+                if delay > 0:
+                    await wait_any(stop, self._claimed, timeout=delay)
+                    continue
+                await slots.acquire()
+                tg.create_task(self._fire_batch(self._take_due(), slots, stop))
+
+    async def _fire_batch(
+        self, due: list[DueTimer], slots: asyncio.Semaphore, stop: asyncio.Event
+    ) -> None:
+        try:
+            await self.fire(due)
+        except TRANSIENT as exc:
+            log.warning("firing timers failed; will retry", error=repr(exc), count=len(due))
+            self._requeue(due)
+            self._claimed.set()
+            await wait_any(stop, timeout=0.5)
+        finally:
+            slots.release()
 
     def _take_due(self) -> list[DueTimer]:
         now = datetime.now(UTC)
