@@ -58,20 +58,24 @@ class CompiledJourney:
             events.add(journey.goal.event)
         self.events = frozenset(events)
 
-    def _index(self, steps: tuple[Step, ...]) -> None:
+    def _index(self, steps: tuple[Step, ...], after: Step | None = None) -> None:
+        """Index ``steps``; the step after the last one is ``after`` (the step that follows the
+        list's owner), so a nested list rejoins its parent and only running off the end of the
+        journey's own list completes an instance."""
         for i, step in enumerate(steps):
+            following = steps[i + 1] if i + 1 < len(steps) else after
             self.steps[step.id] = step
-            self.next_step[step.id] = steps[i + 1] if i + 1 < len(steps) else None
+            self.next_step[step.id] = following
             if isinstance(step, WaitForStep):
-                self._index(step.wait_for.matched)
-                self._index(step.wait_for.timed_out)
+                self._index(step.wait_for.matched, following)
+                self._index(step.wait_for.timed_out, following)
             elif isinstance(step, BranchStep):
                 for case in step.branch.cases:
-                    self._index(case.steps)
-                self._index(step.branch.otherwise)
+                    self._index(case.steps, following)
+                self._index(step.branch.otherwise, following)
             elif isinstance(step, SplitStep):
                 for path in step.split:
-                    self._index(path.steps)
+                    self._index(path.steps, following)
 
 
 class Catalogue:
