@@ -32,11 +32,11 @@ def _alive(pid: int) -> bool:
 def _start_up(home: Path) -> subprocess.Popen[str]:
     # Pre-seed the port choices so the test never takes the well-known ports of a real Cairn.
     home.mkdir(parents=True, exist_ok=True)
-    ports = {"nats": free_port(), "nats_monitor": free_port(), "postgres": free_port()}
-    (home / "ports.json").write_text(json.dumps(ports))
+    (home / "ports.json").write_text(json.dumps({"nats_monitor": free_port()}))
     return subprocess.Popen(
-        [*CAIRN, "up", "--home", str(home), "--http-port", str(free_port()),
-         "--admin-port", str(free_port())],
+        [*CAIRN, "up", "--data-dir", str(home), "--http-port", str(free_port()),
+         "--admin-port", str(free_port()), "--nats-port", str(free_port()),
+         "--postgres-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -53,7 +53,7 @@ def _read_until_up(proc: subprocess.Popen[str]) -> str:
 
 def _status(home: Path) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
-        [*CAIRN, "status", "--home", str(home), "-o", "json"],
+        [*CAIRN, "status", "--data-dir", str(home), "-o", "json"],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return result.returncode, json.loads(result.stdout)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cairn_common.messages import DeliveryResult, Event, ExitInstances, ProfileInput, TimerFired
 from cairn_journey.documents import parse_text
 from cairn_journey.effects import (
@@ -184,8 +186,7 @@ class Profile:
         return [i.position for i in self.state.instances]
 
 
-class TimerFiredMark:
+class TimerFiredMark(msgspec.Struct, frozen=True, kw_only=True):
     """A marker in the test log: the scheduler fired this timer."""
 
-    def __init__(self, timer_id: str) -> None:
-        self.timer_id = timer_id
+    timer_id: str

@@ -11,7 +11,8 @@ from nats.js.client import JetStreamContext
 
 from cairn_common.bus import provision_topology
 from cairn_common.topology import Topology
-from tests.scheduler.timers import Fires, metric, migrated, set_timers, soon, table_count
+from tests.scheduler.timers import Fires, migrated, set_timers, soon, table_count
+from tests.support.engine import metric
 from tests.support.processes import ServiceProcess
 
 SCHEDULER = "cairn_scheduler"

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import asyncpg
 from nats.js.client import JetStreamContext
 
@@ -78,17 +77,6 @@ class Fires:
 
     def ids(self) -> list[str]:
         return [f.timer_id for _, f in self.seen]
-
-
-async def metric(url: str, name: str) -> float:
-    """Sum of a Prometheus metric's samples on a service's /metrics."""
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
-        text = await resp.text()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name) and (line[len(name)] in " {")
-    )
 
 
 async def table_count(conn: asyncpg.Connection) -> int:

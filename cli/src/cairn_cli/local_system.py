@@ -1,8 +1,8 @@
 """`cairn up` and `cairn status`: the whole system on one machine, and how healthy it is.
 
-Everything lives in one data folder (``./.cairn``, or ``CAIRN_HOME``): NATS's JetStream store,
-PostgreSQL's cluster, the generated secrets, and while Cairn runs, ``state.json`` (where every part
-listens) and ``cli.json`` (where the control-plane commands find the admin API).
+Everything lives in one data folder (``./.cairn``, ``--data-dir`` or ``CAIRN_DATA_DIR``): NATS's
+JetStream store, PostgreSQL's cluster, the generated secrets, and while Cairn runs, ``state.json``
+(where every part listens) and ``cli.json`` (where the control-plane commands find the admin API).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class LocalState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def cairn_home(explicit: str | None = None) -> Path:
-    return Path(explicit or os.environ.get("CAIRN_HOME") or ".cairn").resolve()
+    return Path(explicit or os.environ.get("CAIRN_DATA_DIR") or ".cairn").resolve()
 
 
 def secret_in(home: Path, name: str) -> str:
@@ -131,7 +131,7 @@ async def _postgres_check(url: str) -> Check:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    home = cairn_home(args.home)
+    home = cairn_home(args.data_dir)
     state = read_state(home)
     if state is None:
         msg = f"Cairn is not running from {home} (no {STATE_FILE}); start it with `cairn up`"
@@ -172,7 +172,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def up_command(args: argparse.Namespace) -> int:
     from cairn_cli.up import run_up
 
-    return run_up(cairn_home(args.home), args)
+    return run_up(cairn_home(args.data_dir), args)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -183,9 +183,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "create the streams, start ingest, matcher, scheduler and dispatcher as separate "
         "processes and print where everything listens. Ctrl-C stops it all.",
     )
-    up.add_argument("--home", help="data folder (default ./.cairn, or $CAIRN_HOME)")
+    up.add_argument("--data-dir", help="data folder (default ./.cairn, or $CAIRN_DATA_DIR)")
     up.add_argument("--http-port", type=int, default=8080, help="tracking API port (8080)")
     up.add_argument("--admin-port", type=int, default=8090, help="admin API port (8090)")
+    up.add_argument(
+        "--nats-port", type=int, help="NATS client port (default: last run's, else 4222 if free)"
+    )
+    up.add_argument(
+        "--postgres-port", type=int, help="PostgreSQL port (default: last run's, else 5432 if free)"
+    )
     up.add_argument(
         "--otlp-endpoint",
         default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
@@ -194,6 +200,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.set_defaults(func=up_command)
 
     status = sub.add_parser("status", help="health of a running `cairn up`; exit 0 when healthy")
-    status.add_argument("--home", help="data folder (default ./.cairn, or $CAIRN_HOME)")
+    status.add_argument("--data-dir", help="data folder (default ./.cairn, or $CAIRN_DATA_DIR)")
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=status_command)

@@ -56,6 +56,11 @@ def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
     ports = msgspec.json.decode(path.read_bytes(), type=Ports) if path.exists() else Ports()
     ports.http, ports.admin = args.http_port, args.admin_port
     taken: set[int] = set()
+    for name, given in (("nats", args.nats_port), ("postgres", args.postgres_port)):
+        if given is not None:
+            if not port_is_free(given):
+                raise LocalServerError(f"port {given} for {name} is in use")
+            setattr(ports, name, given)
 
     def pick(preferred: int) -> int:
         port = preferred if preferred not in taken and port_is_free(preferred) else free_port()

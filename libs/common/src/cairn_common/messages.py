@@ -73,7 +73,7 @@ class TimerFired(Wire, frozen=True, kw_only=True, tag="timer_fired"):
 
 
 DeliveryOutcome = Literal[
-    "sent", "failed", "skipped", "suppressed", "deferred", "dropped", "dead_lettered"
+    "sent", "failed", "skipped", "suppressed", "deferred", "dropped", "dead_lettered", "bounced"
 ]
 
 
@@ -102,6 +102,9 @@ class DeliveryRequested(Wire, frozen=True, kw_only=True, tag="delivery_requested
     event: dict[str, Any] = msgspec.field(default_factory=dict)
     matched_events: dict[str, Any] = msgspec.field(default_factory=dict)
     unique_value: str | None = None
+    template_document: dict[str, Any] | None = None
+    """The Template document as the journey version was published with it, when the sender has
+    it; otherwise the dispatcher looks the template up by name."""
 
 
 class DeliveryResult(Wire, frozen=True, kw_only=True, tag="delivery_result"):

@@ -171,6 +171,10 @@ def _build(
     kind = data.get("kind")
     reader: Reader
     document: Document | None
+    duplicates = [
+        Problem(path=key, message="duplicate key", source=source, line=dup_line)
+        for key, dup_line in getattr(data, "duplicates", ())
+    ]
     if kind == "Journey":
         reader = JourneyReader(source, line)
         document = reader.journey(data)
@@ -191,9 +195,9 @@ def _build(
             hint = difflib.get_close_matches(str(kind), DOCUMENT_KINDS, n=1)
             extra = f'; did you mean "{hint[0]}"?' if hint else f" (one of {kinds})"
             reader.problem("kind", f"unknown kind {kind!r}{extra}", reader.line_in(data, "kind"))
-        return None, reader.problems
-    if reader.problems:
-        return None, reader.problems
+        return None, duplicates + reader.problems
+    if reader.problems or duplicates:
+        return None, duplicates + reader.problems
     return document, []
 
 

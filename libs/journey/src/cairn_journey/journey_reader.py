@@ -78,7 +78,7 @@ class JourneyReader(Reader):
         if data.get("goal") is not None:
             goal = self.goal(data["goal"], "goal", self.line_in(data, "goal"))
         steps = self.steps(data.get("steps"), "steps", self.line_in(data, "steps"), frozenset())
-        if "steps" in data and steps == ():
+        if data.get("steps") == []:
             self.problem("steps", "a journey needs at least one step", self.line_in(data, "steps"))
         if self.problems or name is None or trigger is None or entry is None:
             return None

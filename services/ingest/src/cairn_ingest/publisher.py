@@ -14,15 +14,11 @@ instead turn that crash into a loss (the retry would look like a duplicate).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js import api
-from nats.js.client import JetStreamContext
-from nats.js.errors import Error as JetStreamError
 from opentelemetry import trace
 from prometheus_client import Counter
 
@@ -30,6 +26,7 @@ from cairn_common.bus import MSG_ID, trace_headers
 from cairn_common.messages import Event, encode
 from cairn_common.topology import Topology
 from cairn_ingest import repo
+from cairn_ingest.jetstream import BatchPublisher, PublishError
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("cairn.ingest")
@@ -51,7 +48,7 @@ class EventPublisher:
         timeout: float,
         max_pending: int,
     ) -> None:
-        self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=max_pending)
+        self._batches = BatchPublisher(nc)
         self._pool = pool
         self._topology = topology
         self._timeout = timeout
@@ -81,28 +78,21 @@ class EventPublisher:
 
     async def _publish_all(self, events: list[Event]) -> None:
         base = trace_headers()
-        futures: list[asyncio.Future[api.PubAck]] = []
+        subject = self._topology.input_subject
+        messages = [
+            (subject(e.partition, "event"), encode(e), {**base, MSG_ID: e.message_id})
+            for e in events
+        ]
         try:
-            async with asyncio.timeout(self._timeout):
-                for event in events:
-                    headers = {**base, MSG_ID: event.message_id}
-                    subject = self._topology.input_subject(event.partition, "event")
-                    futures.append(
-                        await self._js.publish_async(subject, encode(event), headers=headers)
-                    )
-                await asyncio.gather(*futures)
+            await self._batches.publish(messages, self._timeout)
         except TimeoutError as exc:
             raise Unavailable("JetStream did not acknowledge in time") from exc
-        except JetStreamError as exc:
+        except PublishError as exc:
             raise Unavailable(f"JetStream refused the events: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("nats"):
                 raise Unavailable(f"NATS unavailable: {exc}") from exc
             raise
-        finally:
-            for future in futures:
-                if not future.done():
-                    future.cancel()  # frees nats-py's pending slot
 
 
 def _first_of_each_id(events: Sequence[Event]) -> list[Event]:

@@ -163,7 +163,10 @@ def _id(value: Id | None, field: str, limit: int) -> str | None:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    tz = moment.tzinfo
+    if tz is UTC:
+        return moment  # msgspec decodes "Z" and "+00:00" to datetime.UTC: the common case
+    return moment.replace(tzinfo=UTC) if tz is None else moment.astimezone(UTC)
 
 
 def event_time(

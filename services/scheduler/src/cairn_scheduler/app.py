@@ -8,8 +8,9 @@ import asyncio
 import structlog
 
 from cairn_common.runtime import ServiceContext
+from cairn_common.waiting import wait_any
 from cairn_scheduler import repo
-from cairn_scheduler.lookahead import TRANSIENT, Lookahead, wait_any
+from cairn_scheduler.lookahead import TRANSIENT, Lookahead
 from cairn_scheduler.metrics import TIMERS_PENDING
 from cairn_scheduler.settings import Settings
 

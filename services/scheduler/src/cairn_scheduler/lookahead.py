@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -28,6 +28,7 @@ from nats.js.client import JetStreamContext
 from cairn_common.messages import TimerFired, encode
 from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
 from cairn_common.topology import Topology
+from cairn_common.waiting import setter, wait_any
 from cairn_scheduler import repo
 from cairn_scheduler.metrics import (
     FIRE_LATENESS,
@@ -142,7 +143,7 @@ class Lookahead:
                 await wait_any(stop, timeout=1.0)
                 continue
             try:
-                conn.add_termination_listener(_setter(lost))
+                conn.add_termination_listener(setter(lost))
                 await conn.add_listener(NOTIFY_CHANNEL, on_notify)
                 self._scan.set()  # anything committed while we were not listening
                 await wait_any(stop, lost)
@@ -153,22 +154,34 @@ class Lookahead:
     # ---- firing --------------------------------------------------------------------------------
 
     async def _fire_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self._claimed.clear()
-            if not self._heap:
-                await wait_any(stop, self._claimed)
-                continue
-            delay = (self._heap[0][0] - datetime.now(UTC)).total_seconds()
-            if delay > 0:
-                await wait_any(stop, self._claimed, timeout=delay)
-                continue
-            due = self._take_due()
-            try:
-                await self.fire(due)
-            except TRANSIENT as exc:
-                log.warning("firing timers failed; will retry", error=repr(exc), count=len(due))
-                self._requeue(due)
-                await wait_any(stop, timeout=0.5)
+        """Fire due timers in batches, up to ``fire_concurrency`` batches in flight, so the
+        database round trips of one batch overlap the publishes of another."""
+        slots = asyncio.Semaphore(self._s.fire_concurrency)
+        async with asyncio.TaskGroup() as tg:
+            while not stop.is_set():
+                self._claimed.clear()
+                if not self._heap:
+                    await wait_any(stop, self._claimed)
+                    continue
+                delay = (self._heap[0][0] - datetime.now(UTC)).total_seconds()
+                if delay > 0:
+                    await wait_any(stop, self._claimed, timeout=delay)
+                    continue
+                await slots.acquire()
+                tg.create_task(self._fire_batch(self._take_due(), slots, stop))
+
+    async def _fire_batch(
+        self, due: list[DueTimer], slots: asyncio.Semaphore, stop: asyncio.Event
+    ) -> None:
+        try:
+            await self.fire(due)
+        except TRANSIENT as exc:
+            log.warning("firing timers failed; will retry", error=repr(exc), count=len(due))
+            self._requeue(due)
+            self._claimed.set()
+            await wait_any(stop, timeout=0.5)
+        finally:
+            slots.release()
 
     def _take_due(self) -> list[DueTimer]:
         now = datetime.now(UTC)
@@ -221,17 +234,3 @@ class Lookahead:
             log.info("released unfired timer claims", count=released)
         except TRANSIENT as exc:
             log.warning("could not release claims; they expire by themselves", error=repr(exc))
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _conn: event.set()
-
-
-async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Wait until one of ``events`` is set or ``timeout`` passes."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

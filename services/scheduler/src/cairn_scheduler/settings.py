@@ -19,8 +19,10 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     """Timers claimed per statement while filling the lookahead."""
     max_held_timers: int = 200_000
     """Upper bound of timers held in memory; a backlog beyond it is claimed as firing frees room."""
-    fire_batch: int = 2_000
+    fire_batch: int = 1_000
     """Most timers published and deleted together."""
+    fire_concurrency: int = 4
+    """Batches of due timers in flight at once."""
     claim_grace_seconds: float = 5.0
     """A claimed timer still unfired this long after it was due (its replica died) is claimed
     again by another replica."""
