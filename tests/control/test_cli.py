@@ -91,7 +91,7 @@ async def test_cli_finds_the_api_from_cli_json_written_by_cairn_up(
     home = tmp_path / ".cairn"
     home.mkdir()
     (home / "cli.json").write_text(json.dumps({"api_url": admin.url, "token": "from-file"}))
-    result = await run_cli("journeys", "list", "--home", str(home), token="")
+    result = await run_cli("journeys", "list", "--data-dir", str(home), token="")
     assert result.code == 1, result  # it reached the API, which refused the file's token
     assert "bearer token" in result.err
 

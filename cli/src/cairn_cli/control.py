@@ -333,7 +333,7 @@ def _q(segment: str) -> str:
 def run_api_command(command: Command) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         try:
-            api = ApiEndpoint.find(args.api, args.home)
+            api = ApiEndpoint.find(args.api, args.data_dir)
             answer = command(args, api)
         except CliFailure as failure:
             if args.output == "json":
@@ -352,7 +352,9 @@ def _common(parser: argparse.ArgumentParser, *, api: bool = True) -> None:
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     if api:
         parser.add_argument("--api", help="admin API URL (default $CAIRN_API_URL or cli.json)")
-        parser.add_argument("--home", help="cairn up's data folder holding cli.json (./.cairn)")
+        parser.add_argument(
+            "--data-dir", help="cairn up's data folder holding cli.json (./.cairn, $CAIRN_DATA_DIR)"
+        )
 
 
 def _add(
