@@ -110,3 +110,20 @@ async def test_cli_write_keys_create_list_revoke(admin: Admin) -> None:
     revoked = await run_cli("keys", "revoke", key_id, api=admin.url)
     assert revoked.code == 0, revoked
     assert f"write key {key_id} revoked" in revoked.out
+
+
+async def test_cli_validate_of_journeys_alone_skips_references_it_cannot_check(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("validate", "-f", "examples/journeys")
+    assert result.code == 0, result
+    assert "Journey abandoned-cart valid" in result.out
+    assert "references to templates, channels, destinations not checked" in result.out
+    email_only = tmp_path / "channels.yaml"
+    email_only.write_text(
+        "kind: Channel\nname: email\nprovider: smtp\nendpoint: smtp://localhost:1025\n"
+    )
+    result = await run_cli("validate", "-f", "examples/journeys", "-f", str(email_only))
+    assert result.code == 1, result  # channels are given now, and sms and push are missing
+    assert 'no channel "sms"' in result.err
+    assert "no template" not in result.err

@@ -116,7 +116,7 @@ def apply_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
 
 def validate_command(args: argparse.Namespace) -> int:
     """Offline: parse and cross-check the files given, no server needed."""
-    from cairn_control.validation import check_documents, parse_texts
+    from cairn_control.validation import check_offline, parse_texts
 
     try:
         texts = [(d["text"], d["source"]) for d in read_documents(args.filename)]
@@ -124,7 +124,8 @@ def validate_command(args: argparse.Namespace) -> int:
         print(f"error: {failure.message}", file=sys.stderr)
         return failure.exit_code
     documents, problems = parse_texts(texts)
-    problems += check_documents(documents, [])
+    reference_problems, unchecked = check_offline(documents)
+    problems += reference_problems
     as_dicts = [
         {"path": p.path, "message": p.message, "source": p.source, "line": p.line} for p in problems
     ]
@@ -133,6 +134,7 @@ def validate_command(args: argparse.Namespace) -> int:
             {
                 "valid": not problems,
                 "problems": as_dicts,
+                "unchecked": unchecked,
                 "documents": [
                     {"kind": d.kind, "name": d.name, "source": d.source} for d in documents
                 ],
@@ -144,6 +146,9 @@ def validate_command(args: argparse.Namespace) -> int:
     else:
         for d in documents:
             print(f"{d.kind} {d.name} valid ({d.source})")
+    if unchecked and args.output == "table":
+        kinds = ", ".join(f"{k.lower()}s" for k in unchecked)
+        print(f"note: references to {kinds} not checked (none among the files given)")
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
