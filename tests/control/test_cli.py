@@ -127,3 +127,21 @@ async def test_cli_validate_of_journeys_alone_skips_references_it_cannot_check(
     assert result.code == 1, result  # channels are given now, and sms and push are missing
     assert 'no channel "sms"' in result.err
     assert "no template" not in result.err
+
+
+async def test_cli_diff_shows_the_draft_against_the_live_version(
+    admin: Admin, tmp_path: Path
+) -> None:
+    await admin.apply_files(EXAMPLES)
+    await admin.ready_all_templates()
+    await admin.call("POST", "/v1/journeys/abandoned-cart/publish")
+    changed = (EXAMPLES / "journeys" / "abandoned-cart.yaml").read_text()
+    await admin.apply_text(changed.replace("wait: 1d", "wait: 2d"), source="cart.yaml")
+    result = await run_cli("journeys", "diff", "abandoned-cart", api=admin.url)
+    assert result.code == 1, result  # differences, like diff(1)
+    assert "--- abandoned-cart v1" in result.out
+    assert "-        duration: P1D" in result.out
+    assert "+        duration: P2D" in result.out
+    checked = await run_cli("publish", "abandoned-cart", "--dry-run", api=admin.url)
+    assert checked.code == 0, checked
+    assert "would freeze it as v2" in checked.out

@@ -253,3 +253,16 @@ async def test_a_published_definition_loads_back_as_the_journey_that_was_applied
     path = EXAMPLES / "journeys" / "abandoned-cart.yaml"
     [applied] = parse_text(path.read_text(), str(path)).documents
     assert parse_document(json.loads(stored)) == applied
+
+
+async def test_a_dry_run_publish_checks_and_stores_nothing(admin: Admin) -> None:
+    await admin.apply_text(documents(), source="welcome.yaml")
+    status, body = await admin.call("POST", "/v1/journeys/welcome/publish?dry_run=true")
+    assert status == 422, body  # the template is still a draft: same refusal as a real publish
+    await admin.ready_all_templates()
+    status, body = await admin.call("POST", "/v1/journeys/welcome/publish?dry_run=true")
+    assert status == 200, body
+    assert (body["dry_run"], body["outcome"], body["version"]) == (True, "published", 1)
+    assert await admin.pool.fetchval("SELECT count(*) FROM journey_versions") == 0
+    state = await admin.pool.fetchval("SELECT state FROM journeys WHERE name = 'welcome'")
+    assert state == "draft"

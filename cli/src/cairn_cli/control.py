@@ -153,7 +153,8 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def publish_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
-    answer = api.call("POST", f"/v1/journeys/{_q(args.name)}/publish")
+    query = "?dry_run=true" if args.dry_run else ""
+    answer = api.call("POST", f"/v1/journeys/{_q(args.name)}/publish{query}")
     if args.output == "table":
         print(answer["message"])
     return answer
@@ -212,6 +213,45 @@ def stats_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     if args.output == "table":
         print_stats(answer, print_table)
     return answer
+
+
+def journeys_diff(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    """The draft against a published version (default: the live one, else the latest), as a
+    unified diff of their YAML. Exits 1 when they differ, like ``diff`` and ``kubectl diff``."""
+    import difflib
+
+    import yaml
+
+    shown = api.call("GET", f"/v1/journeys/{_q(args.name)}")
+    version = args.version or shown["journey"]["live_version"] or shown["journey"]["versions"]
+    if not version:
+        raise CliFailure(f"{args.name} has no published version to compare with", EXIT_PROBLEMS)
+    published = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions/{version}")
+    old = yaml.safe_dump(published["definition"], sort_keys=False, allow_unicode=True)
+    new = yaml.safe_dump(shown["draft"], sort_keys=False, allow_unicode=True)
+    lines = list(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True),
+            fromfile=f"{args.name} v{version}", tofile=f"{args.name} draft",
+        )
+    )  # fmt: skip
+    answer = {"journey": args.name, "version": version, "changed": bool(lines),
+              "diff": "".join(lines)}  # fmt: skip
+    if args.output == "table":
+        print("".join(lines) if lines else f"the draft is the same as v{version}", end="")
+        if not lines:
+            print()
+    if lines:
+        raise Differs(answer)
+    return answer
+
+
+class Differs(Exception):
+    """``cairn journeys diff`` found differences: printed already; exit 1."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("differs")
+        self.answer = answer
 
 
 def stop_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
@@ -340,6 +380,10 @@ def run_api_command(command: Command) -> Callable[[argparse.Namespace], int]:
         try:
             api = ApiEndpoint.find(args.api, args.data_dir)
             answer = command(args, api)
+        except Differs as differs:
+            if args.output == "json":
+                print_json(differs.answer)
+            return EXIT_PROBLEMS
         except CliFailure as failure:
             if args.output == "json":
                 print_json({"error": failure.message, "problems": failure.problems})
@@ -401,6 +445,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate.set_defaults(func=validate_command)
     publish = _add(sub, "publish", publish_command, "validate a journey's draft; make it live")
     publish.add_argument("name", metavar="NAME")
+    publish.add_argument(
+        "--dry-run", action="store_true", help="only check; say what publishing would do"
+    )
     stop = _add(sub, "stop", stop_command, "stop a journey: no new entries; running ones drain")
     stop.add_argument("name", metavar="NAME")
     stop.add_argument("--exit-all", action="store_true", help="also exit running instances now")
@@ -413,6 +460,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     journeys = _group(sub, "journeys", "list and inspect journeys")
     _add(journeys, "list", journeys_list, "every journey with its state and live version")
     _add(journeys, "show", journeys_show, "one journey and its draft").add_argument("name")
+    diff = _add(journeys, "diff", journeys_diff, "the draft against a published version")
+    diff.add_argument("name", metavar="NAME")
+    diff.add_argument("--version", type=int, help="compare with this version (default: live)")
     versions = _add(journeys, "versions", journeys_versions, "a journey's published versions")
     versions.add_argument("name", metavar="NAME")
     versions.add_argument("--version", type=int, help="show this version's frozen definition")

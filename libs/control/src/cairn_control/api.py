@@ -161,7 +161,9 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    return json_response(await store.publish(request.app[POOL], request.match_info["name"]))
+    dry_run = request.query.get("dry_run", "false").lower() in ("1", "true", "yes")
+    name = request.match_info["name"]
+    return json_response(await store.publish(request.app[POOL], name, dry_run=dry_run))
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -251,7 +253,8 @@ ROUTES: list[Route] = [
           "Analytics: totals, per-step funnel, conversion against the goal, series "
           "(query: version, by=day|hour)", response=JourneyStats),
     Route("POST", "/v1/journeys/{name}/publish", publish,
-          "Validate the draft and freeze it as the next version", response=store.Published),
+          "Validate the draft and freeze it as the next version (query: dry_run=true only "
+          "checks)", response=store.Published),
     Route("POST", "/v1/journeys/{name}/stop", stop,
           "Stop new entries; drain or exit running instances", request=StopRequest,
           response=Stopped),

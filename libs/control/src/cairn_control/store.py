@@ -47,6 +47,8 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     outcome: PublishOutcome
     checksum: str
     message: str
+    dry_run: bool = False
+    """Only checked: nothing was stored (``outcome`` says what a real publish would do)."""
 
 
 class JourneySummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,10 +214,11 @@ async def get_draft(conn: asyncpg.Connection, name: str) -> StoredResource:
 # ---- publish -------------------------------------------------------------------------------------
 
 
-async def publish(pool: asyncpg.Pool, name: str) -> Published:
+async def publish(pool: asyncpg.Pool, name: str, *, dry_run: bool = False) -> Published:
     """Validate the draft against the stored templates, triggers, channels and destinations and
     freeze it as version N+1. An unchanged draft is not frozen twice: if it is live, nothing
-    happens; if the journey was stopped, it goes live again on that same version."""
+    happens; if the journey was stopped, it goes live again on that same version. ``dry_run``
+    only checks and says what a publish would do."""
     async with pool.acquire() as conn, conn.transaction():
         draft = await get_draft(conn, name)
         journey = await conn.fetchrow(
@@ -242,11 +245,24 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
                     outcome="unchanged",
                     checksum=checksum,
                     message=f"{name} v{version} is already live and the draft is unchanged",
+                    dry_run=dry_run,
                 )
             outcome: PublishOutcome = "resumed"
             message = f"{name} v{version} is live again (the draft is unchanged)"
         else:
             version = 1 if latest is None else int(latest["version"]) + 1
+            outcome = "published"
+        if dry_run:
+            return Published(
+                journey=name,
+                version=version,
+                outcome=outcome,
+                checksum=checksum,
+                message=f"{name}: the draft passes every check; publishing would "
+                + ("make it live again" if outcome == "resumed" else f"freeze it as v{version}"),
+                dry_run=True,
+            )
+        if outcome == "published":
             await conn.execute(
                 "INSERT INTO journey_versions (journey, version, definition, checksum) "
                 "VALUES ($1, $2, $3::jsonb, $4)",
@@ -255,7 +271,6 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
                 json.dumps(draft.document),
                 checksum,
             )
-            outcome = "published"
             message = f"{name} v{version} published; new entries go to v{version}"
             if latest is not None:
                 message += ", running instances finish on the version they started on"
