@@ -64,7 +64,7 @@ async def test_cli_applies_readies_and_publishes_the_example_journeys(admin: Adm
 
 
 async def test_cli_publish_refused_exits_1_with_the_problems(admin: Admin) -> None:
-    await run_cli("apply", "-f", "examples", api=admin.url)
+    await admin.apply_files(EXAMPLES)
     refused = await run_cli("publish", "abandoned-cart", api=admin.url)
     assert refused.code == 1, refused
     assert "cart-reminder-email" in refused.err
