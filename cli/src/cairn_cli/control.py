@@ -111,6 +111,9 @@ def apply_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     if args.output == "table":
         for item in answer["applied"]:
             print(f"{item['kind']} {item['name']} {item['outcome']}")
+        if answer.get("warnings"):
+            print("warning: cannot be published yet:", file=sys.stderr)
+            print_problems(answer["warnings"])
     return answer
 
 

@@ -20,7 +20,7 @@ from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
 from cairn_control import keys, resources, store, templates
-from cairn_control.errors import ControlError, Invalid
+from cairn_control.errors import ControlError, Invalid, ProblemOut
 from cairn_control.openapi import Route, openapi_document
 from cairn_control.preview import Preview, preview_step
 from cairn_control.requests import (
@@ -104,7 +104,12 @@ async def apply(request: web.Request) -> web.Response:
     if not documents:
         raise Invalid("the request holds no documents")
     applied = await store.apply_documents(request.app[POOL], documents)
-    return json_response(AppliedList(applied=applied))
+    warnings: list[ProblemOut] = []
+    if any(d.kind == "Journey" for d in documents):
+        async with request.app[POOL].acquire() as conn:
+            stored = await store.load_stored(conn)
+        warnings = check_documents([d for d in documents if d.kind == "Journey"], stored)
+    return json_response(AppliedList(applied=applied, warnings=warnings))
 
 
 async def validate(request: web.Request) -> web.Response:

@@ -28,6 +28,9 @@ class ApplyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class AppliedList(msgspec.Struct, frozen=True, kw_only=True):
     applied: list[Applied]
+    warnings: list[ProblemOut] = msgspec.field(default_factory=list)
+    """What would stop the applied journeys from publishing now (missing templates, channels...);
+    applied anyway: drafts may be written before what they use."""
 
 
 class DocumentRef(msgspec.Struct, frozen=True, kw_only=True):
