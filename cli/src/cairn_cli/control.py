@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from cairn_cli.control_client import (
@@ -20,87 +19,17 @@ from cairn_cli.control_client import (
     EXIT_USAGE,
     ApiEndpoint,
     CliFailure,
-    problem_line,
+)
+from cairn_cli.control_output import (
+    print_json,
+    print_problems,
+    print_table,
+    read_documents,
+    read_json_file,
+    show_cell,
 )
 
-DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
 Command = Callable[[argparse.Namespace, ApiEndpoint], Any]
-
-
-# ---- output --------------------------------------------------------------------------------------
-
-
-def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "-"
-    text = str(value)
-    if len(text) >= 19 and text[4:5] == "-" and text[10:11] == "T":
-        return text[:19].replace("T", " ")  # ISO timestamps, to the second
-    return text
-
-
-def print_problems(problems: Sequence[dict[str, Any]]) -> None:
-    for problem in problems:
-        print(f"  {problem_line(problem)}", file=sys.stderr)
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-# ---- documents from files ------------------------------------------------------------------------
-
-
-def document_files(paths: Sequence[str]) -> list[Path]:
-    """Files named, and every .yaml/.yml/.json file under directories named, in a stable order."""
-    found: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DOCUMENT_SUFFIXES)
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise CliFailure(f"{name}: no such file or directory", EXIT_PROBLEMS)
-    if not found:
-        raise CliFailure(f"no .yaml, .yml or .json files in {', '.join(paths)}", EXIT_PROBLEMS)
-    return found
-
-
-def read_documents(paths: Sequence[str]) -> list[dict[str, str]]:
-    out = []
-    for path in document_files(paths):
-        try:
-            out.append({"source": str(path), "text": path.read_text(encoding="utf-8")})
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliFailure(f"{path}: cannot read it ({exc})", EXIT_PROBLEMS) from None
-    return out
-
-
-def read_json_file(name: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(Path(name).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CliFailure(f"{what} file {name}: {exc.strerror or exc}", EXIT_PROBLEMS) from None
-    except json.JSONDecodeError as exc:
-        raise CliFailure(f"{what} file {name}: not JSON ({exc})", EXIT_PROBLEMS) from None
-    if not isinstance(value, dict):
-        raise CliFailure(f"{what} file {name}: expected a JSON object", EXIT_PROBLEMS)
-    return value
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -182,7 +111,7 @@ def journeys_show(args: argparse.Namespace, api: ApiEndpoint) -> Any:
         for key in ("name", "title", "state", "live_version", "versions", "draft_changed",
                     "active_instances", "stop_mode", "stopped_at", "updated_at"):  # fmt: skip
             if j.get(key) is not None:
-                print(f"{key.replace('_', ' ') + ':':<18}{_cell(j[key])}")
+                print(f"{key.replace('_', ' ') + ':':<18}{show_cell(j[key])}")
         print("draft:")
         print(json.dumps(answer["draft"], indent=2, ensure_ascii=False))
     return answer
@@ -193,7 +122,7 @@ def journeys_versions(args: argparse.Namespace, api: ApiEndpoint) -> Any:
         answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions/{args.version}")
         if args.output == "table":
             live = "  (live)" if answer["live"] else ""
-            published = _cell(answer["published_at"])
+            published = show_cell(answer["published_at"])
             print(f"{answer['journey']} v{answer['version']}  {answer['checksum']}  "
                   f"published {published}{live}")  # fmt: skip
             print(json.dumps(answer["definition"], indent=2, ensure_ascii=False))
@@ -348,7 +277,7 @@ def keys_list(args: argparse.Namespace, api: ApiEndpoint) -> Any:
 def keys_revoke(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     answer = api.call("POST", f"/v1/write-keys/{_q(args.key_id)}/revoke")
     if args.output == "table":
-        print(f"write key {answer['key_id']} revoked at {_cell(answer['revoked_at'])}")
+        print(f"write key {answer['key_id']} revoked at {show_cell(answer['revoked_at'])}")
     return answer
 
 

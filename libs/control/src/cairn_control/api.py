@@ -19,7 +19,7 @@ from aiohttp import web
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from cairn_control import keys, resources, store, templates
+from cairn_control import journeys, keys, resources, store, templates
 from cairn_control.errors import ControlError, Invalid, ProblemOut
 from cairn_control.openapi import Route, openapi_document
 from cairn_control.preview import Preview, preview_step
@@ -127,16 +127,16 @@ async def validate(request: web.Request) -> web.Response:
 
 
 async def list_journeys(request: web.Request) -> web.Response:
-    return json_response(JourneyList(journeys=await store.list_journeys(request.app[POOL])))
+    return json_response(JourneyList(journeys=await journeys.list_journeys(request.app[POOL])))
 
 
 async def show_journey(request: web.Request) -> web.Response:
-    summary, draft = await store.get_journey(request.app[POOL], request.match_info["name"])
+    summary, draft = await journeys.get_journey(request.app[POOL], request.match_info["name"])
     return json_response(JourneyDetail(journey=summary, draft=draft))
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    versions = await store.list_versions(request.app[POOL], request.match_info["name"])
+    versions = await journeys.list_versions(request.app[POOL], request.match_info["name"])
     return json_response(VersionList(versions=versions))
 
 
@@ -145,7 +145,7 @@ async def show_version(request: web.Request) -> web.Response:
         number = int(request.match_info["version"])
     except ValueError:
         raise Invalid(f"version must be a number, not {request.match_info['version']!r}") from None
-    info = await store.get_version(request.app[POOL], request.match_info["name"], number)
+    info = await journeys.get_version(request.app[POOL], request.match_info["name"], number)
     return json_response(info)
 
 
@@ -253,7 +253,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/journeys/{name}/versions", list_versions, "Published versions",
           response=VersionList),
     Route("GET", "/v1/journeys/{name}/versions/{version}", show_version,
-          "One frozen version with its definition", response=store.VersionInfo),
+          "One frozen version with its definition", response=journeys.VersionInfo),
     Route("GET", "/v1/journeys/{name}/stats", stats,
           "Analytics: totals, per-step funnel, conversion against the goal, series "
           "(query: version, by=day|hour)", response=JourneyStats),

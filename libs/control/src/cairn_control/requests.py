@@ -7,9 +7,10 @@ from typing import Any, Literal
 import msgspec
 
 from cairn_control.errors import ProblemOut
+from cairn_control.journeys import JourneySummary, VersionInfo
 from cairn_control.keys import WriteKey
 from cairn_control.resources import AuditEntry, ResourceInfo
-from cairn_control.store import Applied, JourneySummary, VersionInfo
+from cairn_control.store import Applied
 from cairn_control.templates import TemplateInfo
 
 
