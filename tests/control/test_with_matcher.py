@@ -13,8 +13,9 @@ from tests.control.conftest import EXAMPLES, PARTITIONS, Admin
 from tests.support.engine import Inputs, wait_for_rows
 from tests.support.processes import ServiceProcess
 
-ACTIVE = "SELECT count(*) FROM journey_instances WHERE journey = 'abandoned-cart' AND status = $1"
-ON_V2 = "SELECT count(*) FROM journey_instances WHERE journey = 'abandoned-cart' AND version = 2"
+COUNT = "SELECT count(*) FROM journey_instances WHERE journey = 'abandoned-cart'"
+BY_STATUS = f"{COUNT} AND status = $1"
+ON_V2 = f"{COUNT} AND version = 2"
 
 
 async def test_exit_all_ends_the_instances_a_real_matcher_is_running(
@@ -34,14 +35,14 @@ async def test_exit_all_ends_the_instances_a_real_matcher_is_running(
     await inputs.identify("ada", email="ada@example.com")
     for profile, cart in (("ada", "c1"), ("ada", "c2"), ("bob", "c3")):
         await inputs.send(profile, "Cart Abandoned", properties={"cart_id": cart, "cart_value": 9})
-    await wait_for_rows(admin.pool, ACTIVE, "active", expect=3)
+    await wait_for_rows(admin.pool, BY_STATUS, "active", expect=3)
 
     status, body = await admin.call(
         "POST", "/v1/journeys/abandoned-cart/stop", {"mode": "exit_all"}
     )
     assert status == 200, body
     assert body["profiles_exited"] == 2
-    await wait_for_rows(admin.pool, ACTIVE, "exited", expect=3)
+    await wait_for_rows(admin.pool, BY_STATUS, "exited", expect=3)
     reasons = await admin.pool.fetch(
         "SELECT DISTINCT exit_reason FROM journey_instances WHERE journey = 'abandoned-cart'"
     )
@@ -61,7 +62,7 @@ async def test_republishing_sends_new_entries_to_the_new_version_and_running_one
     await matcher.wait_ready()
     inputs = Inputs(js, topology, PARTITIONS)
     await inputs.send("ada", "Cart Abandoned", properties={"cart_id": "c1", "cart_value": 9})
-    await wait_for_rows(admin.pool, ACTIVE, "active", expect=1)
+    await wait_for_rows(admin.pool, BY_STATUS, "active", expect=1)
 
     cart = (EXAMPLES / "journeys" / "abandoned-cart.yaml").read_text()
     await admin.apply_text(cart.replace("within: 1d", "within: 2d"), source="cart.yaml")
@@ -76,7 +77,7 @@ async def test_republishing_sends_new_entries_to_the_new_version_and_running_one
             await inputs.send(
                 f"p{n}", "Cart Abandoned", properties={"cart_id": f"c{n}", "cart_value": 1}
             )
-            await wait_for_rows(admin.pool, ACTIVE, "active", expect=1 + n)
+            await wait_for_rows(admin.pool, BY_STATUS, "active", expect=1 + n)
     version = await admin.pool.fetchval(
         "SELECT version FROM journey_instances WHERE profile_id = 'ada'"
     )
