@@ -99,3 +99,7 @@ async def test_preview_of_a_destination_step_shows_the_payload_it_would_send(adm
     }
     assert body["delivery"]["destination"] == "braze"
     assert body["delivery"]["profile_id"] == "u7"
+    sent = body["destination_event"]
+    assert (sent["name"], sent["profile_id"]) == ("Journey Step Entered", "u7")
+    assert sent["properties"]["application_id"] == "app-1"
+    assert sent["properties"]["step_id"] == "reminder"
