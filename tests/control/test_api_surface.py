@@ -45,6 +45,10 @@ async def test_openapi_document_describes_every_route(admin: Admin, topology: To
     described = {(m, path) for path, ops in document["paths"].items() for m in ops}
     assert served == described
     assert len(served) == len(ROUTES)
+    stats = document["paths"]["/v1/journeys/{name}/stats"]["get"]
+    assert {(p["name"], p["in"]) for p in stats["parameters"]} == {
+        ("name", "path"), ("version", "query"), ("by", "query"),
+    }  # fmt: skip
     schemas = document["components"]["schemas"]
     for path, ops in document["paths"].items():
         for op in ops.values():
