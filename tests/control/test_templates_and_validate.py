@@ -92,3 +92,18 @@ async def test_resources_and_the_audit_trail_show_what_was_applied_and_changed(
         ("apply", "Template"), ("template.ready", "Template"),
     ]  # fmt: skip
     assert body["changes"][0]["detail"]["outcome"] == "created"
+
+
+async def test_new_content_for_a_ready_template_must_render(admin: Admin) -> None:
+    good = BROKEN_TEMPLATE.replace(" | upcsae", "")
+    await admin.apply_text(good, source="templates/sms.yaml")
+    status, body = await admin.call("POST", "/v1/templates/broken-sms/ready")
+    assert status == 200, body
+    status, body = await admin.apply_text(BROKEN_TEMPLATE, source="templates/sms.yaml")
+    assert status == 422, body
+    [problem] = body["problems"]
+    assert (problem["path"], problem["source"], problem["line"]) == (
+        "body", "templates/sms.yaml", 4,
+    )  # fmt: skip
+    _, template = await admin.call("GET", "/v1/templates/broken-sms")
+    assert "upcsae" not in str(template), "the ready content stays as it was"

@@ -103,6 +103,10 @@ async def apply(request: web.Request) -> web.Response:
         raise Invalid(f"{len(problems)} problem(s) in the documents; nothing was applied", problems)
     if not documents:
         raise Invalid("the request holds no documents")
+    problems = await templates.check_ready_templates(request.app[POOL], documents)
+    if problems:
+        message = "a ready template's new content cannot render; nothing was applied"
+        raise Invalid(message, problems)
     applied = await store.apply_documents(request.app[POOL], documents)
     warnings: list[ProblemOut] = []
     if any(d.kind == "Journey" for d in documents):
