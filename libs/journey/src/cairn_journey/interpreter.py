@@ -68,14 +68,17 @@ def run_input(
     if isinstance(inp, ExitInstances):
         return _exit_all(state, inp, catalogue, now)
     if isinstance(inp, Event):
-        if inp.type == "track" and not catalogue.interested(inp.event):
+        identify = inp.type == "identify"
+        if identify and not inp.traits:
+            return state, []
+        if not identify and (inp.type != "track" or not catalogue.interested(inp.event)):
             return state, []  # no journey can react: nothing to remember either
         if inp.message_id in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)
-        if inp.type == "identify" and inp.traits:
+        if identify:
             run.merge_traits(inp.traits)
-        if inp.type == "track" and inp.event:
+        elif inp.event:
             run.expire()
             scope = Scope(inp.properties, inp.context, run.traits, inp.event)
             run.on_event(inp.event, inp.message_id, scope, inp.timestamp)
