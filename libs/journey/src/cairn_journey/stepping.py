@@ -83,7 +83,7 @@ class StepRunner:
     def merge_traits(self, traits: Mapping[str, Any]) -> None:
         self.traits = {**self.traits, **traits}
 
-    def remember(self, key: str, keep: int) -> None:
+    def remember(self, key: int, keep: int) -> None:
         self.seen = (*self.seen[-(keep - 1) :], key)
 
     def count(self, compiled: CompiledJourney | Instance, step_id: str, counter: str) -> None:
