@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from msgspec.structs import replace
 
@@ -84,7 +86,7 @@ class ProfileRun(StepRunner):
                 converted_at=self.now,
             )
         )
-        self.count(instance, "", "converted")
+        self.count_instance(instance, "converted")
         return replace(instance, converted=True)
 
     def _waits(self, name: str, key: str, scope: Scope, timestamp: datetime | None) -> None:
@@ -106,7 +108,7 @@ class ProfileRun(StepRunner):
             elif not self._correlates(spec.match, instance, scope):
                 continue
             self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-            seen = {"event": name, "message_id": key, "properties": dict(scope.properties)}
+            seen = {"event": name, "message_id": key, "properties": _as_dict(scope.properties)}
             if timestamp is not None:
                 seen["timestamp"] = timestamp.isoformat()
             instance = replace(instance, pending=None, matched={**instance.matched, step.id: seen})
@@ -168,8 +170,8 @@ class ProfileRun(StepRunner):
         trigger = TriggerEvent(
             name=name,
             message_id=key,
-            properties=dict(scope.properties),
-            context=dict(scope.context),
+            properties=_as_dict(scope.properties),
+            context=_as_dict(scope.context),
             timestamp=timestamp,
         )
         instance = Instance(
@@ -218,3 +220,8 @@ class ProfileRun(StepRunner):
             self.proceed(instance, compiled, compiled.next_step.get(pending.step_id))
 
     # ------------------------------------------------------------------ steps
+
+
+def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's own dict (events are never changed after decoding), or a copy of a mapping."""
+    return value if type(value) is dict else dict(value)

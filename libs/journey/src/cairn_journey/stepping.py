@@ -86,13 +86,18 @@ class StepRunner:
     def remember(self, key: int, keep: int) -> None:
         self.seen = (*self.seen[-(keep - 1) :], key)
 
-    def count(self, compiled: CompiledJourney | Instance, step_id: str, counter: str) -> None:
-        journey = compiled.name if isinstance(compiled, CompiledJourney) else compiled.journey
+    def count(self, compiled: CompiledJourney, step_id: str, counter: str) -> None:
         self.effects.append(
-            Counted(journey=journey, version=compiled.version, step_id=step_id, counter=counter)
+            Counted(
+                journey=compiled.name, version=compiled.version, step_id=step_id, counter=counter
+            )
         )
 
-    # ------------------------------------------------------------------ endings
+    def count_instance(self, instance: Instance, counter: str) -> None:
+        """A journey-level counter for a running instance's journey version."""
+        self.effects.append(
+            Counted(journey=instance.journey, version=instance.version, step_id="", counter=counter)
+        )
 
     def end(
         self,
@@ -115,7 +120,7 @@ class StepRunner:
                 ended_at=self.now,
             )
         )
-        self.count(instance, "", counter)
+        self.count_instance(instance, counter)
         self.instances.pop(instance.id, None)
 
     def _trigger_scope(self, instance: Instance) -> Scope:
@@ -123,59 +128,72 @@ class StepRunner:
         return Scope(trigger.properties, trigger.context, self.traits, trigger.name)
 
     def proceed(self, instance: Instance, compiled: CompiledJourney, step: Step | None) -> None:
-        """Run steps from ``step`` until one waits or the journey's list ends (completion)."""
+        """Run steps from ``step`` until one waits or the journey's list ends (completion).
+
+        The instance's bookkeeping (visits, sends, splits) is collected in locals and written
+        once, when the instance parks at a wait or ends: one new struct per input, not per step.
+        """
+        visits = dict(instance.visits)
+        sends = instance.sends
+        splits = instance.splits
         while step is not None:
-            visit = instance.visits.get(step.id, 0) + 1
-            instance = replace(
-                instance, position=step.id, visits={**instance.visits, step.id: visit}
-            )
-            self.count(compiled, step.id, "reached")
-            following = compiled.next_step[step.id]
+            step_id = step.id
+            visit = visits.get(step_id, 0) + 1
+            visits[step_id] = visit
+            self.count(compiled, step_id, "reached")
+            following = compiled.next_step[step_id]
+            due: datetime | None = None
             if type(step) is SendStep:
-                instance = self._send(instance, compiled, step, visit)
+                delivery_id = self._send(instance, compiled, step, visit)
+                if delivery_id is not None:
+                    sends = {**sends, step_id: delivery_id}
             elif type(step) is WaitStep:
                 due = wait_until(step.wait, self._trigger_scope(instance), self.traits, self.now)
-                if due is not None and due > self.now:
-                    limit = self.now + self.catalogue.limits.max_wait
-                    self._park(instance, step.id, visit, min(due, limit), "wait")
-                    return
+                if due is not None and due <= self.now:
+                    due = None  # already past: carry on at once
             elif type(step) is WaitForStep:
-                self._park(instance, step.id, visit, self.now + step.wait_for.within, "wait_for")
-                return
+                due = self.now + step.wait_for.within
             elif type(step) is BranchStep:
                 following = self._branch(instance, compiled, step, following)
             elif type(step) is SplitStep:
-                instance, following = self._split(instance, compiled, step, following)
+                chosen, following = self._split(instance, compiled, step, following)
+                splits = {**splits, step_id: chosen}
+            if due is not None:
+                kind: Literal["wait", "wait_for"] = "wait" if type(step) is WaitStep else "wait_for"
+                due = min(due, self.now + self.catalogue.limits.max_wait)
+                timer_id = make_id("tm_", instance.id, step_id, visit)
+                self.effects.append(
+                    TimerSet(
+                        timer_id=timer_id,
+                        instance_id=instance.id,
+                        step_id=step_id,
+                        due_at=due,
+                        kind=kind,
+                    )
+                )
+                self.instances[instance.id] = replace(
+                    instance,
+                    position=step_id,
+                    visits=visits,
+                    sends=sends,
+                    splits=splits,
+                    pending=Pending(step_id=step_id, timer_id=timer_id, kind=kind, due_at=due),
+                )
+                return
             step = following
         self.end(instance, "completed", "completed", "completed")
 
-    def _park(
-        self,
-        instance: Instance,
-        step_id: str,
-        visit: int,
-        due: datetime,
-        kind: Literal["wait", "wait_for"],
-    ) -> None:
-        timer_id = make_id("tm_", instance.id, step_id, visit)
-        self.effects.append(
-            TimerSet(
-                timer_id=timer_id, instance_id=instance.id, step_id=step_id, due_at=due, kind=kind
-            )
-        )
-        pending = Pending(step_id=step_id, timer_id=timer_id, kind=kind, due_at=due)
-        self.instances[instance.id] = replace(instance, pending=pending)
-
     def _send(
         self, instance: Instance, compiled: CompiledJourney, step: SendStep, visit: int
-    ) -> Instance:
+    ) -> str | None:
+        """Request the send; the delivery id, or ``None`` when skipped for want of an address."""
         send = step.send
         address: str | None = None
         if send.to is not None:
             address = _address(resolve(send.to, self._trigger_scope(instance)))
             if address is None:
                 self.count(compiled, step.id, "skipped:no_address")
-                return instance
+                return None
         delivery_id = make_id("dl_", instance.id, step.id, visit)
         trigger = instance.trigger
         event: dict[str, Any] = {
@@ -207,7 +225,7 @@ class StepRunner:
         )
         self.effects.append(SendRequested(delivery=request))
         self.count(compiled, step.id, "send_requested")
-        return replace(instance, sends={**instance.sends, step.id: delivery_id})
+        return delivery_id
 
     def _branch(
         self,
@@ -231,7 +249,7 @@ class StepRunner:
         compiled: CompiledJourney,
         step: SplitStep,
         following: Step | None,
-    ) -> tuple[Instance, Step | None]:
+    ) -> tuple[int, Step | None]:
         point = split_point(instance.id, step.id)
         chosen = len(step.split) - 1
         total = 0.0
@@ -242,8 +260,7 @@ class StepRunner:
                 break
         path = step.split[chosen]
         self.count(compiled, step.id, f"split:{path.name or chosen}")
-        instance = replace(instance, splits={**instance.splits, step.id: chosen})
-        return instance, (path.steps[0] if path.steps else following)
+        return chosen, (path.steps[0] if path.steps else following)
 
 
 def _address(value: Any) -> str | None:
