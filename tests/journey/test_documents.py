@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cairn_journey.documents import (
@@ -74,6 +75,8 @@ def test_a_document_survives_the_round_trip_through_stored_json() -> None:
         stored = json.loads(json.dumps(to_document(loaded.document)))
         assert parse_document(stored) == loaded.document
         assert parse_document(loaded.raw) == loaded.document
+        builtins = {"kind": loaded.document.kind, **msgspec.to_builtins(loaded.document)}
+        assert parse_document(builtins) == loaded.document  # tuples are lists too
 
 
 BAD = [

@@ -90,7 +90,7 @@ class ConditionReader(Reader):
                 self.problem(value_path, f"{op} takes no value", value_line)
         elif "value" not in data:
             self.problem(value_path, f"{op} needs a value", self.line_in(data, ""))
-        elif op in LIST_OPS and not isinstance(cond_value, list):
+        elif op in LIST_OPS and not isinstance(cond_value, list | tuple):
             self.problem(value_path, f"{op} needs a list, got {type_name(cond_value)}", value_line)
         elif op in ORDER_OPS and (
             isinstance(cond_value, bool) or not isinstance(cond_value, int | float | str)
@@ -107,7 +107,7 @@ class ConditionReader(Reader):
         return Condition(property=prop, op=op, value=_plain(cond_value))
 
     def conditions_list(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list | tuple) or not value:
             self.problem(path, "expected a non-empty list of conditions", line)
             return ()
         return self.conditions(value, path, line)
@@ -129,6 +129,6 @@ def _plain(value: Any) -> Any:
     """Located containers back to plain ``dict``/``list``."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value

@@ -69,6 +69,8 @@ class Reader:
         return value
 
     def sequence(self, value: Any, path: str, line: int | None) -> list[Any] | None:
+        if isinstance(value, tuple):  # msgspec.to_builtins output
+            return list(value)
         if not isinstance(value, list):
             self.problem(path, f"expected a list, got {type_name(value)}", line)
             return None
