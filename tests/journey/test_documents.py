@@ -352,3 +352,17 @@ def test_repeat_after_and_iso_durations_read_into_the_model() -> None:
     assert isinstance(doc, Journey)
     assert isinstance(doc.entry.repeat, RepeatAfter)
     assert doc.entry.repeat.after.days == 7
+
+
+def test_json_documents_get_lines_too(tmp_path: Path) -> None:
+    text = (
+        '[\n  {"kind": "Trigger", "name": "t", "event": "E"},\n  {"kind": "Trigger",\n'
+        '   "name": "u", "event": "F", "properties": {"x": "strng"}}\n]\n'
+    )
+    (tmp_path / "t.json").write_text(text)
+    result = load_documents([tmp_path / "t.json"])
+    assert [d.name for d in result.documents] == ["t"]
+    assert [str(p) for p in result.problems] == [
+        "properties.x.type: 'strng' is not a property type (one of string, number, integer, "
+        f"boolean, object, array, datetime) ({tmp_path}/t.json:4)"
+    ]
