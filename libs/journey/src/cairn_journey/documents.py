@@ -184,6 +184,15 @@ def _add(
 def _build(
     data: dict[str, Any], source: str, line: int | None
 ) -> tuple[Document | None, list[Problem]]:
+    try:
+        return _build_document(data, source, line)
+    except RecursionError:
+        return None, [Problem(path="", message="nested too deeply", source=source, line=line)]
+
+
+def _build_document(
+    data: dict[str, Any], source: str, line: int | None
+) -> tuple[Document | None, list[Problem]]:
     kind = data.get("kind")
     reader: Reader
     document: Document | None

@@ -33,7 +33,7 @@ SECRET_LIKE = re.compile(r"(password|passwd|secret|token|api_?key|auth|private_?
 class ResourceReader(Reader):
     def template(self, data: dict[str, Any]) -> Template | None:
         channel = data.get("channel")
-        if channel not in TEMPLATE_FIELDS:
+        if not isinstance(channel, str) or channel not in TEMPLATE_FIELDS:
             self.keys(
                 data,
                 "",
