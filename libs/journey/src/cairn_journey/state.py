@@ -89,7 +89,23 @@ _decoder = msgspec.msgpack.Decoder(ProfileState)
 
 
 def encode_state(state: ProfileState) -> bytes:
-    return _encoder.encode(state)
+    try:
+        return _encoder.encode(state)
+    except OverflowError:
+        # An integer beyond 64 bits in an event or trait (JSON allows it, MessagePack does not):
+        # keep it as the nearest float, as a JavaScript client would have seen it.
+        return _encoder.encode(msgspec.convert(_wide_ints_to_floats(msgspec.to_builtins(state)),
+                                               ProfileState))
+
+
+def _wide_ints_to_floats(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else float(value)
+    if isinstance(value, dict):
+        return {k: _wide_ints_to_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints_to_floats(v) for v in value]
+    return value
 
 
 def decode_state(data: bytes) -> ProfileState:
