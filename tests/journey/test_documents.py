@@ -151,6 +151,14 @@ BAD = [
         ["steps[0].wait: a wait has exactly one of duration, until_time or until (j.yaml:4)"],
     ),
     (
+        "kind: Journey\nname: j\ntrigger: A\nsteps: [{id: a, wait: {until_time: '09:00', "
+        "on: [mon, someday]}}]\n",
+        [
+            "steps[0].wait.on: 'someday' is not a day (one of mon, tue, wed, thu, fri, sat, sun) "
+            "(j.yaml:4)"
+        ],
+    ),
+    (
         "kind: Journey\nname: j\ntrigger: A\nsteps: [{id: a, wait: {until_time: '9am'}}]\n",
         ['steps[0].wait.until_time: "9am" is not a time of day (HH:MM) (j.yaml:4)'],
     ),

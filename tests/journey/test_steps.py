@@ -333,3 +333,10 @@ def test_a_timer_of_a_version_not_loaded_changes_nothing() -> None:
     p.catalogue = Catalogue()
     assert p.fire(timer) == []
     assert p.state == before
+
+
+def test_wait_until_a_time_on_weekdays_skips_the_weekend() -> None:
+    p = wait_journey('{until_time: "09:00", on: [mon, tue, wed, thu, Friday]}')
+    p.now = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)  # a Friday, after 09:00
+    p.track("Booked")
+    assert p.pending_timers()[0].due_at == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)  # Monday

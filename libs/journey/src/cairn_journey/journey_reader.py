@@ -7,6 +7,7 @@ from typing import Any
 
 from cairn_journey.condition_reader import ConditionReader
 from cairn_journey.model import (
+    WEEKDAYS,
     Branch,
     BranchStep,
     Case,
@@ -26,12 +27,22 @@ from cairn_journey.model import (
     WaitFor,
     WaitForStep,
     WaitStep,
+    Weekday,
 )
 from cairn_journey.reader import join
 
 STEP_KINDS = ("send", "wait", "wait_for", "branch", "split")
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+FULL_DAYS = {
+    "mon": "monday",
+    "tue": "tuesday",
+    "wed": "wednesday",
+    "thu": "thursday",
+    "fri": "friday",
+    "sat": "saturday",
+    "sun": "sunday",
+}
 
 
 class JourneyReader(ConditionReader):
@@ -268,7 +279,7 @@ class JourneyReader(ConditionReader):
         data = self.mapping(value, path, line)
         if data is None:
             return None
-        self.keys(data, path, allowed=("duration", "until_time", "until", "offset"))
+        self.keys(data, path, allowed=("duration", "until_time", "on", "until", "offset"))
         forms = [k for k in ("duration", "until_time", "until") if k in data]
         if len(forms) != 1:
             self.problem(path, "a wait has exactly one of duration, until_time or until", line)
@@ -286,9 +297,29 @@ class JourneyReader(ConditionReader):
             until_time = None
         until = self.property_path(data, "until", path)
         offset = self.duration(data, "offset", path, signed=True)
-        if not (duration or until_time or until):
+        days = self.weekdays(data, path)
+        if "on" in data and "until_time" not in data:
+            self.problem(join(path, "on"), "only goes with until_time", self.line_in(data, "on"))
+        if not (duration or until_time or until) or days is None:
             return None
-        return Wait(duration=duration, until_time=until_time, until=until, offset=offset)
+        return Wait(duration=duration, until_time=until_time, on=days, until=until, offset=offset)
+
+    def weekdays(self, data: dict[str, Any], path: str) -> tuple[Weekday, ...] | None:
+        if data.get("on") is None:
+            return ()
+        here, line = join(path, "on"), self.line_in(data, "on")
+        items = self.sequence(data["on"], here, line)
+        if items is None:
+            return None
+        days: list[Weekday] = []
+        for item in items:
+            text = item.lower() if isinstance(item, str) else ""
+            day = next((d for d in WEEKDAYS if text in (d, FULL_DAYS[d])), None)
+            if day is None:
+                self.problem(here, f"{item!r} is not a day (one of {', '.join(WEEKDAYS)})", line)
+                return None
+            days.append(day)
+        return tuple(days)
 
     def wait_for(
         self, value: Any, path: str, line: int | None, sends_before: frozenset[str]

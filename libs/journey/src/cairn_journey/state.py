@@ -94,8 +94,9 @@ def encode_state(state: ProfileState) -> bytes:
     except OverflowError:
         # An integer beyond 64 bits in an event or trait (JSON allows it, MessagePack does not):
         # keep it as the nearest float, as a JavaScript client would have seen it.
-        return _encoder.encode(msgspec.convert(_wide_ints_to_floats(msgspec.to_builtins(state)),
-                                               ProfileState))
+        return _encoder.encode(
+            msgspec.convert(_wide_ints_to_floats(msgspec.to_builtins(state)), ProfileState)
+        )
 
 
 def _wide_ints_to_floats(value: Any) -> Any:
