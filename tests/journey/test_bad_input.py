@@ -105,6 +105,7 @@ def test_any_shape_of_document_gives_problems_not_exceptions(
         problems = exc.problems
         assert problems
     assert all(p.message for p in problems)
+    assert not any(p.message.startswith("not a valid ") for p in problems), "a silent refusal"
 
 
 @settings(max_examples=100, deadline=None)

@@ -221,8 +221,11 @@ def _build_document(
             extra = f'; did you mean "{hint[0]}"?' if hint else f" (one of {kinds})"
             reader.problem("kind", f"unknown kind {kind!r}{extra}", reader.line_in(data, "kind"))
         return None, duplicates + reader.problems
-    if reader.problems or duplicates:
-        return None, duplicates + reader.problems
+    if reader.problems or duplicates or document is None:
+        found = duplicates + reader.problems
+        if not found:  # a safety net: a refused document always says why
+            found = [Problem(path="", message=f"not a valid {kind}", source=source, line=line)]
+        return None, found
     return document, []
 
 

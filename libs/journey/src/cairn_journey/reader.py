@@ -91,7 +91,7 @@ class Reader:
                 message = "unknown key" + (f'; did you mean "{hint[0]}"?' if hint else "")
                 self.problem(join(path, key), message, self.line_in(data, key))
         for key in required:
-            if key not in data:
+            if data.get(key) is None:
                 self.problem(join(path, key), "required but missing", self.line_in(data, ""))
 
     # ------------------------------------------------------------------ scalars

@@ -130,42 +130,21 @@ class ProfileRun(StepRunner):
         timestamp: datetime | None,
     ) -> None:
         journey = compiled.journey
-        entry = journey.entry
         if not matches(journey.trigger.where, scope):
             return
-        if (entry.start_at is not None and self.now < entry.start_at) or (
-            entry.end_at is not None and self.now >= entry.end_at
-        ):
-            self._refuse(compiled, "outside_window")
-            return
-        history = self.history.get(journey.name)
-        if history is not None:
-            if entry.repeat == "once":
-                self._refuse(compiled, "repeat_once")
-                return
-            if (
-                isinstance(entry.repeat, RepeatAfter)
-                and self.now - history.last_entered_at < entry.repeat.after
-            ):
-                self._refuse(compiled, "cooldown")
-                return
         unique: str | None = None
-        if entry.unique_by is not None:
-            value = resolve(entry.unique_by, scope)
+        if journey.entry.unique_by is not None:
+            value = resolve(journey.entry.unique_by, scope)
             if value is MISSING or value is None:
                 self._refuse(compiled, "no_unique_value")
                 return
             unique = unique_key(value)
         instance_id = make_id("in_", journey.name, self.profile_id, key)
         if instance_id in self.instances:
-            return
-        if any(
-            i.journey == journey.name and i.unique_value == unique for i in self.instances.values()
-        ):
-            self._refuse(compiled, "already_active")
-            return
-        if len(self.instances) >= self.catalogue.limits.instances_per_profile:
-            self._refuse(compiled, "instance_limit")
+            return  # this very event already started it
+        refusal = self._refusal(compiled, unique)
+        if refusal is not None:
+            self._refuse(compiled, refusal)
             return
         trigger = TriggerEvent(
             name=name,
@@ -174,28 +153,58 @@ class ProfileRun(StepRunner):
             context=_as_dict(scope.context),
             timestamp=timestamp,
         )
-        instance = Instance(
-            id=instance_id,
-            journey=journey.name,
-            version=compiled.version,
-            unique_value=unique,
-            started_at=self.now,
-            trigger=trigger,
-        )
-        entries = history.entries + 1 if history is not None else 1
-        self.history = {
-            **self.history,
-            journey.name: EntryHistory(last_entered_at=self.now, entries=entries),
-        }
-        self.effects.append(
-            InstanceStarted(
-                instance_id=instance_id,
+        self._start(
+            compiled,
+            Instance(
+                id=instance_id,
                 journey=journey.name,
                 version=compiled.version,
                 unique_value=unique,
                 started_at=self.now,
+                trigger=trigger,
+            ),
+        )
+
+    def _refusal(self, compiled: CompiledJourney, unique: str | None) -> str | None:
+        """Why the entry rules refuse a new instance now, or ``None``."""
+        entry = compiled.journey.entry
+        if (entry.start_at is not None and self.now < entry.start_at) or (
+            entry.end_at is not None and self.now >= entry.end_at
+        ):
+            return "outside_window"
+        history = self.history.get(compiled.name)
+        if history is not None:
+            if entry.repeat == "once":
+                return "repeat_once"
+            if (
+                isinstance(entry.repeat, RepeatAfter)
+                and self.now - history.last_entered_at < entry.repeat.after
+            ):
+                return "cooldown"
+        if any(
+            i.journey == compiled.name and i.unique_value == unique for i in self.instances.values()
+        ):
+            return "already_active"
+        if len(self.instances) >= self.catalogue.limits.instances_per_profile:
+            return "instance_limit"
+        return None
+
+    def _start(self, compiled: CompiledJourney, instance: Instance) -> None:
+        history = self.history.get(compiled.name)
+        entries = history.entries + 1 if history is not None else 1
+        self.history = {
+            **self.history,
+            compiled.name: EntryHistory(last_entered_at=self.now, entries=entries),
+        }
+        self.effects.append(
+            InstanceStarted(
+                instance_id=instance.id,
+                journey=instance.journey,
+                version=instance.version,
+                unique_value=instance.unique_value,
+                started_at=self.now,
                 profile_id=self.profile_id,
-                trigger_message_id=key,
+                trigger_message_id=instance.trigger.message_id,
             )
         )
         self.count(compiled, "", "entered")
