@@ -108,10 +108,12 @@ class ProfileRun(StepRunner):
             elif not self._correlates(spec.match, instance, scope):
                 continue
             self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-            seen = {"event": name, "message_id": key, "properties": _as_dict(scope.properties)}
+            record = {"event": name, "message_id": key, "properties": _as_dict(scope.properties)}
             if timestamp is not None:
-                seen["timestamp"] = timestamp.isoformat()
-            instance = replace(instance, pending=None, matched={**instance.matched, step.id: seen})
+                record["timestamp"] = timestamp.isoformat()
+            instance = replace(
+                instance, pending=None, matched={**instance.matched, step.id: record}
+            )
             self.count(compiled, step.id, "matched")
             first = spec.matched[0] if spec.matched else compiled.next_step[step.id]
             self.proceed(instance, compiled, first)
