@@ -51,9 +51,9 @@ SETTINGS = {
     "cairn_dispatcher": "cairn_dispatcher.settings:Settings",
     "cairn_common.migrate": "cairn_common.migrate:MigrateSettings",
 }
-# Variables the manifests already set for settings that are being added on other branches (the
-# ingest admin listener and tracking secret, the matcher's replica id). A name listed here that is
-# now a real field is fine; one that is neither is a typo the test reports.
+# Variables the manifests already set for settings being added on other branches (the ingest
+# admin listener and tracking secret, replica ids, the dispatcher's tracking links). A name listed
+# here that is now a real field is fine; one that is neither is a typo the test reports.
 ANNOUNCED = {
     "cairn_ingest": {
         "CAIRN_ADMIN_HOST",
@@ -62,6 +62,8 @@ ANNOUNCED = {
         "CAIRN_TRACKING_SECRET",
     },
     "cairn_matcher": {"CAIRN_REPLICA_ID"},
+    "cairn_scheduler": {"CAIRN_REPLICA_ID"},
+    "cairn_dispatcher": {"CAIRN_TRACKING_SECRET", "CAIRN_TRACKING_BASE_URL"},
 }
 # What runtime.py spends after the work's grace period: NATS drain (5 s) + pool close (5 s).
 CLOSE_SECONDS = 10
@@ -303,23 +305,28 @@ def test_every_required_setting_is_provided_and_parses(
     assert checked == set(SETTINGS), "a service or the migrations Job is missing"
 
 
-def test_every_cairn_variable_set_is_a_setting_of_that_service(
-    rendered: Rendered, secrets_in_docs: dict[str, set[str]]
+def _known_variables(module: str) -> set[str]:
+    fields = msgspec.structs.fields(settings_class(module))
+    return {f"CAIRN_{f.name.upper()}" for f in fields} | ANNOUNCED.get(module, set())
+
+
+def test_every_cairn_variable_on_a_container_is_a_setting_of_its_service(
+    rendered: Rendered,
 ) -> None:
     for obj in rendered.workloads():
         for c in workload_containers(obj):
             module = module_command(c)
             if module is None or not module.startswith("cairn"):
                 continue
-            known = {
-                f"CAIRN_{f.name.upper()}" for f in msgspec.structs.fields(settings_class(module))
-            }
-            known |= ANNOUNCED.get(module, set())
-            cairn_vars = {
-                k for k in cairn_env(rendered, c, secrets_in_docs) if k.startswith("CAIRN_")
-            }
-            typos = cairn_vars - known
+            own = {v["name"] for v in c.get("env", []) if v["name"].startswith("CAIRN_")}
+            typos = own - _known_variables(module)
             assert not typos, f"{rendered.overlay}: {obj['metadata']['name']}: unknown {typos}"
+
+
+def test_every_shared_cairn_variable_is_a_setting_of_some_service(rendered: Rendered) -> None:
+    known = set().union(*(_known_variables(m) for m in SETTINGS))
+    shared = {k for k in _shared_config(rendered) if k.startswith("CAIRN_")}
+    assert not shared - known, f"{rendered.overlay}: cairn-config sets unknown {shared - known}"
 
 
 def _shared_config(rendered: Rendered) -> dict[str, str]:
