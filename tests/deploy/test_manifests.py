@@ -445,6 +445,16 @@ def test_nats_values_give_a_three_node_jetstream_cluster_on_disk() -> None:
     assert config["merge"]["jetstream"]["sync_interval"] == "always"
 
 
+def test_streams_are_replicated_on_every_node_of_the_prod_nats_cluster() -> None:
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    prod = _shared_config(render_overlay("prod"))
+    dev = _shared_config(render_overlay("dev"))
+    assert int(prod["CAIRN_STREAM_REPLICAS"]) == values["config"]["cluster"]["replicas"]
+    # dev's single NATS server (docs/deploy.md) would refuse replicated streams.
+    assert dev["CAIRN_STREAM_REPLICAS"] == "1"
+    assert "config.cluster.enabled=false" in DEPLOY_DOC.read_text()
+
+
 def test_services_reach_nats_and_postgres_by_the_names_their_charts_give(
     rendered: Rendered,
 ) -> None:
