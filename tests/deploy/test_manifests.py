@@ -539,3 +539,19 @@ def test_dockerfile_builds_a_non_root_image_from_the_lock_file() -> None:
         for obj in render_overlay(overlay).workloads():
             if any(str(module_command(c)).startswith("cairn") for c in workload_containers(obj)):
                 assert str(obj["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == uid
+
+
+def test_the_admin_port_is_open_only_inside_the_namespace(rendered: Rendered) -> None:
+    (policy,) = rendered.of_kind("NetworkPolicy")
+    dep = rendered.find("Deployment", "cairn-ingest")
+    assert dep is not None
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    open_to_all = {
+        p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]
+    }
+    admin_from = [
+        rule["from"] for rule in policy["spec"]["ingress"] if {"port": "admin"} in rule["ports"]
+    ]
+    assert open_to_all == {"http", "health"}
+    assert admin_from == [[{"podSelector": {}}]]
