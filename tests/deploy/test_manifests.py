@@ -555,3 +555,29 @@ def test_the_admin_port_is_open_only_inside_the_namespace(rendered: Rendered) ->
     ]
     assert open_to_all == {"http", "health"}
     assert admin_from == [[{"podSelector": {}}]]
+
+
+# Connections PostgreSQL keeps for superusers, CloudNativePG's own and the standbys' streaming.
+RESERVED_CONNECTIONS = 20
+
+
+def test_postgres_accepts_every_pool_at_full_scale(
+    rendered: Rendered, secrets_in_docs: dict[str, set[str]]
+) -> None:
+    scaled = _autoscalers(rendered)
+    demand = RESERVED_CONNECTIONS
+    for dep in rendered.cairn_deployments():
+        name = dep["metadata"]["name"]
+        replicas = scaled[name][1] if name in scaled else dep["spec"]["replicas"]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        module = module_command(c)
+        assert module is not None
+        settings: Any = load_settings(
+            settings_class(module), cairn_env(rendered, c, secrets_in_docs)
+        )
+        demand += replicas * settings.db_pool_max
+    (cluster,) = rendered.of_kind("Cluster")
+    limit = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
+    assert demand <= limit, (
+        f"{rendered.overlay}: pools may open {demand} connections, limit {limit}"
+    )
