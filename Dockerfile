@@ -21,10 +21,16 @@ COPY services services
 COPY cli cli
 # The four services and what they depend on, exactly as locked; not the CLI (it bundles NATS and
 # PostgreSQL binaries for `cairn up`) and no dev tools. Non-editable: /src is not in the image.
+# uv keys a cached wheel of a local package on its pyproject.toml, not its code: without
+# --reinstall-package, the cache mount would put last build's cairn code in this image.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable \
         --package cairn-ingest --package cairn-matcher \
-        --package cairn-scheduler --package cairn-dispatcher
+        --package cairn-scheduler --package cairn-dispatcher \
+        --reinstall-package cairn-common --reinstall-package cairn-journey \
+        --reinstall-package cairn-control --reinstall-package cairn-ingest \
+        --reinstall-package cairn-matcher --reinstall-package cairn-scheduler \
+        --reinstall-package cairn-dispatcher
 
 # ---- runtime: the venv on a slim Python, as an unprivileged user ---------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,20 @@ def image_commands() -> set[str]:
         for c in workload_containers(obj)
         if module_command(c)
     }
+
+
+def workspace_packages() -> set[str]:
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    sources = root["tool"]["uv"]["sources"]
+    return {name for name, src in sources.items() if src.get("workspace")} - {"cairn-cli"}
+
+
+def test_the_image_rebuilds_every_workspace_package_it_installs() -> None:
+    # uv reuses a cached wheel of a local package until its pyproject.toml changes: a package
+    # missing here would ship the previous build's code from the Docker cache mount.
+    command = dockerfile_uv_sync()
+    rebuilt = {command[i + 1] for i, word in enumerate(command) if word == "--reinstall-package"}
+    assert workspace_packages() <= rebuilt
 
 
 @pytest.fixture(scope="module")
