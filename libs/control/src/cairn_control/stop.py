@@ -16,13 +16,14 @@ from typing import Literal
 import asyncpg
 import msgspec
 import structlog
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from cairn_common.messages import ExitInstances, encode
 from cairn_common.partitioning import partition_for
-from cairn_common.publishing import Outgoing, publish_batch
+from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
 from cairn_common.topology import Topology
-from cairn_control.errors import Conflict, NotFound
+from cairn_control.errors import Conflict, NotFound, Unavailable
 from cairn_control.store import audit, notify_journeys
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,14 @@ async def stop_journey(
             await audit(conn, "stop", "Journey", name, mode=mode)
             await notify_journeys(conn, journey=name, action="stop", mode=mode)
     profiles = await _profiles_with_active_instances(pool, name) if mode == "exit_all" else []
-    await _publish_exits(js, topology, name, stopped_at, profiles, partitions)
+    try:
+        await _publish_exits(js, topology, name, stopped_at, profiles, partitions)
+    except (PublishFailed, NatsError, TimeoutError) as exc:
+        raise Unavailable(
+            f"{name} is stopped (no new entries), but not every running instance was told to "
+            f"exit: {exc}. Run the same stop --exit-all again; profiles already told are not "
+            "told twice"
+        ) from None
     log.info("journey stopped", journey=name, mode=mode, profiles_exited=len(profiles))
     if mode == "drain":
         message = f"{name} stopped: no new entries; running instances finish their journey"
