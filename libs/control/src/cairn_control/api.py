@@ -50,6 +50,8 @@ JS = web.AppKey("js", JetStreamContext)
 TOPOLOGY = web.AppKey("topology", Topology)
 PARTITIONS = web.AppKey("partitions", int)
 MAX_BODY = 10 * 1024 * 1024
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+"""Served without the token; everything else needs it (deny by default)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encoder = msgspec.json.Encoder()
@@ -304,7 +306,7 @@ def _auth_middleware(token: str) -> Any:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path not in PUBLIC_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 response = error_response(
