@@ -1,20 +1,347 @@
-"""What the dispatcher does with each delivery request.
+"""What the dispatcher does with a fetched batch of delivery requests.
 
-Channels arrive with the Dispatcher issue. Until a channel is configured, a request cannot succeed,
-so it goes to the dead-letter stream with that reason rather than being dropped or retried forever.
+For each request, in order: the ledger (a delivery that reached a terminal status is never sent
+again; its result is re-published and the message acked), the instance (an exited instance's send
+is dropped), the target document, the address, consent and suppressions, the frequency cap, quiet
+hours (deferred to their end, not dropped), the template. What is left is sent concurrently, each
+provider bounding its own concurrency. Then one ledger write for the whole batch, the results
+published into each profile's partition, and only then the acks.
+
+A crash between a provider call and the ledger write means the request is redelivered and sent
+once more with the same idempotency key (delivery id): at most one duplicate, which providers
+that honour the key drop.
 """
 
 from __future__ import annotations
 
-from cairn_common.consume import Incoming, Outcome, Reject
-from cairn_common.messages import DeliveryRequested
+import asyncio
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from nats.js.client import JetStreamContext
+from prometheus_client import Counter
+
+from cairn_common.bus import publish
+from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
+from cairn_common.messages import DeliveryRequested, DeliveryResult
+from cairn_common.partitioning import partition_for
+from cairn_common.topology import Topology
+from cairn_dispatcher.documents import DocumentError, Target
+from cairn_dispatcher.lookup import Lookup
+from cairn_dispatcher.policy import consent_refusal, quiet_until
+from cairn_dispatcher.providers.base import Failed, Job, SendOutcome
+from cairn_dispatcher.providers.registry import Providers
+from cairn_dispatcher.repo import TERMINAL, DeliveryLedger, Instances, LedgerEntry, Suppressions
+from cairn_dispatcher.settings import Settings
+from cairn_journey.render import RenderError, render
+
+log = structlog.get_logger(__name__)
+DELIVERIES = Counter("cairn_deliveries_total", "Delivery outcomes", ["target", "outcome"])
 
 
-class DeliveryRequests:
-    async def __call__(self, item: Incoming) -> Outcome:
-        match item.message:
-            case DeliveryRequested(channel=channel, destination=destination):
-                target = channel or destination or "nothing"
-                return Reject(f"no channel or destination is configured for {target!r}")
-            case other:
-                return Reject(f"dispatcher does not handle {type(other).__name__} messages")
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+    """Ledger status; 'retrying' is the only one without a published result."""
+    settle: Outcome
+    reason: str | None = None
+    provider_message_id: str | None = None
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    item: Incoming
+    req: DeliveryRequested
+    target: Target | None = None
+    address: str | None = None
+    decision: Decision | None = None
+    job: Job | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        topology: Topology,
+        ledger: DeliveryLedger,
+        instances: Instances,
+        suppressions: Suppressions,
+        lookup: Lookup,
+        providers: Providers,
+    ) -> None:
+        self.settings = settings
+        self._js = js
+        self._topology = topology
+        self._ledger = ledger
+        self._instances = instances
+        self._suppressions = suppressions
+        self._lookup = lookup
+        self._providers = providers
+
+    async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        pending: list[tuple[int, Pending]] = []
+        for index, item in enumerate(batch):
+            if isinstance(item.message, DeliveryRequested):
+                pending.append((index, Pending(item=item, req=item.message)))
+            else:
+                kind = type(item.message).__name__
+                outcomes[index] = Reject(f"dispatcher does not handle {kind} messages")
+        if pending:
+            settled = await self._handle([p for _, p in pending])
+            for (index, _), outcome in zip(pending, settled, strict=True):
+                outcomes[index] = outcome
+        return [o if o is not None else Retry("not handled") for o in outcomes]
+
+    async def _handle(self, batch: list[Pending]) -> list[Outcome]:
+        now = datetime.now(UTC)
+        await self._lookup.refresh()
+        done = await self._ledger.rows([p.req.delivery_id for p in batch])
+        statuses = await self._instances.statuses(list({p.req.instance_id for p in batch}))
+        replay: list[Pending] = []
+        for p in batch:
+            row = done.get(p.req.delivery_id)
+            if row is not None and row.status in TERMINAL:
+                p.decision = Decision(
+                    status=row.status,
+                    settle=ACK,
+                    reason=row.reason,
+                    provider_message_id=row.provider_message_id,
+                )
+                replay.append(p)
+            elif statuses.get(p.req.instance_id) == "exited":
+                p.decision = Decision(status="dropped", settle=ACK, reason="instance exited")
+            else:
+                self._resolve(p)
+        await self._apply_policies([p for p in batch if p.decision is None], now)
+        await self._prepare_jobs([p for p in batch if p.decision is None])
+        await self._send_all([p for p in batch if p.decision is None])
+        fresh = [p for p in batch if p not in replay]
+        await self._ledger.record([self._entry(p, now) for p in fresh])
+        return await self._publish_results(batch, now)
+
+    def _resolve(self, p: Pending) -> None:
+        try:
+            p.target = self._lookup.target(p.req)
+        except DocumentError as exc:
+            p.decision = _dead(str(exc))
+            return
+        p.address = p.req.address or _address_from(p.req)
+        needs_address = p.target.kind == "Channel" and not (
+            p.target.type == "webhook" and p.target.setting("url")
+        )
+        if needs_address and not p.address:
+            where = p.req.to or "the send's `to`"
+            p.decision = Decision(status="skipped", settle=ACK, reason=f"no address in {where}")
+
+    async def _apply_policies(self, batch: list[Pending], now: datetime) -> None:
+        channel_batch = [p for p in batch if p.target is not None and p.target.kind == "Channel"]
+        keys = [(p.req.profile_id, _channel(p), p.address) for p in channel_batch]
+        suppressed = await self._suppressions.matching(keys)
+        capped = [p for p in channel_batch if p.target and p.target.frequency_cap]
+        counts = await self._ledger.sent_counts(
+            {
+                (p.req.profile_id, _channel(p), p.target.frequency_cap.per.total_seconds())
+                for p in capped
+                if p.target and p.target.frequency_cap
+            }
+        )
+        for p in channel_batch:
+            assert p.target is not None
+            channel = _channel(p)
+            reason = suppressed.get((p.req.profile_id, channel, p.address))
+            if reason is None and p.target.marketing:
+                reason = consent_refusal(p.req.profile, channel)
+            if reason is not None:
+                p.decision = Decision(status="suppressed", settle=ACK, reason=reason)
+                continue
+            cap = p.target.frequency_cap
+            if cap is not None:
+                key = (p.req.profile_id, channel)
+                if counts.get(key, 0) >= cap.limit:
+                    p.decision = Decision(
+                        status="skipped",
+                        settle=ACK,
+                        reason=f"frequency cap: {cap.limit} per {cap.per} on {channel}",
+                    )
+                    continue
+                counts[key] = counts.get(key, 0) + 1
+            if p.target.quiet_hours is not None:
+                until = quiet_until(p.target.quiet_hours, p.req.profile.get("timezone"), now)
+                if until is not None:
+                    delay = max(1.0, (until - now).total_seconds())
+                    p.decision = Decision(
+                        status="deferred",
+                        settle=Retry("quiet hours", delay=delay),
+                        reason=f"quiet hours until {until.isoformat()}",
+                    )
+
+    async def _prepare_jobs(self, batch: list[Pending]) -> None:
+        for p in batch:
+            assert p.target is not None
+            try:
+                doc = await self._lookup.template(p.req)
+                rendered = render(doc, _scope(p.req)) if doc is not None else None
+            except (DocumentError, RenderError) as exc:
+                p.decision = _dead(f"template {p.req.template!r}: {exc}")
+                continue
+            if rendered is None and p.target.type in ("smtp", "twilio", "fcm", "webpush"):
+                p.decision = _dead(f"a {p.target.type} send needs a template")
+                continue
+            if rendered is not None and rendered.missing:
+                log.info(
+                    "template variables missing",
+                    delivery_id=p.req.delivery_id,
+                    missing=list(rendered.missing),
+                )
+            p.job = Job(request=p.req, target=p.target, address=p.address, rendered=rendered)
+
+    async def _send_all(self, batch: list[Pending]) -> None:
+        results = await asyncio.gather(*(self._send(p) for p in batch))
+        for p, result in zip(batch, results, strict=True):
+            p.decision = await self._decide(p, result)
+
+    async def _send(self, p: Pending) -> SendOutcome:
+        assert p.job is not None
+        assert p.target is not None
+        try:
+            provider = await self._providers.get(p.target)
+            return await provider.send(p.job)
+        except asyncio.CancelledError:
+            raise
+        except DocumentError as exc:
+            return Failed(reason=str(exc), retryable=False)
+        except Exception as exc:
+            log.exception("provider failed unexpectedly", delivery_id=p.req.delivery_id)
+            return Failed(reason=f"{type(exc).__name__}: {exc}", retryable=True)
+
+    async def _decide(self, p: Pending, result: SendOutcome) -> Decision:
+        if not isinstance(result, Failed):
+            return Decision(
+                status="sent", settle=ACK, provider_message_id=result.provider_message_id
+            )
+        if result.bounced:
+            await self._suppressions.add(None, _channel(p), p.address, "bounced")
+            return Decision(status="bounced", settle=ACK, reason=result.reason)
+        if not result.retryable:
+            return Decision(status="failed", settle=ACK, reason=result.reason)
+        attempts = p.item.deliveries
+        if attempts >= self.settings.max_attempts:
+            return _dead(f"gave up after {attempts} attempts: {result.reason}")
+        return Decision(
+            status="retrying",
+            settle=Retry(result.reason, delay=self.retry_delay(attempts, result.retry_after)),
+            reason=result.reason,
+        )
+
+    def retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings
+        backoff = min(s.retry_max_seconds, s.retry_base_seconds * 2 ** (attempt - 1))
+        jittered = backoff * random.uniform(0.5, 1.5)
+        return float(min(s.retry_max_seconds, max(jittered, retry_after or 0.0)))
+
+    def _entry(self, p: Pending, now: datetime) -> LedgerEntry:
+        assert p.decision is not None
+        req = p.req
+        return LedgerEntry(
+            delivery_id=req.delivery_id,
+            profile_id=req.profile_id,
+            journey=req.journey,
+            version=req.version,
+            instance_id=req.instance_id,
+            step_id=req.step_id,
+            channel=req.channel,
+            destination=req.destination,
+            address=p.address,
+            status=p.decision.status,
+            reason=p.decision.reason,
+            provider_message_id=p.decision.provider_message_id,
+            attempts=p.item.deliveries if p.job is not None else 0,
+            sent_at=now if p.decision.status == "sent" else None,
+        )
+
+    async def _publish_results(self, batch: list[Pending], now: datetime) -> list[Outcome]:
+        async def one(p: Pending) -> Outcome:
+            decision = p.decision
+            assert decision is not None
+            DELIVERIES.labels(p.req.channel or p.req.destination or "", decision.status).inc()
+            if decision.status != "sent":
+                log.info(
+                    "delivery " + decision.status,
+                    delivery_id=p.req.delivery_id,
+                    reason=decision.reason,
+                )
+            if decision.status == "retrying":
+                return decision.settle
+            try:
+                await self._publish_result(p, decision, now)
+            except (TimeoutError, OSError, Exception) as exc:  # nats errors have no common base
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return Retry(f"publishing the result failed: {exc}")
+            return decision.settle
+
+        return list(await asyncio.gather(*(one(p) for p in batch)))
+
+    async def _publish_result(self, p: Pending, decision: Decision, now: datetime) -> None:
+        req = p.req
+        partition = partition_for(req.profile_id, self.settings.partitions)
+        result = DeliveryResult(
+            delivery_id=req.delivery_id,
+            profile_id=req.profile_id,
+            partition=partition,
+            instance_id=req.instance_id,
+            step_id=req.step_id,
+            outcome=decision.status,  # type: ignore[arg-type]
+            at=now,
+            channel=req.channel,
+            destination=req.destination,
+            reason=decision.reason,
+            provider_message_id=decision.provider_message_id,
+            attempts=max(1, p.item.deliveries),
+        )
+        await publish(
+            self._js,
+            self._topology.input_subject(partition, "result"),
+            result,
+            msg_id=f"result:{req.delivery_id}:{decision.status}",
+        )
+
+
+def _dead(reason: str) -> Decision:
+    return Decision(status="dead_lettered", settle=Reject(reason), reason=reason)
+
+
+def _channel(p: Pending) -> str:
+    return p.req.channel or (p.target.name if p.target else "")
+
+
+def _address_from(req: DeliveryRequested) -> str | None:
+    """Resolve ``to`` (profile.email, event.properties.phone...) when the matcher did not."""
+    if not req.to:
+        return None
+    root, _, path = req.to.partition(".")
+    value: Any = {"profile": req.profile, "event": req.event}.get(root)
+    for part in path.split(".") if path else []:
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def _scope(req: DeliveryRequested) -> dict[str, Any]:
+    return {
+        "profile": req.profile,
+        "event": {**req.event, "matched": req.matched_events},
+        "journey": {
+            "name": req.journey,
+            "version": req.version,
+            "step": req.step_id,
+            "instance_id": req.instance_id,
+            "delivery_id": req.delivery_id,
+            "unique_value": req.unique_value,
+        },
+    }

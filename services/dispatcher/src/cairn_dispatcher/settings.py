@@ -1,7 +1,33 @@
 """The dispatcher's settings, read from CAIRN_* environment variables once at start."""
 
-from cairn_common.settings import CommonSettings
+from cairn_common.settings import CommonSettings, SettingsError
 
 
 class Settings(CommonSettings, frozen=True, kw_only=True):
-    pass
+    tracking_base_url: str = "http://127.0.0.1:8080"
+    """Where ingest serves /t/o, /t/c and /t/u (open pixel, click and unsubscribe links)."""
+    tracking_secret: str = ""
+    """HMAC key of tracking tokens (shared with ingest). Empty: no open/click tracking is written,
+    and marketing emails get no unsubscribe link, so set it in production."""
+    max_attempts: int = 6
+    """Provider attempts per delivery before it is dead-lettered (429, 5xx and timeouts retry)."""
+    retry_base_seconds: float = 2.0
+    """First retry delay; doubles each attempt with +-50% jitter; Retry-After wins when longer."""
+    retry_max_seconds: float = 3600.0
+    provider_timeout_seconds: float = 10.0
+    provider_concurrency: int = 256
+    """In-flight sends per provider (one aiohttp session / SMTP pool per provider)."""
+    smtp_pool_size: int = 16
+    """Open SMTP connections per email channel."""
+    function_timeout_seconds: float = 2.0
+    """Wall-clock (≈ CPU) budget of one destination-function call."""
+    function_memory_mb: int = 64
+    documents_ttl_seconds: float = 5.0
+    """How long Channel/Destination/Template documents are cached before re-reading."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.max_attempts <= 10:
+            raise SettingsError("CAIRN_MAX_ATTEMPTS must be between 1 and 10 (the consumer's max)")
+        if self.provider_concurrency < 1 or self.smtp_pool_size < 1:
+            raise SettingsError("CAIRN_PROVIDER_CONCURRENCY and CAIRN_SMTP_POOL_SIZE must be >= 1")

@@ -1,0 +1,1 @@
+"""Providers: one per Channel/Destination document, built on first use and reused."""

@@ -1,0 +1,117 @@
+"""What every provider shares: the job it gets, the outcomes it returns, HTTP classification."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+
+from cairn_common.messages import DeliveryRequested
+from cairn_dispatcher.documents import Target
+from cairn_journey.render import Rendered
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One send: the request, where it goes, and what the template produced (if any)."""
+
+    request: DeliveryRequested
+    target: Target
+    address: str | None
+    rendered: Rendered | None
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.request.delivery_id
+
+    def journey_context(self) -> dict[str, Any]:
+        """The journey's context as Segment's journey events carry it to destinations."""
+        req = self.request
+        return {
+            "journey_name": req.journey,
+            "journey_version": req.version,
+            "journey_instance_id": req.instance_id,
+            "step_id": req.step_id,
+            "delivery_id": req.delivery_id,
+            "journey_context": {
+                "triggering_event": req.event,
+                "matched_events": req.matched_events,
+            },
+        }
+
+
+class Sent(msgspec.Struct, frozen=True):
+    provider_message_id: str | None = None
+
+
+class Failed(msgspec.Struct, frozen=True, kw_only=True):
+    reason: str
+    retryable: bool
+    retry_after: float | None = None
+    bounced: bool = False
+
+
+SendOutcome = Sent | Failed
+
+
+class Provider(Protocol):
+    async def send(self, job: Job) -> SendOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class PermanentError(Exception):
+    """Raised inside a provider for a failure retrying cannot fix (bad config, bad address)."""
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+async def http_outcome(
+    response: aiohttp.ClientResponse, provider: str, id_field: str | None = None
+) -> SendOutcome:
+    """429 and 5xx retry (honouring Retry-After), other 4xx are permanent, 2xx sent."""
+    text = await response.text()
+    if 200 <= response.status < 300:
+        return Sent(_field(text, id_field) if id_field else None)
+    reason = f"{provider} answered {response.status}: {text[:300]}"
+    if response.status == 429 or response.status >= 500 or response.status == 408:
+        return Failed(
+            reason=reason,
+            retryable=True,
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+    return Failed(reason=reason, retryable=False)
+
+
+def _field(text: str, path: str) -> str | None:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return None
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return None if value is None else str(value)
+
+
+def connection_failed(provider: str, exc: BaseException) -> Failed:
+    return Failed(reason=f"{provider}: {type(exc).__name__}: {exc}", retryable=True)

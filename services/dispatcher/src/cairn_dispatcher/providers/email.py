@@ -1,0 +1,168 @@
+"""Email over SMTP (aiosmtplib): a pool of open connections per channel, tracking written in.
+
+Every email carries ``Message-ID: <{delivery id}@cairn>`` (the idempotency key travels with it),
+an open pixel and click-tracking links when tracking is configured, and for marketing channels a
+``List-Unsubscribe`` header (RFC 8058 one-click) plus an unsubscribe link in the footer, all
+pointing at ingest's ``/t/...`` endpoints with signed tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html as html_lib
+import re
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+import aiosmtplib
+
+from cairn_common import tracking
+from cairn_dispatcher.documents import DocumentError, Target
+from cairn_dispatcher.providers.base import Failed, Job, PermanentError, SendOutcome, Sent
+
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class EmailTracking:
+    """Writes the open pixel, click redirects and unsubscribe link for one email."""
+
+    def __init__(self, base_url: str, secret: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.secret = secret
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+    def _token(self, job: Job, **extra: Any) -> str:
+        req = job.request
+        payload = {
+            "d": req.delivery_id,
+            "p": req.profile_id,
+            "i": req.instance_id,
+            "s": req.step_id,
+            "j": req.journey,
+            "c": req.channel or "email",
+            "a": job.address,
+            **extra,
+        }
+        return tracking.sign(payload, self.secret)
+
+    def unsubscribe_url(self, job: Job) -> str:
+        return f"{self.base_url}/t/u/{self._token(job)}"
+
+    def decorate_html(self, job: Job, body: str, marketing: bool) -> str:
+        def rewrite(match: re.Match[str]) -> str:
+            url = html_lib.unescape(match[3])
+            return f"{match[1]}{match[2]}{self.base_url}/t/c/{self._token(job, u=url)}{match[2]}"
+
+        body = _HREF.sub(rewrite, body)
+        extra = (
+            f'<img src="{self.base_url}/t/o/{self._token(job)}.gif" width="1" height="1" alt="">'
+        )
+        if marketing:
+            extra = (
+                f'<p style="font-size:12px"><a href="{self.unsubscribe_url(job)}">Unsubscribe</a>'
+                f"</p>{extra}"
+            )
+        index = body.lower().rfind("</body>")
+        return body + extra if index < 0 else body[:index] + extra + body[index:]
+
+
+class Smtp:
+    def __init__(self, target: Target, *, tracking: EmailTracking, pool_size: int, timeout: float):
+        self.target = target
+        self.name = "smtp"
+        self._tracking = tracking
+        self._timeout = timeout
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        for _ in range(pool_size):
+            self._idle.put_nowait(self._connection())
+
+    def _connection(self) -> aiosmtplib.SMTP:
+        t = self.target
+        tls = bool(t.setting("tls", False))
+        return aiosmtplib.SMTP(
+            hostname=str(t.setting("host", "localhost")),
+            port=int(t.setting("port", 465 if tls else 587)),
+            username=t.setting("username"),
+            password=t.secret("password", required=False),
+            use_tls=tls,
+            start_tls=t.setting("starttls"),
+            validate_certs=bool(t.setting("validate_certs", True)),
+            timeout=self._timeout,
+        )
+
+    def message(self, job: Job) -> EmailMessage:
+        rendered = job.rendered
+        if rendered is None:
+            raise PermanentError("email needs a template")
+        if not job.address:
+            raise PermanentError("no address")
+        msg = EmailMessage()
+        msg["From"] = rendered.from_ or str(self.target.require("from"))
+        msg["To"] = job.address
+        msg["Subject"] = rendered.subject or ""
+        msg["Date"] = formatdate(localtime=False)
+        msg["Message-ID"] = f"<{_SAFE_ID.sub('.', job.idempotency_key)}@cairn>"
+        msg["X-Cairn-Delivery-Id"] = job.idempotency_key
+        if rendered.reply_to:
+            msg["Reply-To"] = rendered.reply_to
+        html = rendered.html
+        text = rendered.text
+        if self._tracking.enabled:
+            if self.target.marketing:
+                unsubscribe = self._tracking.unsubscribe_url(job)
+                msg["List-Unsubscribe"] = f"<{unsubscribe}>"
+                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+                if text:
+                    text = f"{text}\n\nUnsubscribe: {unsubscribe}\n"
+            if html:
+                html = self._tracking.decorate_html(job, html, self.target.marketing)
+        msg.set_content(text or "")
+        if html:
+            msg.add_alternative(html, subtype="html")
+        return msg
+
+    async def send(self, job: Job) -> SendOutcome:
+        try:
+            message = self.message(job)
+        except (PermanentError, DocumentError) as exc:
+            return Failed(reason=f"smtp: {exc}", retryable=False)
+        conn = await self._idle.get()
+        try:
+            if not conn.is_connected:
+                await conn.connect()
+            await conn.send_message(message)
+            return Sent(message["Message-ID"])
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            return Failed(
+                reason=f"smtp: recipient refused: {exc}",
+                retryable=all(400 <= c < 500 for c in codes),
+                bounced=any(c >= 500 for c in codes),
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code >= 500:
+                return Failed(reason=f"smtp: {exc.code} {exc.message}", retryable=False)
+            await _close(conn)
+            return Failed(reason=f"smtp: {exc.code} {exc.message}", retryable=True)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await _close(conn)
+            return Failed(reason=f"smtp: {type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            await _close(self._idle.get_nowait())
+
+
+async def _close(conn: aiosmtplib.SMTP) -> None:
+    if conn.is_connected:
+        try:
+            await asyncio.wait_for(conn.quit(), timeout=2)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            conn.close()

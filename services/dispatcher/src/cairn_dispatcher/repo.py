@@ -1,0 +1,190 @@
+"""The dispatcher's SQL: the delivery ledger, suppressions, caps, instances, documents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+TERMINAL = frozenset(
+    {"sent", "failed", "bounced", "skipped", "suppressed", "dropped", "dead_lettered"}
+)
+
+
+class LedgerRow(msgspec.Struct, frozen=True, kw_only=True):
+    delivery_id: str
+    status: str
+    reason: str | None
+    provider_message_id: str | None
+    attempts: int
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One outcome to write; terminal rows are never overwritten."""
+
+    delivery_id: str
+    profile_id: str
+    journey: str
+    version: int
+    instance_id: str
+    step_id: str
+    channel: str | None
+    destination: str | None
+    address: str | None
+    status: str
+    reason: str | None
+    provider_message_id: str | None
+    attempts: int
+    sent_at: datetime | None
+
+
+class DeliveryLedger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def rows(self, delivery_ids: Sequence[str]) -> dict[str, LedgerRow]:
+        records = await self._pool.fetch(
+            "SELECT delivery_id, status, reason, provider_message_id, attempts"
+            " FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
+            list(delivery_ids),
+        )
+        return {r["delivery_id"]: LedgerRow(**dict(r)) for r in records}
+
+    async def record(self, entries: Sequence[LedgerEntry]) -> None:
+        """Upsert a batch of outcomes in one statement (group commit)."""
+        if not entries:
+            return
+        columns = [f for f in LedgerEntry.__struct_fields__]
+        arrays = [[getattr(e, c) for e in entries] for c in columns]
+        await self._pool.execute(
+            """
+            INSERT INTO delivery_ledger (delivery_id, profile_id, journey, version, instance_id,
+                step_id, channel, destination, address, status, reason, provider_message_id,
+                attempts, sent_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                $12::text[], $13::int[], $14::timestamptz[])
+            ON CONFLICT (delivery_id) DO UPDATE SET
+                status = EXCLUDED.status,
+                reason = EXCLUDED.reason,
+                provider_message_id = COALESCE(EXCLUDED.provider_message_id,
+                                               delivery_ledger.provider_message_id),
+                attempts = GREATEST(EXCLUDED.attempts, delivery_ledger.attempts),
+                sent_at = COALESCE(delivery_ledger.sent_at, EXCLUDED.sent_at),
+                address = COALESCE(EXCLUDED.address, delivery_ledger.address),
+                updated_at = now()
+            WHERE delivery_ledger.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
+                'suppressed', 'dropped', 'dead_lettered')
+            """,
+            *arrays,
+        )
+
+    async def sent_counts(
+        self, keys: Iterable[tuple[str, str, float]]
+    ) -> dict[tuple[str, str], int]:
+        """Sends per (profile, channel) within each key's window (seconds)."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        records = await self._pool.fetch(
+            """
+            SELECT q.profile_id, q.channel, count(l.delivery_id) AS n
+            FROM unnest($1::text[], $2::text[], $3::float8[]) AS q(profile_id, channel, secs)
+            LEFT JOIN delivery_ledger l
+              ON l.profile_id = q.profile_id AND l.channel = q.channel AND l.status = 'sent'
+             AND l.sent_at > now() - make_interval(secs => q.secs)
+            GROUP BY q.profile_id, q.channel
+            """,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+        )
+        return {(r["profile_id"], r["channel"]): r["n"] for r in records}
+
+
+class Suppressions:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def matching(
+        self, keys: Sequence[tuple[str, str, str | None]]
+    ) -> dict[tuple[str, str, str | None], str]:
+        """Reason each (profile, channel, address) is suppressed, for those that are."""
+        if not keys:
+            return {}
+        records = await self._pool.fetch(
+            """
+            SELECT q.profile_id, q.channel, q.address, min(s.reason) AS reason
+            FROM unnest($1::text[], $2::text[], $3::text[]) AS q(profile_id, channel, address)
+            JOIN suppressions s ON s.channel IN (q.channel, '*')
+             AND (s.profile_id = q.profile_id OR (s.address IS NOT NULL AND s.address = q.address))
+            GROUP BY q.profile_id, q.channel, q.address
+            """,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+        )
+        return {(r["profile_id"], r["channel"], r["address"]): r["reason"] for r in records}
+
+    async def add(
+        self, profile_id: str | None, channel: str, address: str | None, reason: str
+    ) -> None:
+        await self._pool.execute(
+            "INSERT INTO suppressions (profile_id, channel, address, reason)"
+            " VALUES ($1, $2, $3, $4)",
+            profile_id,
+            channel,
+            address,
+            reason,
+        )
+
+
+class Instances:
+    """Reads ``journey_instances`` (the matcher's table) when it exists."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._exists: bool | None = None
+
+    async def statuses(self, instance_ids: Sequence[str]) -> dict[str, str]:
+        if self._exists is None or not self._exists:
+            self._exists = bool(
+                await self._pool.fetchval("SELECT to_regclass('journey_instances') IS NOT NULL")
+            )
+        if not self._exists or not instance_ids:
+            return {}
+        records = await self._pool.fetch(
+            "SELECT instance_id, status FROM journey_instances WHERE instance_id = ANY($1::text[])",
+            list(instance_ids),
+        )
+        return {r["instance_id"]: r["status"] for r in records}
+
+
+class Documents:
+    """Channel, Destination and Template documents, and templates frozen into journey versions."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def resources(self, kinds: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        records = await self._pool.fetch(
+            "SELECT kind, name, document FROM resources WHERE kind = ANY($1::text[])", list(kinds)
+        )
+        return [(r["kind"], r["name"], _json(r["document"])) for r in records]
+
+    async def version_definition(self, journey: str, version: int) -> dict[str, Any] | None:
+        value = await self._pool.fetchval(
+            "SELECT definition FROM journey_versions WHERE journey = $1 AND version = $2",
+            journey,
+            version,
+        )
+        return None if value is None else _json(value)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    loaded = json.loads(value) if isinstance(value, str) else value
+    return loaded if isinstance(loaded, dict) else {}

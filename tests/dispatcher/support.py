@@ -1,0 +1,227 @@
+"""Local real-protocol servers and helpers for the dispatcher tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from cairn_cli.local import free_port
+from cairn_common.bus import publish
+from cairn_common.db import migrate
+from cairn_common.messages import DeliveryRequested, DeliveryResult, decode
+from cairn_common.topology import Topology
+
+
+class Recorded(msgspec.Struct):
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    query: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.body.decode()))
+
+
+class Reply(msgspec.Struct):
+    status: int = 200
+    body: Any = msgspec.field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class HttpSink:
+    """An HTTP server that records every request and answers from a script (then ``default``)."""
+
+    def __init__(self, default: Reply | None = None) -> None:
+        self.requests: list[Recorded] = []
+        self.script: deque[Reply] = deque()
+        self.default = default or Reply()
+        self.arrived = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(
+            Recorded(
+                method=request.method,
+                path=request.path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                query=dict(request.query),
+            )
+        )
+        self.arrived.set()
+        reply = self.script.popleft() if self.script else self.default
+        text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+        return web.Response(status=reply.status, text=text, headers=reply.headers)
+
+    async def start(self) -> HttpSink:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class SmtpSink:
+    """An aiosmtpd server recording every accepted message; ``refuse`` rejects recipients."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[str], EmailMessage]] = []
+        self.refuse: set[str] = set()
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content if isinstance(envelope.content, bytes) else b""
+        msg = message_from_bytes(content, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), msg))
+        return "250 Message accepted"
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+async def prepare_database(database_url: str) -> asyncpg.Connection:
+    await migrate(database_url)
+    return await asyncpg.connect(database_url)
+
+
+async def apply(db: asyncpg.Connection, kind: str, name: str, document: dict[str, Any]) -> None:
+    await db.execute(
+        "INSERT INTO resources (kind, name, document, status) VALUES ($1, $2, $3::jsonb, 'ready')"
+        " ON CONFLICT (kind, name) DO UPDATE SET document = EXCLUDED.document",
+        kind,
+        name,
+        json.dumps({"kind": kind, "name": name, **document}),
+    )
+
+
+def delivery(
+    delivery_id: str,
+    *,
+    channel: str | None = None,
+    destination: str | None = None,
+    template: str | None = None,
+    address: str | None = None,
+    profile: dict[str, Any] | None = None,
+    profile_id: str = "user-1",
+    instance_id: str = "inst-1",
+    event: dict[str, Any] | None = None,
+    **extra: Any,
+) -> DeliveryRequested:
+    return DeliveryRequested(
+        delivery_id=delivery_id,
+        profile_id=profile_id,
+        journey="abandoned-cart",
+        version=1,
+        instance_id=instance_id,
+        step_id="initial-email",
+        visit=1,
+        requested_at=datetime.now(UTC),
+        channel=channel,
+        destination=destination,
+        template=template,
+        address=address,
+        profile=profile or {},
+        event=event or {"event": "Cart Abandoned", "properties": {"cart_id": "c1", "total": 42}},
+        **extra,
+    )
+
+
+async def send_requests(js: JetStreamContext, topology: Topology, *reqs: DeliveryRequested) -> None:
+    for req in reqs:
+        subject = topology.delivery_subject(req.channel or req.destination or "none")
+        await publish(js, subject, req, msg_id=req.delivery_id)
+
+
+class Results:
+    """Collects DeliveryResults published into the inputs stream (core subscription)."""
+
+    def __init__(self) -> None:
+        self.items: list[DeliveryResult] = []
+        self._changed = asyncio.Event()
+
+    @classmethod
+    async def listen(cls, nc: NATS, topology: Topology) -> Results:
+        results = cls()
+
+        async def on_msg(msg: Any) -> None:
+            message = decode(msg.data)
+            if isinstance(message, DeliveryResult):
+                results.items.append(message)
+                results._changed.set()
+
+        await nc.subscribe(f"{topology.namespace}.inputs.*.result", cb=on_msg)
+        return results
+
+    def of(self, delivery_id: str) -> list[DeliveryResult]:
+        return [r for r in self.items if r.delivery_id == delivery_id]
+
+    async def wait(self, delivery_id: str, outcome: str, timeout: float = 15) -> DeliveryResult:
+        async with asyncio.timeout(timeout):
+            while True:
+                for r in self.of(delivery_id):
+                    if r.outcome == outcome:
+                        return r
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if isinstance(result, Awaitable):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def ledger(db: asyncpg.Connection, delivery_id: str) -> dict[str, Any] | None:
+    row = await db.fetchrow("SELECT * FROM delivery_ledger WHERE delivery_id = $1", delivery_id)
+    return dict(row) if row is not None else None
