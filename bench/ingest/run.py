@@ -119,6 +119,12 @@ async def _timed(load: Load, http: aiohttp.ClientSession, into: list[float]) -> 
     into.append(await load.post(http))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -170,9 +176,14 @@ async def main(args: argparse.Namespace) -> None:
         await wait_http(f"http://127.0.0.1:{health}/readyz", proc)
         load = Load(f"http://127.0.0.1:{port}", key)
         await throughput(load, 2, args.connections)  # warm-up
+        cpu_before, sent_before = cpu_seconds(proc.pid), load.sent
         rate = await throughput(load, args.seconds, args.connections)
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        per_event = cpu / ((load.sent - sent_before) * BATCH) * 1e6
         print(f"throughput: {rate:,.0f} events/s sustained over {args.seconds:.0f}s "
               f"({args.connections} connections, {BATCH}-event batches)")  # fmt: skip
+        print(f"ingest CPU: {per_event:.1f} us per event, i.e. {1e6 / per_event:,.0f} events/s "
+              "per fully used core (robust to other load on the machine)")  # fmt: skip
         half = rate / 2
         lat = await latency(load, args.seconds, half)
         print(f"latency at {half:,.0f} events/s ({len(lat)} requests): "

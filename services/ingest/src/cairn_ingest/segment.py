@@ -220,11 +220,15 @@ def to_event(
         _require(user_id, "userId", kind)
     elif kind == "group":
         _require(group_id, "groupId", kind)
-    message_id = m.message_id or str(uuid.uuid4())
-    if len(message_id) > intake.max_message_id_length:
+    message_id = m.message_id.strip() if m.message_id else ""
+    if not message_id:
+        message_id = str(uuid.uuid4())
+    elif len(message_id) > intake.max_message_id_length:
         raise Problem(
             "invalid_event", f"messageId is longer than {intake.max_message_id_length} characters"
         )
+    elif not message_id.isprintable():
+        raise Problem("invalid_event", "messageId may not hold control characters")
     context = m.context if m.context is not None else {}
     if batch_context:
         context = {**batch_context, **context}
