@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from cairn_common.runtime import ServiceContext
+from cairn_control.listener import start_admin_listener
 from cairn_ingest import nats_api, repo
 from cairn_ingest.access import WriteKeys
 from cairn_ingest.email_links import EmailLinks
@@ -93,6 +94,10 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     site = web.TCPSite(runner, s.http_host, s.http_port, reuse_address=True)
     await site.start()
     log.info("tracking api listening", url=f"http://{s.http_host}:{runner.addresses[0][1]}")
+    admin = await start_admin_listener(
+        ctx.pool, ctx.js, ctx.topology, host=s.admin_host, port=s.admin_port,
+        token=s.admin_token, partitions=s.partitions, shutdown_timeout=s.shutdown_grace_seconds,
+    )  # fmt: skip
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
@@ -106,3 +111,5 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             await runner.cleanup()  # stop listening; requests in flight are answered first
     finally:
         await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()

@@ -9,6 +9,11 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     """The Tracking API (Segment-compatible), CloudEvents and email tracking links."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8090
+    admin_token: str = ""
+    """The admin API (control plane, cairn_control) listener; served only when
+    CAIRN_ADMIN_TOKEN is set (decision 0004)."""
 
     # ---- limits (Segment's are the floor) --------------------------------------------------------
     max_event_bytes: int = 32 * 1024
