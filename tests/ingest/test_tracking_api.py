@@ -257,3 +257,19 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
     assert len(await ingest.events(5)) == 5
     # Another key is not affected.
     assert (await post(http, ingest, "/v1/batch", batch))[0] == 200
+
+
+async def test_the_clients_trace_continues_into_the_stored_events(
+    in_process: InProcessFactory, http: aiohttp.ClientSession
+) -> None:
+    ingest = await in_process()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    body = {"batch": [{"type": "track", "userId": "u", "event": "Traced"}]}
+    status, _, _ = await post(http, ingest, "/v1/batch", body, headers={"traceparent": traceparent})
+    assert status == 200
+    [_] = await ingest.events(1)
+    info = await ingest.js.stream_info(ingest.topology.inputs_stream)
+    stored = await ingest.js.get_msg(ingest.topology.inputs_stream, info.state.last_seq)
+    assert stored.headers is not None
+    assert stored.headers["traceparent"].split("-")[1] == trace_id

@@ -12,12 +12,21 @@ import zlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 
 from cairn_ingest.email_links import EmailLinks
 from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
 
 # Segment's short paths (/v1/t, ...) and /v1/import, the old name of /v1/batch.
 _SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+tracer = trace.get_tracer("cairn.ingest")
+REQUESTS = Counter(
+    "cairn_ingest_http_requests_total",
+    "Tracking API requests by route and status",
+    ["route", "status"],
+)
 INGESTOR: web.AppKey[Ingestor] = web.AppKey("ingestor", Ingestor)
 
 
@@ -116,6 +125,35 @@ async def cloudevents_call(request: web.Request) -> web.Response:
 
 
 @web.middleware
+async def traced(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A SERVER span per request, continuing the client's W3C ``traceparent`` if it sent one;
+    the events it publishes carry this span's context into NATS, so one trace runs from the
+    request to the delivered message."""
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    status = 500
+    with tracer.start_as_current_span(
+        f"{request.method} {name}",
+        context=propagate.extract(request.headers),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects (the click links) travel as exceptions
+            status = exc.status
+            raise
+        else:
+            status = response.status
+            return response
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            REQUESTS.labels(name, str(status)).inc()
+
+
+@web.middleware
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -137,7 +175,7 @@ async def json_errors(
 
 def build_app(ingestor: Ingestor, links: EmailLinks | None) -> web.Application:
     app = web.Application(
-        middlewares=[json_errors], client_max_size=ingestor.settings.max_batch_bytes
+        middlewares=[traced, json_errors], client_max_size=ingestor.settings.max_batch_bytes
     )
     app[INGESTOR] = ingestor
     app.router.add_post("/v1/cloudevents", cloudevents_call)
