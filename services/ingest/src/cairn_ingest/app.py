@@ -75,7 +75,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         ctx.pool,
         ctx.topology,
         timeout=s.publish_timeout_seconds,
-        max_pending=s.publish_max_pending,
     )
     ingestor = Ingestor(s, keys, publisher, triggers.current)
     links = (
