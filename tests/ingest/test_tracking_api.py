@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -270,3 +271,24 @@ async def test_the_clients_trace_continues_into_the_stored_events(
     stored = await ingest.js.get_msg(ingest.topology.inputs_stream, info.state.last_seq)
     assert stored.headers is not None
     assert stored.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_a_large_batch_sent_in_chunks_is_read_whole(
+    in_process: InProcessFactory, http: aiohttp.ClientSession
+) -> None:
+    ingest = await in_process()
+    events = [
+        {"type": "track", "userId": f"u{i}", "event": "Bulk", "properties": {"pad": "x" * 150}}
+        for i in range(2000)
+    ]
+    body = json.dumps({"batch": events}).encode()
+    assert 400_000 < len(body) < 500_000
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7_000):
+            yield body[start : start + 7_000]
+
+    headers = {"Content-Type": "application/json", **auth(ingest.write_key)}
+    async with http.post(ingest.url + "/v1/batch", data=chunks(), headers=headers) as resp:
+        assert (resp.status, await resp.json()) == (200, {"success": True})
+    assert len(await ingest.events(2000)) == 2000

@@ -52,12 +52,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The decoded body, at most ``limit`` bytes before and after decompression."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyError(_too_large(request.content_length, limit))
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = await request.content.read(limit + 1)
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(_too_large(None, limit))
+            chunks.append(chunk)
     except (ConnectionError, OSError) as exc:
         raise BodyError(error(400, "bad_body", f"could not read the body: {exc}")) from exc
-    if len(raw) > limit:
-        raise BodyError(_too_large(None, limit))
+    raw = b"".join(chunks)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return raw
