@@ -24,7 +24,7 @@ from aiohttp import web
 
 from cairn_common.messages import Event
 from cairn_common.partitioning import partition_for
-from cairn_common.tracking import Link, LinkKind, TokenError, read_link
+from cairn_common.tracking import InvalidToken, LinkKind, LinkPayload, verify
 from cairn_ingest import repo
 from cairn_ingest.intake import Ingestor
 from cairn_ingest.publisher import Unavailable
@@ -59,10 +59,10 @@ class EmailLinks:
         router.add_get("/t/u/{token}", self.unsubscribe_page)
         router.add_post("/t/u/{token}", self.unsubscribe)
 
-    def _verify(self, kind: LinkKind, token: str) -> Link:
+    def _verify(self, kind: LinkKind, token: str) -> LinkPayload:
         try:
-            return read_link(self._secrets, kind, token)
-        except TokenError:
+            return verify(self._secrets, kind, token)
+        except InvalidToken:
             raise web.HTTPNotFound(text="unknown or forged tracking link") from None
 
     async def opened(self, request: web.Request) -> web.Response:
@@ -105,7 +105,7 @@ class EmailLinks:
         return web.Response(text=page, content_type="text/html", headers=NO_STORE)
 
     async def _enter(
-        self, kind: LinkKind, payload: Link, request: web.Request, **extra: Any
+        self, kind: LinkKind, payload: LinkPayload, request: web.Request, **extra: Any
     ) -> None:
         m = payload.message
         received = now()
