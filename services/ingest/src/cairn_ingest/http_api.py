@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from cairn_ingest.email_links import EmailLinks
 from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
@@ -26,6 +27,12 @@ REQUESTS = Counter(
     "cairn_ingest_http_requests_total",
     "Tracking API requests by route and status",
     ["route", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "cairn_ingest_http_request_seconds",
+    "Time from request start to answer (includes waiting for JetStream's acknowledgements)",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 INGESTOR: web.AppKey[Ingestor] = web.AppKey("ingestor", Ingestor)
 
@@ -139,6 +146,7 @@ async def traced(
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     status = 500
+    started = time.perf_counter()
     with tracer.start_as_current_span(
         f"{request.method} {name}",
         context=propagate.extract(request.headers),
@@ -156,6 +164,7 @@ async def traced(
         finally:
             span.set_attribute("http.response.status_code", status)
             REQUESTS.labels(name, str(status)).inc()
+            REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
 
 
 @web.middleware
