@@ -19,8 +19,11 @@ import contextlib
 
 import asyncpg
 import structlog
+from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
+
+OWNED = Gauge("cairn_matcher_owned_partitions", "Partitions this replica holds a lease on")
 
 
 class LeaseLost(Exception):
@@ -83,6 +86,7 @@ class PartitionLeases:
             log.info("partitions changed", gained=sorted(gained), lost=sorted(lost),
                      held=len(renewed), live_replicas=live)  # fmt: skip
             self.held = renewed
+            OWNED.set(len(renewed))
             self.changed.set()
 
     async def _heartbeat(self, conn: asyncpg.Connection) -> list[str]:
@@ -142,6 +146,7 @@ class PartitionLeases:
         renewal says otherwise."""
         if self.held.get(partition) == epoch:
             del self.held[partition]
+            OWNED.set(len(self.held))
             self.changed.set()
 
     async def release_all(self) -> None:
@@ -154,4 +159,5 @@ class PartitionLeases:
             )
             await conn.execute("DELETE FROM matcher_members WHERE owner = $1", self.owner)
         self.held = {}
+        OWNED.set(0)
         self.changed.set()
