@@ -141,6 +141,23 @@ class PartitionLeases:
         seq: int = row["last_applied_seq"]
         return seq
 
+    async def fence_many(
+        self, conn: asyncpg.Connection, epochs: dict[int, int]
+    ) -> dict[int, int | None]:
+        """``fence`` for several partitions in one statement: partition -> the sequence applied
+        last, or ``None`` where we no longer own it at that epoch."""
+        rows = await conn.fetch(
+            "SELECT partition, owner, epoch, last_applied_seq, expires_at > now() AS live "
+            "FROM partition_leases WHERE partition = ANY($1) ORDER BY partition FOR SHARE",
+            list(epochs),
+        )
+        found: dict[int, int | None] = dict.fromkeys(epochs)
+        for r in rows:
+            p = r["partition"]
+            if r["owner"] == self.owner and r["epoch"] == epochs[p] and r["live"]:
+                found[p] = r["last_applied_seq"]
+        return found
+
     def forget(self, partition: int, epoch: int) -> None:
         """A worker found it was fenced out: stop counting the partition as ours until the next
         renewal says otherwise."""

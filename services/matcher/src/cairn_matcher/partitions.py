@@ -32,7 +32,7 @@ from cairn_common.waiting import wait_any
 from cairn_matcher import repo
 from cairn_matcher.engine import Engine, Input
 from cairn_matcher.leases import LeaseLost, PartitionLeases
-from cairn_matcher.outbox import Outbox, OutboxMessage
+from cairn_matcher.outbox import Outbox
 from cairn_matcher.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -120,8 +120,7 @@ class PartitionWorker:
         return await js.pull_subscribe_bind(durable=name, stream=stream)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        s = self._ctx.settings
-        fetch = asyncio.ensure_future(sub.fetch(s.fetch_batch, timeout=s.fetch_timeout_seconds))
+        fetch = asyncio.ensure_future(self._fetch_available(sub))
         await wait_any(self.stop, self._ctx.stopping, _done(fetch))
         if not fetch.done():
             fetch.cancel()
@@ -136,33 +135,44 @@ class PartitionWorker:
             await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
             return []
 
+    async def _fetch_available(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Wait for the first input, then take whatever else is there at once, up to a batch.
+
+        nats-py's ``fetch(n)`` on an idle consumer waits for ``n`` messages or its timeout, which
+        would hold a lone event for up to the whole timeout; this does not."""
+        s = self._ctx.settings
+        msgs: list[Msg] = await sub.fetch(1, timeout=s.fetch_timeout_seconds)
+        if s.fetch_batch > 1:
+            with contextlib.suppress(TimeoutError):
+                msgs += await sub.fetch(s.fetch_batch - 1, timeout=0.005)
+        return msgs
+
     async def _handle(self, msgs: list[Msg]) -> None:
         items = [_decoded(m) for m in msgs]
-        pending = await self._commit(items)
-        if pending is None:
+        if not await self._commit(items):
             return  # not committed: nothing is acked, the next worker replays from the commit
-        await self._outbox.publish(pending)
         with contextlib.suppress(*TRANSIENT):
             await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
 
-    async def _commit(self, items: list[Input]) -> list[OutboxMessage] | None:
+    async def _commit(self, items: list[Input]) -> bool:
         delay = 0.2
         while True:
             try:
-                return await self._engine.apply(self.partition, self.epoch, items)
+                await self._engine.apply(self.partition, self.epoch, items)
+                return True
             except LeaseLost as exc:
                 log.warning("lease lost; handing the partition over", partition=self.partition,
                             error=str(exc))  # fmt: skip
                 self._leases.forget(self.partition, self.epoch)
                 self.stop.set()
-                return None
+                return False
             except TRANSIENT as exc:
                 log.warning("batch not committed; retrying", partition=self.partition,
                             error=repr(exc))  # fmt: skip
             except Exception:
                 log.exception("batch failed; retrying", partition=self.partition)
             if self._stopping:
-                return None
+                return False
             await wait_any(self.stop, self._ctx.stopping, timeout=delay)
             delay = min(delay * 2, 5.0)
 
