@@ -37,7 +37,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         max_cached_profiles=s.max_cached_profiles,
         notify_within=s.timer_notify_within_seconds,
     )
-    supervisor = PartitionSupervisor(ctx, leases, engine, outbox)
+    supervisor = PartitionSupervisor(ctx, leases, engine)
     background = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:

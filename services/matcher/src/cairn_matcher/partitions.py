@@ -5,8 +5,8 @@ epoch, ``matcher-{p}-e{epoch}``, starting right after the last sequence committe
 partition (``partition_leases.last_applied_seq``), and deletes the previous epoch's consumer. So
 whatever the previous owner fetched but never committed is delivered again, in order, and a
 fenced-out old owner cannot pull from the new consumer. Each fetched batch goes to the engine,
-which applies it in ONE transaction (group commit) fenced by the lease; the outbox is published
-after the commit and the batch acked last.
+which commits it (together with other partitions' batches: group commit) fenced by the lease and
+publishes the outbox; the batch is acked last.
 
 A database error does not nak anything: the batch is retried in place (the partition waits, which
 keeps its order) until it commits, the lease is lost, or the service stops. In the last two cases
@@ -32,7 +32,6 @@ from cairn_common.waiting import wait_any
 from cairn_matcher import repo
 from cairn_matcher.engine import Engine, Input
 from cairn_matcher.leases import LeaseLost, PartitionLeases
-from cairn_matcher.outbox import Outbox
 from cairn_matcher.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,14 +51,12 @@ class PartitionWorker:
         epoch: int,
         leases: PartitionLeases,
         engine: Engine,
-        outbox: Outbox,
     ) -> None:
         self._ctx = ctx
         self.partition = partition
         self.epoch = epoch
         self._leases = leases
         self._engine = engine
-        self._outbox = outbox
         self.stop = asyncio.Event()
 
     @property
@@ -207,12 +204,10 @@ class PartitionSupervisor:
         ctx: ServiceContext[Settings],
         leases: PartitionLeases,
         engine: Engine,
-        outbox: Outbox,
     ) -> None:
         self._ctx = ctx
         self._leases = leases
         self._engine = engine
-        self._outbox = outbox
         self._running: dict[int, tuple[PartitionWorker, asyncio.Task[None]]] = {}
         self._finished = asyncio.Event()
 
@@ -240,9 +235,7 @@ class PartitionSupervisor:
                 worker.stop.set()
         for p, epoch in sorted(held.items()):
             if p not in self._running:
-                worker = PartitionWorker(
-                    self._ctx, p, epoch, self._leases, self._engine, self._outbox
-                )
+                worker = PartitionWorker(self._ctx, p, epoch, self._leases, self._engine)
                 task = tg.create_task(self._guarded(worker), name=f"partition-{p}")
                 self._running[p] = (worker, task)
 
