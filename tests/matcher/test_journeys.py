@@ -20,6 +20,7 @@ from tests.support.engine import (
     metric,
     prepared,
     publish_journey,
+    stop_journey,
     wait_for_rows,
 )
 from tests.support.processes import ServiceProcess
@@ -279,3 +280,28 @@ async def test_entries_are_accepted_only_between_start_at_and_end_at(engine: Eng
     assert hello.journey == "open"
     assert len(await engine.deliveries.settle()) == 1
     assert await engine.instances("past") == await engine.instances("future") == 0
+
+
+async def test_a_stopped_journey_takes_no_new_entries_and_running_instances_drain(
+    engine: Engine,
+) -> None:
+    slow = {**welcome(repeat="always"), "steps": [
+        {"id": "pause", "wait": "2s"},
+        {"id": "hello", "send": {"channel": "email", "template": "hi", "to": "profile.email"}},
+    ]}  # fmt: skip
+    await engine.publish(slow)
+    await engine.customer("ida")
+    await engine.inputs.send("ida", "Signed Up")
+    await wait_for_rows(engine.pool, "SELECT count(*) FROM journey_instances", expect=1)
+    await stop_journey(engine.pool, "welcome")
+    async with asyncio.timeout(15):
+        while await metric(engine.matcher.health_url, "cairn_matcher_live_journeys") != 0:
+            await asyncio.sleep(0.05)
+    await engine.inputs.send("ida", "Signed Up")
+
+    [hello] = await engine.deliveries.until(1)
+    assert hello.step_id == "hello", "the instance already running finishes its course"
+    await wait_for_rows(
+        engine.pool, "SELECT count(*) FROM journey_instances WHERE status = 'completed'", expect=1
+    )
+    assert await engine.instances("welcome") == 1, "no entry after the stop"
