@@ -49,8 +49,11 @@ JOURNEY = {
 }
 
 
+PROFILES = [50_000]
+
+
 def trigger(topology: Topology, n: int, run: str) -> tuple[str, bytes, str]:
-    pid = f"user-{n % 50_000}"
+    pid = f"user-{n % PROFILES[0]}"
     cart = f"{run}-{n}"
     now = datetime.now(UTC)
     partition = partition_for(pid, PARTITIONS)
@@ -122,13 +125,14 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
         start = time.monotonic()
         n = 0
         while n < total:
-            batch = [trigger(topology, backlog + n + k, "steady") for k in range(per_tick)]
+            count = min(per_tick, total - n)
+            batch = [trigger(topology, backlog + n + k, "steady") for k in range(count)]
             for _, data, _ in batch:
                 ev = decode(data)
                 assert isinstance(ev, Event)
                 sent_at[ev.properties["cart_id"]] = ev.received_at
             await publish_many(js, batch)
-            n += per_tick
+            n += count
             await asyncio.sleep(max(0.0, start + (n / rate) - time.monotonic()))
 
     results, _ = await asyncio.gather(drain(sub, total, timeout=seconds + 120), produce())
@@ -158,6 +162,9 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
+    parser.add_argument("--profiles", type=int, default=50_000, help="distinct profiles")
     args = parser.parse_args()
-    with rig() as r:
+    PROFILES[0] = args.profiles
+    with rig(fsync=not args.no_fsync) as r:
         asyncio.run(main(r, args.backlog, args.rate, args.seconds))
