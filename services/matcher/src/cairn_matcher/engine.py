@@ -150,14 +150,17 @@ class Engine:
             await self._commit_group(jobs)
 
     async def _commit_group(self, jobs: list[Job]) -> None:
+        # One pooled connection for the commit and the outbox delete after the publish: asyncpg
+        # resets a connection on every release, which costs as much as a statement.
         try:
-            messages, lost = await self._apply_jobs(jobs)
+            async with self._pool.acquire() as conn:
+                messages, lost = await self._apply_jobs(conn, jobs)
+                await self._outbox.publish(messages, conn)
         except Exception as exc:  # the transaction rolled back: every batch in it retries
             for job in jobs:
                 if not job.done.done():
                     job.done.set_exception(exc)
             return
-        await self._outbox.publish(messages)
         for job in jobs:
             if job.done.done():
                 continue  # its worker was cancelled meanwhile
@@ -168,12 +171,14 @@ class Engine:
             else:
                 job.done.set_result(None)
 
-    async def _apply_jobs(self, jobs: list[Job]) -> tuple[list[OutboxMessage], set[int]]:
+    async def _apply_jobs(
+        self, conn: asyncpg.Connection, jobs: list[Job]
+    ) -> tuple[list[OutboxMessage], set[int]]:
         started = time.perf_counter()
         catalogue = self._journeys.current  # one catalogue for the whole transaction
         now = self._clock()
         writes = BatchWrites(self._topology, now, notify_within=self._notify_within)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             last = await self._leases.fence_many(conn, {j.partition: j.epoch for j in jobs})
             lost = {p for p, seq in last.items() if seq is None}
             fresh: list[tuple[Job, list[Input]]] = []
