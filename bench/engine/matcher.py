@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 import nats
 from rig import Rig, percentile, rig, rss_mb  # type: ignore[import-not-found]
@@ -141,6 +142,18 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
           f"p50 {percentile(latency, 50):.1f} ms  p99 {percentile(latency, 99):.1f} ms  "
           f"max {max(latency):.1f} ms")  # fmt: skip
 
+    async with aiohttp.ClientSession() as http, http.get(f"{proc.health_url}/metrics") as resp:
+        text = await resp.text()
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("cairn_matcher_batch_seconds_", "cairn_matcher_commit_inputs_"))
+    }
+    commits = values.get("cairn_matcher_batch_seconds_count", 0.0)
+    if commits:
+        mean = values["cairn_matcher_batch_seconds_sum"] / commits
+        inputs = values["cairn_matcher_commit_inputs_sum"] / commits
+        print(f"  {commits:,.0f} group commits, {mean * 1000:.1f} ms and {inputs:.1f} inputs each")
     waiting = await pool.fetchval("SELECT count(*) FROM journey_instances WHERE status='active'")
     sizes = await pool.fetchrow(
         """SELECT pg_total_relation_size('profile_states') AS states,
