@@ -55,6 +55,7 @@ class HttpSink:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.default = default or Reply()
+        self.routes: dict[str, Reply] = {}
         self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -75,7 +76,10 @@ class HttpSink:
             )
         )
         self.arrived.set()
-        reply = self.script.popleft() if self.script else self.default
+        if request.path in self.routes:
+            reply = self.routes[request.path]
+        else:
+            reply = self.script.popleft() if self.script else self.default
         text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         return web.Response(status=reply.status, text=text, headers=reply.headers)
 
