@@ -56,6 +56,8 @@ class HttpSink:
         self.script: deque[Reply] = deque()
         self.default = default or Reply()
         self.routes: dict[str, Reply] = {}
+        self.hold: asyncio.Event | None = None
+        """When set to an Event, requests are recorded but answered only once it is set."""
         self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -76,6 +78,8 @@ class HttpSink:
             )
         )
         self.arrived.set()
+        if self.hold is not None:
+            await self.hold.wait()
         if request.path in self.routes:
             reply = self.routes[request.path]
         else:

@@ -82,6 +82,33 @@ class Dispatcher:
         self._providers = providers
 
     async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        """Handle a batch while telling JetStream it is still being worked on: the consumer's
+        effective ack wait is its first backoff step (1 s), shorter than a slow provider call,
+        and a redelivery to another replica mid-send would be a duplicate."""
+        done = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_alive(batch, done))
+            try:
+                return await self._dispatch(batch)
+            finally:
+                done.set()
+
+    async def _keep_alive(self, batch: Sequence[Incoming], done: asyncio.Event) -> None:
+        interval = self.settings.progress_interval_seconds
+        while True:
+            try:
+                await asyncio.wait_for(done.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            for item in batch:
+                try:
+                    await item.msg.in_progress()
+                except Exception as exc:  # nats errors share no base; never fail the batch
+                    log.warning("in-progress ack failed", error=str(exc))
+                    return
+
+    async def _dispatch(self, batch: Sequence[Incoming]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         pending: list[tuple[int, Pending]] = []
         for index, item in enumerate(batch):
