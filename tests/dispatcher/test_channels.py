@@ -88,7 +88,8 @@ async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(
         ),
     )
 
-    await results.wait("e-1", "sent")
+    sent = await results.wait("e-1", "sent")
+    assert (sent.provider_message_id, sent.attempts) == ("<e-1@cairn>", 1)
     ((mail_from, rcpts, msg),) = smtp.messages
     assert (mail_from, rcpts) == ("shop@example.test", ["ada@example.test"])
     assert msg["Subject"] == "Ada, your cart is waiting"

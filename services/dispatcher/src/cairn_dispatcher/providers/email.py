@@ -136,7 +136,7 @@ class Smtp:
             if not conn.is_connected:
                 await conn.connect()
             await conn.send_message(message)
-            return Sent(message["Message-ID"])
+            return Sent(str(message["Message-ID"]))
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             return Failed(
