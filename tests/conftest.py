@@ -6,6 +6,8 @@ Every test that uses them gets its own database (``CREATE DATABASE``) and its ow
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,24 @@ from nats.js.client import JetStreamContext
 from cairn_cli.local import LocalNats, LocalPostgres
 from cairn_common.topology import Topology
 from tests.support.processes import ServiceProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A temp root of this session's own. pytest's default root is shared by every session of the
+    user and keeps only the newest three, so concurrent sessions on one machine (CI beside a
+    developer, several worktrees) would delete each other's live PostgreSQL data directory."""
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="cairn-pytest-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 class Servers:

@@ -106,7 +106,10 @@ class LocalNats:
             "--ports_file_dir", str(ports_dir), "--server_name", "cairn-local",
         ]  # fmt: skip
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        # Own session: Ctrl-C reaches `cairn up` only, which stops the servers last, in order.
+        self.proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _wait_until(lambda: self._read_ports(ports_dir), 15, "nats-server", self.proc)
 
     def _read_ports(self, ports_dir: Path) -> bool:
@@ -186,7 +189,9 @@ class LocalPostgres:
             "-c", f"full_page_writes={'on' if self.fsync else 'off'}",
         ]  # fmt: skip
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, user=user, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, user=user, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _wait_until(self._accepting, 30, "postgres", self.proc)
 
     def _accepting(self) -> bool:

@@ -139,10 +139,24 @@ class DeadLetter(Wire, frozen=True, kw_only=True, tag="dead_letter"):
     stream_seq: int | None = None
 
 
-ProfileInput = Event | TimerFired | DeliveryResult
+class ExitInstances(Wire, frozen=True, kw_only=True, tag="exit_instances"):
+    """Exit every running instance of ``journey`` for one profile at once (a stop with exit-all).
+
+    Sent by the control plane into the profile's partition
+    (``topology.input_subject(partition, "control")``) so it is ordered with the profile's other
+    inputs; applying it twice changes nothing.
+    """
+
+    profile_id: str
+    partition: int
+    journey: str
+    reason: str = "stopped"
+
+
+ProfileInput = Event | TimerFired | DeliveryResult | ExitInstances
 """Everything that enters a profile's partition; the matcher handles them one at a time."""
 
-Message = Event | TimerFired | DeliveryRequested | DeliveryResult | DeadLetter
+Message = Event | TimerFired | DeliveryRequested | DeliveryResult | DeadLetter | ExitInstances
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)

@@ -1,9 +1,63 @@
 """Ingest's settings, read from CAIRN_* environment variables once at start."""
 
-from cairn_common.settings import CommonSettings
+from typing import Literal
+
+from cairn_common.settings import CommonSettings, SettingsError
 
 
 class Settings(CommonSettings, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    """The Tracking API (Segment-compatible) and CloudEvents endpoint."""
+    """The Tracking API (Segment-compatible), CloudEvents and email tracking links."""
+
+    # ---- limits (Segment's are the floor) --------------------------------------------------------
+    max_event_bytes: int = 32 * 1024
+    """One event, as JSON; a bigger one is refused with 413 (in a batch: that event only)."""
+    max_batch_bytes: int = 500 * 1024
+    """One request body after gzip decompression; a bigger one is refused whole with 413."""
+    max_batch_events: int = 2500
+    max_message_id_length: int = 256
+    max_profile_id_length: int = 1024
+
+    # ---- delivery into JetStream ----------------------------------------------------------------
+    publish_timeout_seconds: float = 5.0
+    """How long a request waits for JetStream's acknowledgements before answering 503."""
+    publish_max_pending: int = 20_000
+    """Publishes awaiting acknowledgement across all requests (backpressure beyond it)."""
+
+    # ---- deduplication beyond JetStream's window ------------------------------------------------
+    dedupe_retention_hours: float = 48.0
+    """messageIds are remembered this long (at least 24 h); older rows are pruned."""
+    dedupe_prune_interval_seconds: float = 600.0
+
+    # ---- write keys -----------------------------------------------------------------------------
+    write_key_refresh_seconds: float = 30.0
+    """Full refresh of the key cache (NOTIFY cairn_write_keys refreshes it at once too)."""
+
+    # ---- trigger schemas ------------------------------------------------------------------------
+    trigger_schema_mode: Literal["reject", "flag", "off"] = "flag"
+    """What to do with an event that violates its Trigger schema: refuse it, or keep it with
+    ``context.cairn.schema_violations``."""
+    trigger_refresh_seconds: float = 30.0
+
+    # ---- email tracking links -------------------------------------------------------------------
+    tracking_secret: str = ""
+    """HMAC key of open/click/unsubscribe links (shared with the dispatcher). Empty: the /t/
+    endpoints answer 404. Retired secrets may follow, comma-separated, still honoured."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_event_bytes <= 0 or self.max_batch_bytes < self.max_event_bytes:
+            raise SettingsError(
+                "CAIRN_MAX_BATCH_BYTES must be at least CAIRN_MAX_EVENT_BYTES, both positive"
+            )
+        if self.max_batch_events <= 0:
+            raise SettingsError("CAIRN_MAX_BATCH_EVENTS must be positive")
+        if self.dedupe_retention_hours < 24:
+            raise SettingsError("CAIRN_DEDUPE_RETENTION_HOURS must be at least 24")
+        if self.publish_timeout_seconds <= 0:
+            raise SettingsError("CAIRN_PUBLISH_TIMEOUT_SECONDS must be positive")
+
+    @property
+    def tracking_secrets(self) -> list[str]:
+        return [s.strip() for s in self.tracking_secret.split(",") if s.strip()]

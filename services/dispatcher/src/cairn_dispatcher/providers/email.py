@@ -13,7 +13,6 @@ import html as html_lib
 import re
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any
 
 import aiosmtplib
 
@@ -36,32 +35,32 @@ class EmailTracking:
     def enabled(self) -> bool:
         return bool(self.secret)
 
-    def _token(self, job: Job, **extra: Any) -> str:
+    def _message(self, job: Job) -> tracking.TrackedMessage:
         req = job.request
-        payload = {
-            "d": req.delivery_id,
-            "p": req.profile_id,
-            "i": req.instance_id,
-            "s": req.step_id,
-            "j": req.journey,
-            "c": req.channel or "email",
-            "a": job.address,
-            **extra,
-        }
-        return tracking.sign(payload, self.secret)
+        return tracking.TrackedMessage(
+            delivery_id=req.delivery_id,
+            instance_id=req.instance_id,
+            journey=req.journey,
+            step_id=req.step_id,
+            profile_id=req.profile_id,
+            channel=req.channel or "email",
+            address=job.address,
+        )
 
     def unsubscribe_url(self, job: Job) -> str:
-        return f"{self.base_url}/t/u/{self._token(job)}"
+        return tracking.unsubscribe_url(self.base_url, self.secret, self._message(job))
 
     def decorate_html(self, job: Job, body: str, marketing: bool) -> str:
+        message = self._message(job)
+
         def rewrite(match: re.Match[str]) -> str:
             url = html_lib.unescape(match[3])
-            return f"{match[1]}{match[2]}{self.base_url}/t/c/{self._token(job, u=url)}{match[2]}"
+            link = tracking.click_url(self.base_url, self.secret, message, url)
+            return f"{match[1]}{match[2]}{link}{match[2]}"
 
         body = _HREF.sub(rewrite, body)
-        extra = (
-            f'<img src="{self.base_url}/t/o/{self._token(job)}.gif" width="1" height="1" alt="">'
-        )
+        pixel = tracking.open_url(self.base_url, self.secret, message)
+        extra = f'<img src="{pixel}" width="1" height="1" alt="">'
         if marketing:
             extra = (
                 f'<p style="font-size:12px"><a href="{self.unsubscribe_url(job)}">Unsubscribe</a>'

@@ -1,0 +1,205 @@
+"""`cairn up` and `cairn status`: the whole system on one machine, and how healthy it is.
+
+Everything lives in one data folder (``./.cairn``, ``--data-dir`` or ``CAIRN_DATA_DIR``): NATS's
+JetStream store, PostgreSQL's cluster, the generated secrets, and while Cairn runs, ``state.json``
+(where every part listens) and ``cli.json`` (where the control-plane commands find the admin API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+
+SERVICES = ("ingest", "matcher", "scheduler", "dispatcher")
+STATE_FILE = "state.json"
+CLI_FILE = "cli.json"
+
+
+class ServiceEndpoint(msgspec.Struct, frozen=True):
+    pid: int
+    health_url: str
+
+
+class LocalState(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a running ``cairn up`` listens; written once everything is ready."""
+
+    pid: int
+    nats_url: str
+    nats_monitor_url: str
+    database_url: str
+    tracking_url: str
+    admin_url: str
+    services: dict[str, ServiceEndpoint]
+    write_key: str | None = None
+
+
+def cairn_home(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("CAIRN_DATA_DIR") or ".cairn").resolve()
+
+
+def secret_in(home: Path, name: str) -> str:
+    """A secret generated once and kept in the data folder (owner-only), so restarts agree."""
+    path = home / name
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def read_state(home: Path) -> LocalState | None:
+    path = home / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=LocalState)
+    except msgspec.DecodeError:
+        return None
+
+
+def write_state(home: Path, state: LocalState, admin_token: str) -> None:
+    (home / STATE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+    cli = home / CLI_FILE
+    cli.write_text(json.dumps({"api_url": state.admin_url, "token": admin_token}, indent=2))
+    cli.chmod(0o600)
+
+
+def clear_state(home: Path) -> None:
+    for name in (STATE_FILE, CLI_FILE):
+        (home / name).unlink(missing_ok=True)
+
+
+# ---- cairn status --------------------------------------------------------------------------------
+
+
+class Check(msgspec.Struct, frozen=True):
+    component: str
+    url: str
+    healthy: bool
+    detail: str
+
+
+async def check_all(state: LocalState) -> list[Check]:
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        checks = [
+            _http_check(http, "nats", state.nats_url, f"{state.nats_monitor_url}/healthz"),
+            _postgres_check(state.database_url),
+            *(
+                _http_check(http, name, ep.health_url, f"{ep.health_url}/readyz")
+                for name, ep in state.services.items()
+            ),
+        ]
+        return list(await asyncio.gather(*checks))
+
+
+async def _http_check(http: aiohttp.ClientSession, name: str, shown: str, url: str) -> Check:
+    try:
+        async with http.get(url) as resp:
+            body = await resp.text()
+            if resp.status == 200:
+                return Check(name, shown, True, "ready")
+            try:
+                problems = json.loads(body).get("problems") or [body.strip()]
+            except (json.JSONDecodeError, AttributeError):
+                problems = [body.strip()[:200]]
+            return Check(name, shown, False, "; ".join(map(str, problems)) or str(resp.status))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check(name, shown, False, f"unreachable ({type(exc).__name__})")
+
+
+async def _postgres_check(url: str) -> Check:
+    shown = url.split("@")[-1]
+    try:
+        conn = await asyncpg.connect(url, timeout=3)
+        try:
+            version = await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+        return Check("postgres", shown, True, f"PostgreSQL {version}")
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return Check("postgres", shown, False, f"unreachable ({exc or type(exc).__name__})")
+
+
+def status_command(args: argparse.Namespace) -> int:
+    home = cairn_home(args.data_dir)
+    state = read_state(home)
+    if state is None:
+        msg = f"Cairn is not running from {home} (no {STATE_FILE}); start it with `cairn up`"
+        if args.output == "json":
+            print(json.dumps({"running": False, "message": msg}))
+        else:
+            print(msg)
+        return 1
+    checks = asyncio.run(check_all(state))
+    healthy = all(c.healthy for c in checks)
+    if args.output == "json":
+        report: dict[str, Any] = {
+            "running": True,
+            "healthy": healthy,
+            "components": [msgspec.to_builtins(c) for c in checks],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(_table(["COMPONENT", "ADDRESS", "STATUS", "DETAIL"], [
+            [c.component, c.url, "healthy" if c.healthy else "UNHEALTHY", c.detail]
+            for c in checks
+        ]))  # fmt: skip
+        print(f"\ntracking API  {state.tracking_url}\nadmin API     {state.admin_url}")
+    return 0 if healthy else 1
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+# ---- wiring --------------------------------------------------------------------------------------
+
+
+def up_command(args: argparse.Namespace) -> int:
+    from cairn_cli.up import run_up
+
+    return run_up(cairn_home(args.data_dir), args)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser(
+        "up",
+        help="run NATS, PostgreSQL and the four services on this machine",
+        description="Start NATS (JetStream) and PostgreSQL in the data folder, apply migrations, "
+        "create the streams, start ingest, matcher, scheduler and dispatcher as separate "
+        "processes and print where everything listens. Ctrl-C stops it all.",
+    )
+    up.add_argument("--data-dir", help="data folder (default ./.cairn, or $CAIRN_DATA_DIR)")
+    up.add_argument("--http-port", type=int, default=8080, help="tracking API port (8080)")
+    up.add_argument("--admin-port", type=int, default=8090, help="admin API port (8090)")
+    up.add_argument(
+        "--nats-port", type=int, help="NATS client port (default: last run's, else 4222 if free)"
+    )
+    up.add_argument(
+        "--postgres-port", type=int, help="PostgreSQL port (default: last run's, else 5432 if free)"
+    )
+    up.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="export traces to this OTLP/HTTP endpoint (e.g. Jaeger's http://127.0.0.1:4318)",
+    )
+    up.set_defaults(func=up_command)
+
+    status = sub.add_parser("status", help="health of a running `cairn up`; exit 0 when healthy")
+    status.add_argument("--data-dir", help="data folder (default ./.cairn, or $CAIRN_DATA_DIR)")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.set_defaults(func=status_command)

@@ -1,0 +1,267 @@
+"""`cairn up`: supervise NATS, PostgreSQL and the four services until Ctrl-C.
+
+Start-up order: NATS and PostgreSQL (in the data folder, on their stored ports when free), the
+``cairn`` database, migrations, streams; then the services as separate processes, their output
+prefixed by name. Once every ``/readyz`` answers 200 the summary is printed. A service that dies is
+restarted (with a growing pause) so one crash does not end a newcomer's session. Ctrl-C or SIGTERM
+stops the services first (they drain), then PostgreSQL and NATS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from cairn_cli.local import LocalNats, LocalPostgres, LocalServerError, free_port, port_is_free
+from cairn_cli.local_system import (
+    SERVICES,
+    LocalState,
+    ServiceEndpoint,
+    clear_state,
+    secret_in,
+    write_state,
+)
+from cairn_common.bus import connect, provision_topology
+from cairn_common.db import migrate
+from cairn_common.observability import configure_logging
+from cairn_common.topology import Topology
+
+DATABASE = "cairn"
+READY_TIMEOUT = 90.0
+SERVICE_STOP_TIMEOUT = 20.0
+
+
+class Ports(msgspec.Struct, kw_only=True):
+    """Ports chosen on the first run and reused while free, so URLs stay the same across runs."""
+
+    nats: int = 4222
+    nats_monitor: int = 8222
+    postgres: int = 5432
+    http: int = 8080
+    admin: int = 8090
+    health: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
+    path = home / "ports.json"
+    ports = msgspec.json.decode(path.read_bytes(), type=Ports) if path.exists() else Ports()
+    ports.http, ports.admin = args.http_port, args.admin_port
+    taken: set[int] = set()
+    for name, given in (("nats", args.nats_port), ("postgres", args.postgres_port)):
+        if given is not None:
+            if not port_is_free(given):
+                raise LocalServerError(f"port {given} for {name} is in use")
+            setattr(ports, name, given)
+
+    def pick(preferred: int) -> int:
+        port = preferred if preferred not in taken and port_is_free(preferred) else free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        return port
+
+    ports.nats = pick(ports.nats)
+    ports.nats_monitor = pick(ports.nats_monitor)
+    ports.postgres = pick(ports.postgres)
+    for name, preferred in (("http", ports.http), ("admin", ports.admin)):
+        if not port_is_free(preferred):
+            raise LocalServerError(
+                f"port {preferred} for the {name} API is in use; pass --{name}-port"
+            )
+        taken.add(preferred)
+    ports.health = {svc: pick(ports.health.get(svc, 9101 + i)) for i, svc in enumerate(SERVICES)}
+    path.write_bytes(msgspec.json.encode(ports))
+    return ports
+
+
+def run_up(home: Path, args: argparse.Namespace) -> int:
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        ports = _choose_ports(home, args)
+    except LocalServerError as exc:
+        print(f"cairn up: {exc}", file=sys.stderr)
+        return 1
+    nats_server = LocalNats(home / "nats", port=ports.nats, monitor_port=ports.nats_monitor)
+    pg = LocalPostgres(home / "postgres", port=ports.postgres)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        _say(f"starting NATS (JetStream) on {ports.nats} and PostgreSQL on {ports.postgres}")
+        nats_server.start(log_file=logs / "nats.log")
+        pg.start(log_file=logs / "postgres.log")
+        pg.create_database(DATABASE)
+        return asyncio.run(_supervise(home, args, ports, nats_server, pg, started))
+    except LocalServerError as exc:
+        print(f"cairn up: {exc} (logs in {logs})", file=sys.stderr)
+        return 1
+    finally:
+        clear_state(home)
+        pg.stop()
+        nats_server.stop()
+        _say("stopped")
+
+
+async def _prepare(nats_url: str, database_url: str) -> None:
+    configure_logging("cairn-up", fmt="console", level="error")  # we narrate ourselves
+    applied = await migrate(database_url)
+    _say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+    nc = await connect(nats_url, name="cairn-up")
+    try:
+        await provision_topology(nc.jetstream(), Topology())
+    finally:
+        await nc.close()
+
+
+async def _supervise(
+    home: Path,
+    args: argparse.Namespace,
+    ports: Ports,
+    nats_server: LocalNats,
+    pg: LocalPostgres,
+    started: float,
+) -> int:
+    database_url = pg.url(DATABASE)
+    await _prepare(nats_server.url, database_url)
+    admin_token = secret_in(home, "admin-token")
+    env = {
+        **os.environ,
+        "CAIRN_NATS_URL": nats_server.url,
+        "CAIRN_DATABASE_URL": database_url,
+        "CAIRN_LOG_FORMAT": "console",
+        "CAIRN_MIGRATE_ON_START": "false",
+        "CAIRN_HTTP_PORT": str(ports.http),
+        "CAIRN_ADMIN_PORT": str(ports.admin),
+        "CAIRN_ADMIN_TOKEN": admin_token,
+        "CAIRN_TRACKING_SECRET": secret_in(home, "tracking-secret"),
+        "CAIRN_TRACKING_BASE_URL": f"http://127.0.0.1:{ports.http}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if args.otlp_endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.otlp_endpoint
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    services = {
+        name: SupervisedService(name, {**env, "CAIRN_HEALTH_PORT": str(ports.health[name])})
+        for name in SERVICES
+    }
+    async with asyncio.TaskGroup() as tg:
+        for svc in services.values():
+            tg.create_task(svc.run(stopping), name=svc.name)
+        ready = await _wait_ready(services, stopping)
+        if ready:
+            state = LocalState(
+                pid=os.getpid(),
+                nats_url=nats_server.url,
+                nats_monitor_url=nats_server.monitor_url,
+                database_url=database_url,
+                tracking_url=f"http://127.0.0.1:{ports.http}",
+                admin_url=f"http://127.0.0.1:{ports.admin}",
+                services={
+                    n: ServiceEndpoint(s.pid or 0, s.health_url) for n, s in services.items()
+                },
+            )
+            write_state(home, state, admin_token)
+            _print_summary(home, state, time.monotonic() - started)
+        else:
+            stopping.set()
+        await stopping.wait()
+        _say("stopping services (they finish in-flight work first)")
+    return 0 if ready else 1
+
+
+async def _wait_ready(services: dict[str, SupervisedService], stopping: asyncio.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        pending = set(services)
+        while pending and not stopping.is_set():
+            if time.monotonic() > deadline:
+                _say(f"not ready after {READY_TIMEOUT:.0f}s: {', '.join(sorted(pending))}")
+                return False
+            for name in list(pending):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{services[name].health_url}/readyz") as resp:
+                        if resp.status == 200:
+                            pending.discard(name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=0.2)
+        return not pending
+
+
+class SupervisedService:
+    """One service process; restarted with a growing pause if it dies while Cairn is up."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.env = env
+        self.health_url = f"http://127.0.0.1:{env['CAIRN_HEALTH_PORT']}"
+        self.pid: int | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        pause = 1.0
+        while not stopping.is_set():
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"cairn_{self.name}",
+                env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the services in order
+            )  # fmt: skip
+            self.pid = proc.pid
+            ran_from = time.monotonic()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._relay_output(proc))
+                exited = tg.create_task(proc.wait())
+                stop = tg.create_task(stopping.wait())
+                await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not exited.done():
+                    await self._stop(proc)
+                stop.cancel()
+            if stopping.is_set():
+                return
+            pause = 1.0 if time.monotonic() - ran_from > 30 else min(pause * 2, 30.0)
+            _say(f"{self.name} exited with code {proc.returncode}; restarting in {pause:.0f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=pause)
+
+    async def _relay_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        prefix = f"{self.name:<10}| ".encode()
+        async for line in proc.stdout:
+            sys.stdout.buffer.write(prefix + line)
+            sys.stdout.buffer.flush()
+
+    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=SERVICE_STOP_TIMEOUT)
+        except TimeoutError:
+            _say(f"{self.name} did not stop in {SERVICE_STOP_TIMEOUT:.0f}s; killing it")
+            proc.kill()
+            await proc.wait()
+
+
+def _say(text: str) -> None:
+    print(f"{'cairn':<10}| {text}", flush=True)
+
+
+def _print_summary(home: Path, state: LocalState, seconds: float) -> None:
+    lines = [
+        f"Cairn is up ({seconds:.1f}s). Data in {home}",
+        f"  tracking API   {state.tracking_url}   (Segment-compatible: POST /v1/track, /v1/batch)",
+        f"  admin API      {state.admin_url}   (token in {home / 'admin-token'})",
+        f"  NATS           {state.nats_url}   (monitoring {state.nats_monitor_url})",
+        f"  PostgreSQL     {state.database_url}",
+        *(f"  {n:<14} {ep.health_url}/readyz" for n, ep in state.services.items()),
+        "Check it with `cairn status`; stop it with Ctrl-C.",
+    ]
+    print("\n".join(lines), flush=True)

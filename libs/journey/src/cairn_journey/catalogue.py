@@ -1,0 +1,147 @@
+"""The published journeys an interpreter runs, compiled for fast lookups.
+
+The matcher builds a :class:`Catalogue` from PostgreSQL: every published version a running
+instance may still need, and per journey the *live* version new entries go to (a stopped journey
+has none). ``catalogue.interested(event_name)`` tells the matcher whether an event can matter at
+all, so irrelevant events cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cairn_common.messages import DeliveryResult, Event, ProfileInput
+from cairn_journey.correlation import delivery_event_name
+from cairn_journey.model import (
+    BranchStep,
+    ExitRule,
+    Journey,
+    SplitStep,
+    Step,
+    WaitForStep,
+)
+from cairn_journey.validate import Limits
+
+
+class CompiledJourney:
+    """One published version with its steps indexed by id."""
+
+    __slots__ = (
+        "events",
+        "exits",
+        "first",
+        "journey",
+        "name",
+        "next_step",
+        "steps",
+        "version",
+        "wait_for_events",
+    )
+
+    def __init__(self, journey: Journey, version: int) -> None:
+        self.journey = journey
+        self.name = journey.name
+        self.version = version
+        self.steps: dict[str, Step] = {}
+        self.next_step: dict[str, Step | None] = {}
+        self.first: Step | None = journey.steps[0] if journey.steps else None
+        self._index(journey.steps)
+        self.exits: dict[str, tuple[ExitRule, ...]] = {}
+        for rule in journey.exit:
+            self.exits[rule.event] = (*self.exits.get(rule.event, ()), rule)
+        self.wait_for_events = frozenset(
+            s.wait_for.event for s in self.steps.values() if isinstance(s, WaitForStep)
+        )
+        events = {journey.trigger.event, *self.exits, *self.wait_for_events}
+        if journey.goal is not None:
+            events.add(journey.goal.event)
+        self.events = frozenset(events)
+
+    def _index(self, steps: tuple[Step, ...], after: Step | None = None) -> None:
+        """Index ``steps``; the step after the last one is ``after`` (the step that follows the
+        list's owner), so a nested list rejoins its parent and only running off the end of the
+        journey's own list completes an instance."""
+        for i, step in enumerate(steps):
+            following = steps[i + 1] if i + 1 < len(steps) else after
+            self.steps[step.id] = step
+            self.next_step[step.id] = following
+            if isinstance(step, WaitForStep):
+                self._index(step.wait_for.matched, following)
+                self._index(step.wait_for.timed_out, following)
+            elif isinstance(step, BranchStep):
+                for case in step.branch.cases:
+                    self._index(case.steps, following)
+                self._index(step.branch.otherwise, following)
+            elif isinstance(step, SplitStep):
+                for path in step.split:
+                    self._index(path.steps, following)
+
+
+class Catalogue:
+    """Published journeys: ``versions`` (every version a running instance may need) and ``live``
+    (journey name -> the compiled version new entries go to)."""
+
+    def __init__(
+        self,
+        versions: Mapping[tuple[str, int], Journey] | None = None,
+        live: Mapping[str, int] | None = None,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.versions: dict[tuple[str, int], Journey] = dict(versions or {})
+        self.compiled: dict[tuple[str, int], CompiledJourney] = {
+            key: CompiledJourney(journey, key[1]) for key, journey in self.versions.items()
+        }
+        self.live: dict[str, CompiledJourney] = {}
+        for name, version in (live or {}).items():
+            compiled = self.compiled.get((name, version))
+            if compiled is None:
+                raise ValueError(f"live version {name} v{version} is not among the versions")
+            self.live[name] = compiled
+        self.by_trigger: dict[str, tuple[CompiledJourney, ...]] = {}
+        for compiled in sorted(self.live.values(), key=lambda c: c.name):
+            event = compiled.journey.trigger.event
+            self.by_trigger[event] = (*self.by_trigger.get(event, ()), compiled)
+        self._events = frozenset(self.by_trigger).union(
+            *(c.events - {c.journey.trigger.event} for c in self.compiled.values())
+        )
+
+    @classmethod
+    def from_documents(
+        cls,
+        versions: Iterable[tuple[str, int, Mapping[str, Any]]],
+        live: Mapping[str, int],
+        *,
+        limits: Limits | None = None,
+    ) -> Catalogue:
+        """Build from stored definitions (``(name, version, document)`` rows)."""
+        from cairn_journey.documents import parse_document
+
+        parsed: dict[tuple[str, int], Journey] = {}
+        for name, version, data in versions:
+            doc = parse_document(data, source=f"{name} v{version}")
+            if not isinstance(doc, Journey):
+                raise ValueError(f"{name} v{version} is a {doc.kind}, not a Journey")
+            parsed[(name, version)] = doc
+        return cls(parsed, live, limits=limits)
+
+    def get(self, name: str, version: int) -> CompiledJourney | None:
+        return self.compiled.get((name, version))
+
+    def interested(self, event_name: str | None) -> bool:
+        """Whether any journey could react to an event of this name (trigger of a live journey;
+        exit, goal or wait_for of any version)."""
+        return event_name is not None and event_name in self._events
+
+    def interested_in(self, inp: ProfileInput) -> bool:
+        """Whether the interpreter must see this input at all (identify calls always matter when
+        any journey is published: traits feed conditions and addresses)."""
+        if isinstance(inp, Event):
+            if inp.type == "identify":
+                return bool(self.compiled)
+            return self.interested(inp.event if inp.type == "track" else inp.name)
+        if isinstance(inp, DeliveryResult):
+            return self.interested(delivery_event_name(inp))
+        return True

@@ -1,0 +1,533 @@
+"""Reading a ``kind: Journey`` document (structure only; references are checked at publish)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cairn_journey.conditions import (
+    LIST_OPS,
+    OPS,
+    ORDER_OPS,
+    UNARY_OPS,
+    AllOf,
+    AnyOf,
+    Condition,
+    ConditionNode,
+)
+from cairn_journey.model import (
+    Branch,
+    BranchStep,
+    Case,
+    Entry,
+    ExitRule,
+    Goal,
+    Journey,
+    Repeat,
+    RepeatAfter,
+    Send,
+    SendStep,
+    SplitPath,
+    SplitStep,
+    Step,
+    TriggerSpec,
+    Wait,
+    WaitFor,
+    WaitForStep,
+    WaitStep,
+)
+from cairn_journey.reader import Reader, join, type_name
+
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "split")
+STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+PATH = re.compile(r"[^\s.][^\s]*")
+_PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
+
+
+class JourneyReader(Reader):
+    def __init__(self, source: str, line: int | None = None) -> None:
+        super().__init__(source, line)
+        self.step_ids: dict[str, str] = {}
+        self.unique_by: str | None = None
+
+    def journey(self, data: dict[str, Any]) -> Journey | None:
+        self.keys(
+            data,
+            "",
+            allowed=(
+                "kind",
+                "name",
+                "title",
+                "description",
+                "trigger",
+                "entry",
+                "exit",
+                "goal",
+                "steps",
+            ),
+            required=("name", "trigger", "steps"),
+        )
+        name = self.name(data, "name", "")
+        title = self.string(data, "title", "")
+        description = self.string(data, "description", "")
+        trigger = self.trigger(data.get("trigger"), "trigger", self.line_in(data, "trigger"))
+        entry = self.entry(data.get("entry"), "entry", self.line_in(data, "entry"))
+        exits = self.exits(data.get("exit"), "exit", self.line_in(data, "exit"))
+        goal = None
+        if data.get("goal") is not None:
+            goal = self.goal(data["goal"], "goal", self.line_in(data, "goal"))
+        steps = self.steps(data.get("steps"), "steps", self.line_in(data, "steps"), frozenset())
+        if data.get("steps") == []:
+            self.problem("steps", "a journey needs at least one step", self.line_in(data, "steps"))
+        if self.problems or name is None or trigger is None or entry is None:
+            return None
+        return Journey(
+            name=name,
+            title=title,
+            description=description,
+            trigger=trigger,
+            entry=entry,
+            exit=exits,
+            goal=goal,
+            steps=steps,
+        )
+
+    # ------------------------------------------------------------------ top level
+
+    def trigger(self, value: Any, path: str, line: int | None) -> TriggerSpec | None:
+        if isinstance(value, str) and value:
+            return TriggerSpec(event=value)
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("event", "where"), required=("event",))
+        event = self.string(data, "event", path)
+        where = self.conditions(data.get("where"), join(path, "where"), self.line_in(data, "where"))
+        return TriggerSpec(event=event, where=where) if event else None
+
+    def entry(self, value: Any, path: str, line: int | None) -> Entry | None:
+        if value is None:
+            return Entry()
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("repeat", "unique_by", "start_at", "end_at"))
+        repeat = self.repeat(
+            data.get("repeat", "always"), join(path, "repeat"), self.line_in(data, "repeat")
+        )
+        unique_by = self.property_path(data, "unique_by", path)
+        self.unique_by = unique_by
+        start_at = self.instant(data, "start_at", path)
+        end_at = self.instant(data, "end_at", path)
+        if start_at and end_at and end_at <= start_at:
+            self.problem(
+                join(path, "end_at"), "must be after start_at", self.line_in(data, "end_at")
+            )
+        if repeat is None:
+            return None
+        return Entry(repeat=repeat, unique_by=unique_by, start_at=start_at, end_at=end_at)
+
+    def repeat(self, value: Any, path: str, line: int | None) -> Repeat | None:
+        if value in ("always", "once"):
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, dict):
+            self.keys(value, path, allowed=("after",), required=("after",))
+            after = self.duration(value, "after", path)
+            return RepeatAfter(after=after) if after is not None else None
+        self.problem(
+            path, f'expected "always", "once" or {{after: <duration>}}, got {value!r}', line
+        )
+        return None
+
+    def exits(self, value: Any, path: str, line: int | None) -> tuple[ExitRule, ...]:
+        if value is None:
+            return ()
+        items = self.sequence(value, path, line)
+        out: list[ExitRule] = []
+        for i, item in enumerate(items or ()):
+            item_path = join(path, i)
+            data = self.mapping(item, item_path, self.line_in(items, i))
+            if data is None:
+                continue
+            self.keys(data, item_path, allowed=("event", "match", "where"), required=("event",))
+            event = self.string(data, "event", item_path)
+            match = self.match(data, item_path)
+            where = self.conditions(
+                data.get("where"), join(item_path, "where"), self.line_in(data, "where")
+            )
+            if event:
+                out.append(ExitRule(event=event, match=match, where=where))
+        return tuple(out)
+
+    def goal(self, value: Any, path: str, line: int | None) -> Goal | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("event", "match", "where", "target"), required=("event",))
+        event = self.string(data, "event", path)
+        match = self.match(data, path)
+        where = self.conditions(data.get("where"), join(path, "where"), self.line_in(data, "where"))
+        target = self.percent(
+            data.get("target"), join(path, "target"), self.line_in(data, "target")
+        )
+        return Goal(event=event, match=match, where=where, target=target) if event else None
+
+    def percent(self, value: Any, path: str, line: int | None) -> float | None:
+        if value is None:
+            return None
+        number: float | None = None
+        if isinstance(value, str) and (m := _PERCENT.fullmatch(value)):
+            number = float(m.group(1))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        if number is None or not 0 <= number <= 100:
+            self.problem(path, f"{value!r} is not a percentage between 0% and 100%", line)
+            return None
+        return number
+
+    def match(self, data: dict[str, Any], path: str) -> str | None:
+        match = self.property_path(data, "match", path)
+        if match is not None and self.unique_by is None:
+            self.problem(
+                join(path, "match"),
+                "needs entry.unique_by (the value it is compared with)",
+                self.line_in(data, "match"),
+            )
+        return match
+
+    def property_path(self, data: dict[str, Any], key: str, path: str) -> str | None:
+        value = self.string(data, key, path)
+        if value is not None and not valid_path(value):
+            self.problem(
+                join(path, key), f'"{value}" is not a property path', self.line_in(data, key)
+            )
+            return None
+        return value
+
+    # ------------------------------------------------------------------ conditions
+
+    def conditions(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            node = self.condition(value, path, line)
+            return (node,) if node is not None else ()
+        items = self.sequence(value, path, line)
+        out = []
+        for i, item in enumerate(items or ()):
+            node = self.condition(item, join(path, i), self.line_in(items, i))
+            if node is not None:
+                out.append(node)
+        return tuple(out)
+
+    def condition(self, value: Any, path: str, line: int | None) -> ConditionNode | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        for group in ("all", "any"):
+            if group in data:
+                self.keys(data, path, allowed=(group,))
+                children = self.conditions_list(
+                    data[group], join(path, group), self.line_in(data, group)
+                )
+                return AllOf(all=children) if group == "all" else AnyOf(any=children)
+        self.keys(data, path, allowed=("property", "op", "value"), required=("property", "op"))
+        prop = self.property_path(data, "property", path)
+        op = data.get("op")
+        if "op" in data and op not in OPS:
+            self.problem(
+                join(path, "op"),
+                f"unknown operator {op!r} (one of {', '.join(OPS)})",
+                self.line_in(data, "op"),
+            )
+            return None
+        if prop is None or op is None:
+            return None
+        value_path, value_line = join(path, "value"), self.line_in(data, "value")
+        cond_value = data.get("value")
+        if op in UNARY_OPS:
+            if "value" in data:
+                self.problem(value_path, f"{op} takes no value", value_line)
+        elif "value" not in data:
+            self.problem(value_path, f"{op} needs a value", self.line_in(data, ""))
+        elif op in LIST_OPS and not isinstance(cond_value, list):
+            self.problem(value_path, f"{op} needs a list, got {type_name(cond_value)}", value_line)
+        elif op in ORDER_OPS and (
+            isinstance(cond_value, bool) or not isinstance(cond_value, int | float | str)
+        ):
+            self.problem(
+                value_path,
+                f"{op} needs a number or a string, got {type_name(cond_value)}",
+                value_line,
+            )
+        elif op == "starts_with" and not isinstance(cond_value, str):
+            self.problem(
+                value_path, f"starts_with needs a string, got {type_name(cond_value)}", value_line
+            )
+        return Condition(property=prop, op=op, value=_plain(cond_value))
+
+    def conditions_list(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
+        if not isinstance(value, list) or not value:
+            self.problem(path, "expected a non-empty list of conditions", line)
+            return ()
+        return self.conditions(value, path, line)
+
+    # ------------------------------------------------------------------ steps
+
+    def steps(
+        self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
+    ) -> tuple[Step, ...]:
+        if value is None:
+            return ()
+        items = self.sequence(value, path, line)
+        out: list[Step] = []
+        visible = set(sends_before)
+        for i, item in enumerate(items or ()):
+            step = self.step(item, join(path, i), self.line_in(items, i), frozenset(visible))
+            if step is not None:
+                out.append(step)
+                if isinstance(step, SendStep):
+                    visible.add(step.id)
+        return tuple(out)
+
+    def step(
+        self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
+    ) -> Step | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("id", "name", *STEP_KINDS), required=("id",))
+        step_id = self.step_id(data, path)
+        kinds = [k for k in STEP_KINDS if k in data]
+        if not kinds:
+            self.problem(path, f"a step needs one of {', '.join(STEP_KINDS)}", line)
+            return None
+        if len(kinds) > 1:
+            self.problem(path, f"a step does one thing; found {' and '.join(kinds)}", line)
+            return None
+        kind = kinds[0]
+        body, body_path, body_line = data[kind], join(path, kind), self.line_in(data, kind)
+        if kind == "send":
+            send = self.send(body, body_path, body_line)
+            return SendStep(id=step_id, send=send) if step_id and send else None
+        if kind == "wait":
+            wait = self.wait(body, body_path, body_line)
+            return WaitStep(id=step_id, wait=wait) if step_id and wait else None
+        if kind == "wait_for":
+            wait_for = self.wait_for(body, body_path, body_line, sends_before)
+            return WaitForStep(id=step_id, wait_for=wait_for) if step_id and wait_for else None
+        if kind == "branch":
+            branch = self.branch(body, body_path, body_line, sends_before)
+            return BranchStep(id=step_id, branch=branch) if step_id and branch else None
+        split = self.split(body, body_path, body_line, sends_before)
+        return SplitStep(id=step_id, split=split) if step_id and split else None
+
+    def step_id(self, data: dict[str, Any], path: str) -> str | None:
+        value = data.get("id")
+        if value is None:
+            return None
+        line = self.line_in(data, "id")
+        if not isinstance(value, str) or not STEP_ID.fullmatch(value):
+            self.problem(
+                join(path, "id"),
+                f"{value!r} is not a valid step id (letters, digits, '-', '_', '.'; at most 64)",
+                line,
+            )
+            return None
+        if value in self.step_ids:
+            self.problem(
+                join(path, "id"),
+                f'"{value}" is already the id of '
+                f"{self.step_ids[value]}; step ids are unique in a journey",
+                line,
+            )
+            return None
+        self.step_ids[value] = path
+        return value
+
+    def send(self, value: Any, path: str, line: int | None) -> Send | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("channel", "destination", "template", "to"))
+        channel = self.name(data, "channel", path)
+        destination = self.name(data, "destination", path)
+        template = self.name(data, "template", path)
+        to = self.property_path(data, "to", path)
+        if ("channel" in data) == ("destination" in data):
+            self.problem(path, "a send names exactly one of channel or destination", line)
+            return None
+        if "channel" in data and "template" not in data:
+            self.problem(join(path, "template"), "required but missing", line)
+        return Send(channel=channel, destination=destination, template=template, to=to)
+
+    def wait(self, value: Any, path: str, line: int | None) -> Wait | None:
+        if isinstance(value, str):
+            duration = self.duration_value(value, path, line)
+            return Wait(duration=duration) if duration else None
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("duration", "until_time", "until", "offset"))
+        forms = [k for k in ("duration", "until_time", "until") if k in data]
+        if len(forms) != 1:
+            self.problem(path, "a wait has exactly one of duration, until_time or until", line)
+            return None
+        if "offset" in data and "until" not in data:
+            self.problem(join(path, "offset"), "only goes with until", self.line_in(data, "offset"))
+        duration = self.duration(data, "duration", path)
+        until_time = self.string(data, "until_time", path)
+        if until_time is not None and not TIME_OF_DAY.fullmatch(until_time):
+            self.problem(
+                join(path, "until_time"),
+                f'"{until_time}" is not a time of day (HH:MM)',
+                self.line_in(data, "until_time"),
+            )
+            until_time = None
+        until = self.property_path(data, "until", path)
+        offset = self.duration(data, "offset", path, signed=True)
+        if not (duration or until_time or until):
+            return None
+        return Wait(duration=duration, until_time=until_time, until=until, offset=offset)
+
+    def wait_for(
+        self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
+    ) -> WaitFor | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(
+            data,
+            path,
+            allowed=("event", "within", "of", "match", "where", "matched", "timed_out"),
+            required=("event", "within"),
+        )
+        event = self.string(data, "event", path)
+        within = self.duration(data, "within", path)
+        of = self.string(data, "of", path)
+        if of is not None and of not in sends_before:
+            self.problem(
+                join(path, "of"),
+                f'"{of}" is not an earlier send step on this path',
+                self.line_in(data, "of"),
+            )
+        match = self.match(data, path)
+        if of is not None and match is not None:
+            self.problem(path, "use of or match, not both", line)
+        where = self.conditions(data.get("where"), join(path, "where"), self.line_in(data, "where"))
+        matched = self.steps(
+            data.get("matched"), join(path, "matched"), self.line_in(data, "matched"), sends_before
+        )
+        timed_out = self.steps(
+            data.get("timed_out"),
+            join(path, "timed_out"),
+            self.line_in(data, "timed_out"),
+            sends_before,
+        )
+        if not event or within is None:
+            return None
+        return WaitFor(
+            event=event,
+            within=within,
+            of=of,
+            match=match,
+            where=where,
+            matched=matched,
+            timed_out=timed_out,
+        )
+
+    def branch(
+        self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
+    ) -> Branch | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("cases", "otherwise"), required=("cases",))
+        cases_path = join(path, "cases")
+        items = self.sequence(data.get("cases", []), cases_path, self.line_in(data, "cases"))
+        if items is not None and not items and "cases" in data:
+            self.problem(
+                cases_path, "a branch needs at least one case", self.line_in(data, "cases")
+            )
+        cases: list[Case] = []
+        for i, item in enumerate(items or ()):
+            case_path = join(cases_path, i)
+            case = self.mapping(item, case_path, self.line_in(items, i))
+            if case is None:
+                continue
+            self.keys(case, case_path, allowed=("name", "when", "steps"), required=("when",))
+            when = self.conditions(
+                case.get("when"), join(case_path, "when"), self.line_in(case, "when")
+            )
+            steps = self.steps(
+                case.get("steps"),
+                join(case_path, "steps"),
+                self.line_in(case, "steps"),
+                sends_before,
+            )
+            cases.append(Case(when=when, steps=steps, name=self.string(case, "name", case_path)))
+        otherwise = self.steps(
+            data.get("otherwise"),
+            join(path, "otherwise"),
+            self.line_in(data, "otherwise"),
+            sends_before,
+        )
+        return Branch(cases=tuple(cases), otherwise=otherwise)
+
+    def split(
+        self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
+    ) -> tuple[SplitPath, ...] | None:
+        items = self.sequence(value, path, line)
+        if items is None:
+            return None
+        if len(items) < 2:
+            self.problem(path, "a split needs at least two paths", line)
+        paths: list[SplitPath] = []
+        total = 0.0
+        for i, item in enumerate(items):
+            item_path = join(path, i)
+            data = self.mapping(item, item_path, self.line_in(items, i))
+            if data is None:
+                continue
+            self.keys(data, item_path, allowed=("name", "percent", "steps"), required=("percent",))
+            percent = self.percent(
+                data.get("percent"), join(item_path, "percent"), self.line_in(data, "percent")
+            )
+            steps = self.steps(
+                data.get("steps"),
+                join(item_path, "steps"),
+                self.line_in(data, "steps"),
+                sends_before,
+            )
+            if percent is not None:
+                total += percent
+                paths.append(
+                    SplitPath(
+                        percent=percent, steps=steps, name=self.string(data, "name", item_path)
+                    )
+                )
+        if len(paths) == len(items) and items and abs(total - 100) > 1e-9:
+            self.problem(path, f"percentages add up to {total:g}%, not 100%", line)
+        return tuple(paths)
+
+
+def valid_path(path: str) -> bool:
+    if not PATH.fullmatch(path) or path.endswith(".") or ".." in path:
+        return False
+    head, _, rest = path.partition(".")
+    if head == "profile":
+        return bool(rest)
+    if head == "event":
+        area, _, tail = rest.partition(".")
+        return (area in ("properties", "context") and bool(tail)) or rest == "name"
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """Located containers back to plain ``dict``/``list``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,277 @@
+"""The documents Cairn reads: journeys, templates, triggers, channels and destinations.
+
+Every document is a frozen ``msgspec.Struct`` whose shape mirrors its YAML form, so
+``msgspec.to_builtins(document)`` gives back a document that parses to the same struct. The
+structs are built by :mod:`cairn_journey.documents`, which reports every problem of a document
+with its path and line; never construct them from untrusted input by hand.
+
+Durations are :class:`datetime.timedelta` (written ``30s``, ``10m``, ``2h``, ``1d``, ``1w`` or
+ISO-8601 ``P1DT2H``); instants are timezone-aware :class:`datetime.datetime` in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+
+from cairn_journey.conditions import ConditionNode
+
+ChannelType = Literal["email", "sms", "push", "webhook"]
+CHANNEL_TYPES: tuple[ChannelType, ...] = ("email", "sms", "push", "webhook")
+
+
+class Doc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of every struct in a document."""
+
+
+# --------------------------------------------------------------------------- journey
+
+
+class RepeatAfter(Doc, frozen=True):
+    """``repeat: {after: 7d}``: enter again only once this long has passed since the last entry."""
+
+    after: timedelta
+
+
+Repeat = Literal["always", "once"] | RepeatAfter
+
+
+class TriggerSpec(Doc, frozen=True):
+    """What starts a journey: an event name, plus conditions on the event and the profile."""
+
+    event: str
+    where: tuple[ConditionNode, ...] = ()
+
+
+class Entry(Doc, frozen=True):
+    repeat: Repeat = "always"
+    unique_by: str | None = None
+    """A property path of the triggering event (bare name = ``event.properties.<name>``)."""
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+
+
+class ExitRule(Doc, frozen=True):
+    """End instances when ``event`` happens; with ``match`` only the instance whose unique value
+    equals that property of the exit event."""
+
+    event: str
+    match: str | None = None
+    where: tuple[ConditionNode, ...] = ()
+
+
+class Goal(Doc, frozen=True):
+    """Marks an instance converted (once) when ``event`` happens; does not exit it."""
+
+    event: str
+    match: str | None = None
+    where: tuple[ConditionNode, ...] = ()
+    target: float | None = None
+    """Target conversion share in percent (``target: 50%`` is 50.0)."""
+
+
+class Send(Doc, frozen=True):
+    """Send a message on a channel, or to a destination (exactly one of the two)."""
+
+    channel: str | None = None
+    destination: str | None = None
+    template: str | None = None
+    to: str | None = None
+    """Where the address comes from: ``profile.email``, ``event.properties.phone``, ..."""
+
+
+class Wait(Doc, frozen=True):
+    """Exactly one of: a ``duration``; ``until_time`` (``HH:MM`` in the profile's ``timezone``
+    trait, UTC by default); or ``until`` (a property holding a date or instant) plus ``offset``."""
+
+    duration: timedelta | None = None
+    until_time: str | None = None
+    until: str | None = None
+    offset: timedelta | None = None
+
+
+class SendStep(Doc, frozen=True):
+    id: str
+    send: Send
+
+
+class WaitStep(Doc, frozen=True):
+    id: str
+    wait: Wait
+
+
+class WaitFor(Doc, frozen=True):
+    """Wait up to ``within`` for ``event``; optionally correlated with ``of`` (the delivery of an
+    earlier send step) or ``match`` (a property equal to the instance's unique value)."""
+
+    event: str
+    within: timedelta
+    of: str | None = None
+    match: str | None = None
+    where: tuple[ConditionNode, ...] = ()
+    matched: tuple[Step, ...] = ()
+    timed_out: tuple[Step, ...] = ()
+
+
+class WaitForStep(Doc, frozen=True):
+    id: str
+    wait_for: WaitFor
+
+
+class Case(Doc, frozen=True):
+    when: tuple[ConditionNode, ...]
+    steps: tuple[Step, ...] = ()
+    name: str | None = None
+
+
+class Branch(Doc, frozen=True):
+    cases: tuple[Case, ...]
+    otherwise: tuple[Step, ...] = ()
+
+
+class BranchStep(Doc, frozen=True):
+    id: str
+    branch: Branch
+
+
+class SplitPath(Doc, frozen=True):
+    percent: float
+    steps: tuple[Step, ...] = ()
+    name: str | None = None
+
+
+class SplitStep(Doc, frozen=True):
+    id: str
+    split: tuple[SplitPath, ...]
+
+
+Step = SendStep | WaitStep | WaitForStep | BranchStep | SplitStep
+
+
+class Journey(Doc, frozen=True, kw_only=True):
+    kind: Literal["Journey"] = "Journey"
+    name: str
+    trigger: TriggerSpec
+    steps: tuple[Step, ...]
+    title: str | None = None
+    description: str | None = None
+    entry: Entry = msgspec.field(default_factory=Entry)
+    exit: tuple[ExitRule, ...] = ()
+    goal: Goal | None = None
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class Template(Doc, frozen=True, kw_only=True):
+    """A message template; its fields are Liquid source (see :mod:`cairn_journey.render`).
+
+    email: ``subject`` and ``html`` and/or ``text`` (optional ``from``, ``reply_to``,
+    ``preheader``); sms: ``body``; push: ``title``, ``body`` (optional ``data``, ``url``,
+    ``image``, ``icon``); webhook: ``body`` (optional ``headers``). Whether a template is
+    ``draft`` or ``ready`` is control-plane state, not part of the document.
+    """
+
+    kind: Literal["Template"] = "Template"
+    name: str
+    channel: ChannelType
+    description: str | None = None
+    subject: str | None = None
+    html: str | None = None
+    text: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    reply_to: str | None = None
+    preheader: str | None = None
+    title: str | None = None
+    body: str | None = None
+    data: dict[str, str] | None = None
+    url: str | None = None
+    image: str | None = None
+    icon: str | None = None
+    headers: dict[str, str] | None = None
+
+
+# --------------------------------------------------------------------------- triggers
+
+PropertyType = Literal["string", "number", "integer", "boolean", "object", "array", "datetime"]
+PROPERTY_TYPES: tuple[PropertyType, ...] = (
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "object",
+    "array",
+    "datetime",
+)
+
+
+class PropertySpec(Doc, frozen=True):
+    type: PropertyType
+    required: bool = False
+    description: str | None = None
+
+
+class Trigger(Doc, frozen=True, kw_only=True):
+    """An event's declared schema: its name and the types of its properties."""
+
+    kind: Literal["Trigger"] = "Trigger"
+    name: str
+    event: str
+    description: str | None = None
+    properties: dict[str, PropertySpec] = msgspec.field(default_factory=dict)
+    additional_properties: bool = True
+    """``false``: a property not declared here is a violation."""
+
+    def violations(self, properties: dict[str, Any]) -> list[str]:
+        """What is wrong with an event's properties against this schema (empty = fine)."""
+        from cairn_journey.triggers import property_violations
+
+        return property_violations(self, properties)
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class SecretRef(Doc, frozen=True):
+    """A credential by reference: ``{env: VAR}`` or ``{file: /path}`` (exactly one)."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+class Channel(Doc, frozen=True, kw_only=True):
+    """How one channel is delivered: the provider and its settings.
+
+    ``type`` defaults to the channel's name when that is a channel type (``email``, ...).
+    """
+
+    kind: Literal["Channel"] = "Channel"
+    name: str
+    type: ChannelType
+    provider: str
+    endpoint: str | None = None
+    base_url: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    credentials: dict[str, SecretRef] = msgspec.field(default_factory=dict)
+    description: str | None = None
+
+
+class Destination(Doc, frozen=True, kw_only=True):
+    """A downstream tool (Braze, Customer.io, Iterable, a webhook, a destination function)."""
+
+    kind: Literal["Destination"] = "Destination"
+    name: str
+    provider: str
+    endpoint: str | None = None
+    base_url: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    credentials: dict[str, SecretRef] = msgspec.field(default_factory=dict)
+    function: str | None = None
+    """Source of a destination function (provider ``function``)."""
+    description: str | None = None
+
+
+Document = Journey | Template | Trigger | Channel | Destination
+DOCUMENT_KINDS: tuple[str, ...] = ("Journey", "Template", "Trigger", "Channel", "Destination")

@@ -1,0 +1,89 @@
+"""A profile's journey state: its traits, its running instances and its entry history.
+
+The matcher keeps one :class:`ProfileState` per profile (its actor), stores it with
+:func:`encode_state` (compact MessagePack) and hands it to the interpreter with each input. The
+structs are frozen; the interpreter returns a new state and never changes the one it was given.
+New fields always get defaults, so a state written by an older release still decodes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+PendingKind = Literal["wait", "wait_for"]
+
+
+class Pending(msgspec.Struct, frozen=True, array_like=True):
+    """What an instance is waiting for at its current step: a timer, and for ``wait_for`` also an
+    event."""
+
+    step_id: str
+    timer_id: str
+    kind: PendingKind
+    due_at: datetime
+
+
+class TriggerEvent(msgspec.Struct, frozen=True, array_like=True):
+    """The event that started an instance; ``event.*`` paths in its steps read it."""
+
+    name: str
+    message_id: str
+    properties: dict[str, Any]
+    context: dict[str, Any]
+    timestamp: datetime | None = None
+
+
+class Instance(msgspec.Struct, frozen=True, array_like=True):
+    """One running journey instance.
+
+    ``position`` is the id of the step it is at (step ids are unique across a journey, so the id
+    names the path to the step). ``sends`` maps a send step's id to the delivery id it requested
+    (what ``wait_for: {of: step}`` correlates with); ``matched`` maps a ``wait_for`` step's id to
+    the event that satisfied it; ``splits`` the path index a ``split`` chose; ``visits`` how many
+    times each step was reached (part of timer and delivery ids).
+    """
+
+    id: str
+    journey: str
+    version: int
+    unique_value: str | None
+    started_at: datetime
+    trigger: TriggerEvent
+    position: str = ""
+    pending: Pending | None = None
+    converted: bool = False
+    sends: dict[str, str] = msgspec.field(default_factory=dict)
+    matched: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    splits: dict[str, int] = msgspec.field(default_factory=dict)
+    visits: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class EntryHistory(msgspec.Struct, frozen=True, array_like=True):
+    """Per journey: when the profile last entered it and how often (for ``repeat``)."""
+
+    last_entered_at: datetime
+    entries: int = 1
+
+
+class ProfileState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    profile_id: str = ""
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)
+    instances: tuple[Instance, ...] = ()
+    history: dict[str, EntryHistory] = msgspec.field(default_factory=dict)
+    seen: tuple[str, ...] = ()
+    """Keys of the most recent inputs applied (message ids), so a repeat changes nothing."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(ProfileState)
+
+
+def encode_state(state: ProfileState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(data: bytes) -> ProfileState:
+    return _decoder.decode(data)

@@ -1,0 +1,138 @@
+"""Email open pixel, click redirect and one-click unsubscribe (links signed by the dispatcher
+with ``cairn_common.tracking``).
+
+A hit becomes a ``track`` event in the profile's partition, so journeys can wait for it:
+``Email Opened``, ``Email Link Clicked`` (with ``url``) and ``Unsubscribed``, each with
+``delivery_id``, ``instance_id``, ``journey``, ``step_id`` and ``channel``.
+
+The person comes first: the pixel is served and the click redirected even if the event could
+not be stored (that is logged). Unsubscribing happens on POST only (RFC 8058 one-click, or the
+button on the page GET shows), because mail scanners follow GET links nobody clicked.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from cairn_common.messages import Event
+from cairn_common.partitioning import partition_for
+from cairn_common.tracking import InvalidToken, LinkKind, LinkPayload, verify
+from cairn_ingest import repo
+from cairn_ingest.intake import Ingestor
+from cairn_ingest.publisher import Unavailable
+from cairn_ingest.segment import now
+
+log = structlog.get_logger(__name__)
+
+PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,"
+    b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
+_NAMES: dict[LinkKind, str] = {
+    "open": "Email Opened",
+    "click": "Email Link Clicked",
+    "unsubscribe": "Unsubscribed",
+}
+
+
+class EmailLinks:
+    def __init__(
+        self, ingestor: Ingestor, pool: asyncpg.Pool, secrets: Sequence[str], partitions: int
+    ) -> None:
+        self._ingestor = ingestor
+        self._pool = pool
+        self._secrets = list(secrets)
+        self._partitions = partitions
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/t/o/{token}", self.opened)
+        router.add_get("/t/c/{token}", self.clicked)
+        router.add_get("/t/u/{token}", self.unsubscribe_page)
+        router.add_post("/t/u/{token}", self.unsubscribe)
+
+    def _verify(self, kind: LinkKind, token: str) -> LinkPayload:
+        try:
+            return verify(self._secrets, kind, token)
+        except InvalidToken:
+            raise web.HTTPNotFound(text="unknown or forged tracking link") from None
+
+    async def opened(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"].removesuffix(".gif")
+        payload = self._verify("open", token)
+        await self._enter("open", payload, request)
+        return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
+
+    async def clicked(self, request: web.Request) -> web.Response:
+        payload = self._verify("click", request.match_info["token"])
+        url = payload.url or ""
+        if urlsplit(url).scheme.lower() not in ("http", "https", "mailto", "tel"):
+            raise web.HTTPBadRequest(text="the link's target is not a web address")
+        await self._enter("click", payload, request, url=url)
+        raise web.HTTPFound(url, headers=NO_STORE)
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        self._verify("unsubscribe", request.match_info["token"])
+        page = (
+            "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
+            "<p>Stop receiving these emails?</p>"
+            f'<form method=post action="{html.escape(request.path)}">'
+            "<button type=submit>Unsubscribe</button></form>"
+        )
+        return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        payload = self._verify("unsubscribe", request.match_info["token"])
+        m = payload.message
+        try:
+            await repo.suppress(self._pool, m.profile_id, m.channel, m.address, "unsubscribed")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("unsubscribe not stored", error=str(exc))
+            raise web.HTTPServiceUnavailable(text="please try again in a moment") from exc
+        await self._enter("unsubscribe", payload, request)
+        page = (
+            "<!doctype html><meta charset=utf-8><title>Unsubscribed</title>"
+            "<p>You are unsubscribed.</p>"
+        )
+        return web.Response(text=page, content_type="text/html", headers=NO_STORE)
+
+    async def _enter(
+        self, kind: LinkKind, payload: LinkPayload, request: web.Request, **extra: Any
+    ) -> None:
+        m = payload.message
+        received = now()
+        context: dict[str, Any] = {"ip": request.remote or ""}
+        if agent := request.headers.get("User-Agent"):
+            context["userAgent"] = agent
+        event = Event(
+            message_id=str(uuid.uuid4()),
+            type="track",
+            event=_NAMES[kind],
+            profile_id=m.profile_id,
+            user_id=m.profile_id,
+            partition=partition_for(m.profile_id, self._partitions),
+            received_at=received,
+            timestamp=received,
+            properties={
+                "delivery_id": m.delivery_id,
+                "instance_id": m.instance_id,
+                "journey": m.journey,
+                "step_id": m.step_id,
+                "channel": m.channel,
+                **extra,
+            },
+            context=context,
+            source="tracking",
+        )
+        try:
+            await self._ingestor.internal([event])
+        except Unavailable as exc:
+            log.warning("tracking event lost", kind=kind, delivery_id=m.delivery_id, error=str(exc))

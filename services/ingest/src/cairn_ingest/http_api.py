@@ -1,0 +1,147 @@
+"""The public HTTP listener: Segment's Tracking API, CloudEvents, and email tracking links.
+
+Bodies are read here (bounded, gzip/deflate decoded by us so a bad or oversized stream gets a
+JSON error like everything else); what to do with them is ``Ingestor``'s business.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cairn_ingest.email_links import EmailLinks
+from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
+
+# Segment's short paths (/v1/t, ...) and /v1/import, the old name of /v1/batch.
+_SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+INGESTOR: web.AppKey[Ingestor] = web.AppKey("ingestor", Ingestor)
+
+
+def basic_user(request: web.Request) -> str | None:
+    """The write key sent as the HTTP Basic user (``key:`` or ``key`` alone)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+class BodyError(Exception):
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The decoded body, at most ``limit`` bytes before and after decompression."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(_too_large(request.content_length, limit))
+    try:
+        raw = await request.content.read(limit + 1)
+    except (ConnectionError, OSError) as exc:
+        raise BodyError(error(400, "bad_body", f"could not read the body: {exc}")) from exc
+    if len(raw) > limit:
+        raise BodyError(_too_large(None, limit))
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+    if encoding not in wbits:
+        raise BodyError(
+            error(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip")
+        )
+    inflater = zlib.decompressobj(wbits[encoding])
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise BodyError(error(400, "bad_encoding", f"body is not valid {encoding}: {exc}")) from exc
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise BodyError(_too_large(None, limit))
+    if not inflater.eof:
+        raise BodyError(error(400, "bad_encoding", f"body is truncated {encoding}"))
+    return body
+
+
+def _too_large(size: int | None, limit: int) -> Reply:
+    said = f"{size} bytes" if size is not None else "too large"
+    return error(413, "batch_too_large", f"request body is {said}; the limit is {limit} bytes")
+
+
+def respond(reply: Reply) -> web.Response:
+    return web.Response(
+        body=reply.body,
+        status=reply.status,
+        headers=reply.headers,
+        content_type="application/json",
+    )
+
+
+async def segment_call(request: web.Request) -> web.Response:
+    ingestor = request.app[INGESTOR]
+    name = request.match_info["kind"]
+    kind = _SHORT.get(name, name)
+    if kind in ("batch", "b", "import"):
+        single = None
+    elif kind in SINGLE_TYPES:
+        single = kind
+    else:
+        return respond(error(404, "not_found", f"no such endpoint: /v1/{name}"))
+    try:
+        body = await read_body(request, ingestor.settings.max_batch_bytes)
+    except BodyError as exc:
+        return respond(exc.reply)
+    return respond(await ingestor.segment(single, body, basic_user(request), "http"))
+
+
+async def cloudevents_call(request: web.Request) -> web.Response:
+    ingestor = request.app[INGESTOR]
+    try:
+        body = await read_body(request, ingestor.settings.max_batch_bytes)
+    except BodyError as exc:
+        return respond(exc.reply)
+    reply = await ingestor.cloudevents(
+        body,
+        request.headers,
+        request.headers.get("Content-Type", ""),
+        basic_user(request) or request.query.get("writeKey"),
+    )
+    return respond(reply)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is JSON ``{"code", "message"}``, including aiohttp's own (404, 405, ...)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        reply = error(exc.status, code, exc.text or exc.reason)
+        return web.Response(
+            body=reply.body,
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+            content_type="application/json",
+        )
+
+
+def build_app(ingestor: Ingestor, links: EmailLinks | None) -> web.Application:
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=ingestor.settings.max_batch_bytes
+    )
+    app[INGESTOR] = ingestor
+    app.router.add_post("/v1/cloudevents", cloudevents_call)
+    app.router.add_post("/v1/{kind}", segment_call)
+    if links is not None:
+        links.add_routes(app.router)
+    return app

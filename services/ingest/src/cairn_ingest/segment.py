@@ -1,0 +1,266 @@
+"""Segment's Tracking API rules: from request bytes to canonical ``Event``s (pure, no I/O).
+
+One mechanism serves every entry point: a single call (``/v1/track``, ...) is a batch of one whose
+type comes from the path; ``/v1/batch``, CloudEvents and NATS all end in ``normalise``. A message
+that breaks a rule becomes a ``Rejection`` naming the rule; the others in the batch are kept.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from cairn_common.messages import Event, EventSource, EventType
+from cairn_common.partitioning import partition_for
+
+EVENT_TYPES: frozenset[str] = frozenset(("track", "identify", "page", "screen", "group", "alias"))
+Id = str | int | float
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """One message that was not accepted, and why (the batch response lists these)."""
+
+    index: int
+    code: str
+    message: str
+
+
+class Problem(Exception):
+    """A message breaks a rule; ``code`` is machine-readable, the text is for a person."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SegmentMessage(msgspec.Struct, rename="camel", kw_only=True):
+    """A message as Segment and RudderStack clients send it (unknown fields are ignored)."""
+
+    type: str | None = None
+    user_id: Id | None = None
+    anonymous_id: Id | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    previous_id: Id | None = None
+    group_id: Id | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    message_id: str | None = None
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    write_key: str | None = None
+
+
+class BatchEnvelope(msgspec.Struct, rename="camel", kw_only=True):
+    """``/v1/batch``: the messages are kept raw so each is sized and decoded on its own."""
+
+    batch: list[msgspec.Raw]
+    sent_at: datetime | None = None
+    write_key: str | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class WriteKeyOnly(msgspec.Struct, rename="camel"):
+    write_key: str | None = None
+
+
+_message_decoder = msgspec.json.Decoder(SegmentMessage)
+_batch_decoder = msgspec.json.Decoder(BatchEnvelope)
+_write_key_decoder = msgspec.json.Decoder(WriteKeyOnly)
+
+
+class Intake(msgspec.Struct, frozen=True, kw_only=True):
+    """Where and when a batch arrived, and the limits it is held to."""
+
+    received_at: datetime
+    source: EventSource
+    partitions: int
+    write_key_id: str | None = None
+    max_event_bytes: int = 32 * 1024
+    max_message_id_length: int = 256
+    max_profile_id_length: int = 1024
+
+
+def decode_batch(body: bytes) -> BatchEnvelope:
+    """``/v1/batch`` body; ``Problem`` (400) when it is not a JSON object with a ``batch`` list."""
+    try:
+        return _batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Problem("invalid_batch", f"body is not a batch: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise Problem("malformed_json", f"body is not valid JSON: {exc}") from None
+
+
+def body_write_key(body: bytes) -> str | None:
+    """The ``writeKey`` field of a JSON object body, if any (for a single call)."""
+    try:
+        return _write_key_decoder.decode(body).write_key
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def normalise(
+    raws: Sequence[msgspec.Raw | bytes],
+    intake: Intake,
+    *,
+    decode: Callable[[msgspec.Raw | bytes], SegmentMessage] | None = None,
+    check: Callable[[Event], Event] | None = None,
+    forced_type: str | None = None,
+    sent_at: datetime | None = None,
+    context: dict[str, Any] | None = None,
+    integrations: dict[str, Any] | None = None,
+) -> tuple[list[Event], list[Rejection]]:
+    """Decode and validate each raw message; return the accepted events and the rejections."""
+    decode = decode or decode_message
+    events: list[Event] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(raws):
+        try:
+            if len(raw) > intake.max_event_bytes:
+                raise Problem(
+                    "event_too_large",
+                    f"event is {len(raw)} bytes; the limit is {intake.max_event_bytes}",
+                )
+            message = decode(raw)
+            event = to_event(message, intake, forced_type, sent_at, context, integrations)
+            events.append(event if check is None else check(event))
+        except Problem as problem:
+            rejections.append(Rejection(index, problem.code, problem.message))
+    return events, rejections
+
+
+def decode_message(raw: msgspec.Raw | bytes) -> SegmentMessage:
+    try:
+        return _message_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise Problem("invalid_event", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Problem("malformed_json", f"not valid JSON: {exc}") from None
+
+
+def _id(value: Id | None, field: str, limit: int) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        text = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        text = str(value).strip()
+    if not text:
+        return None
+    if len(text) > limit:
+        raise Problem("invalid_event", f"{field} is longer than {limit} characters")
+    return text
+
+
+def _utc(moment: datetime) -> datetime:
+    tz = moment.tzinfo
+    if tz is UTC:
+        return moment  # msgspec decodes "Z" and "+00:00" to datetime.UTC: the common case
+    return moment.replace(tzinfo=UTC) if tz is None else moment.astimezone(UTC)
+
+
+def event_time(
+    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime
+) -> datetime:
+    """Segment's clock-skew correction: ``receivedAt - (sentAt - timestamp)``."""
+    if timestamp is None:
+        return received_at
+    timestamp = _utc(timestamp)
+    if sent_at is None:
+        return timestamp
+    return received_at - (_utc(sent_at) - timestamp)
+
+
+def _require(condition: object, field: str, kind: str) -> None:
+    if not condition:
+        raise Problem("invalid_event", f"{field} is required for a {kind} call")
+
+
+def to_event(
+    m: SegmentMessage,
+    intake: Intake,
+    forced_type: str | None = None,
+    batch_sent_at: datetime | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+) -> Event:
+    kind = forced_type or m.type
+    if kind is None:
+        raise Problem("invalid_event", "type is required in a batch message")
+    if kind not in EVENT_TYPES:
+        raise Problem(
+            "invalid_event",
+            f"type {kind!r} is not one of {', '.join(sorted(EVENT_TYPES))}",
+        )
+    limit = intake.max_profile_id_length
+    user_id = _id(m.user_id, "userId", limit)
+    anonymous_id = _id(m.anonymous_id, "anonymousId", limit)
+    profile_id = user_id or anonymous_id
+    if profile_id is None:
+        raise Problem("invalid_event", "userId or anonymousId is required")
+    event_name = m.event.strip() if m.event else None
+    previous_id = _id(m.previous_id, "previousId", limit)
+    group_id = _id(m.group_id, "groupId", limit)
+    if kind == "track":
+        _require(event_name, "event", kind)
+        if event_name and len(event_name) > 200:
+            raise Problem("invalid_event", "event name is longer than 200 characters")
+    elif kind == "alias":
+        _require(previous_id, "previousId", kind)
+        _require(user_id, "userId", kind)
+    elif kind == "group":
+        _require(group_id, "groupId", kind)
+    message_id = m.message_id or str(uuid.uuid4())
+    if len(message_id) > intake.max_message_id_length:
+        raise Problem(
+            "invalid_event", f"messageId is longer than {intake.max_message_id_length} characters"
+        )
+    context = m.context if m.context is not None else {}
+    if batch_context:
+        context = {**batch_context, **context}
+    integrations = m.integrations if m.integrations is not None else {}
+    if batch_integrations:
+        integrations = {**batch_integrations, **integrations}
+    properties = m.properties if m.properties is not None else {}
+    if kind in ("page", "screen") and m.category is not None and "category" not in properties:
+        properties = {**properties, "category": m.category}
+    traits = m.traits if m.traits is not None else {}
+    if kind == "identify" and isinstance(context.get("traits"), dict):
+        traits = {**context["traits"], **traits}  # RudderStack sends identify traits there
+    sent_at = m.sent_at or batch_sent_at
+    event_type: EventType = kind  # type: ignore[assignment]  # checked against EVENT_TYPES
+    return Event(
+        message_id=message_id,
+        type=event_type,
+        profile_id=profile_id,
+        partition=partition_for(profile_id, intake.partitions),
+        received_at=intake.received_at,
+        timestamp=event_time(m.timestamp or m.original_timestamp, sent_at, intake.received_at),
+        event=event_name if kind == "track" else None,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        group_id=group_id,
+        name=m.name,
+        properties=properties,
+        traits=traits,
+        context=context,
+        integrations=integrations,
+        sent_at=_utc(sent_at) if sent_at is not None else None,
+        source=intake.source,
+        write_key=intake.write_key_id,
+    )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
