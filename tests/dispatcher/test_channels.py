@@ -53,13 +53,10 @@ async def _email_channel(db: asyncpg.Connection, smtp: SmtpSink) -> None:
         "Channel",
         "email",
         {
-            "type": "smtp",
-            "settings": {
-                "host": "127.0.0.1",
-                "port": smtp.port,
-                "starttls": False,
-                "from": "Shop <shop@example.test>",
-            },
+            "type": "email",
+            "provider": "smtp",
+            "endpoint": f"smtp://127.0.0.1:{smtp.port}",
+            "options": {"starttls": False, "from": "Shop <shop@example.test>"},
         },
     )
     await apply(db, "Template", "cart-reminder-email", EMAIL_TEMPLATE)
@@ -96,7 +93,8 @@ async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(
     assert msg["Message-ID"] == "<e-1@cairn>"
     unsubscribe = msg["List-Unsubscribe"].strip("<>")
     assert unsubscribe.startswith("http://track.test/t/u/")
-    assert tracking.verify(unsubscribe.rsplit("/", 1)[1], TRACKING_SECRET)["d"] == "e-1"
+    token = unsubscribe.rsplit("/", 1)[1]
+    assert tracking.verify(TRACKING_SECRET, "unsubscribe", token).message.delivery_id == "e-1"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html_part = msg.get_body(("html",))
     assert html_part is not None
@@ -104,7 +102,7 @@ async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(
     assert "Total 42" in html
     assert "https://shop.test/cart" not in html  # rewritten through the click tracker
     click = html.split('href="http://track.test/t/c/')[1].split('"')[0]
-    assert tracking.verify(click, TRACKING_SECRET)["u"] == "https://shop.test/cart?id=c1"
+    assert tracking.verify(TRACKING_SECRET, "click", click).url == "https://shop.test/cart?id=c1"
     assert "/t/o/" in html
     assert unsubscribe in html
 
@@ -156,8 +154,8 @@ async def test_sms_through_the_twilio_messages_api(
         "Channel",
         "sms",
         {
-            "type": "twilio",
-            "settings": {
+            "provider": "twilio",
+            "options": {
                 "base_url": sink.url,
                 "account_sid": "AC42",
                 "auth_token": {"env": "TEST_API_KEY"},
@@ -215,8 +213,8 @@ async def test_push_through_fcm_v1_with_a_service_account_token(
         "Channel",
         "push",
         {
-            "type": "fcm",
-            "settings": {
+            "provider": "fcm",
+            "options": {
                 "base_url": sink.url,
                 "project_id": "p1",
                 "service_account": {"file": str(account)},
@@ -285,8 +283,8 @@ async def test_web_push_is_encrypted_for_the_subscription_and_vapid_signed(
         "Channel",
         "webpush",
         {
-            "type": "webpush",
-            "settings": {
+            "provider": "webpush",
+            "options": {
                 "vapid_private_key": {"env": "TEST_VAPID_KEY"},
                 "vapid_subject": "mailto:ops@shop.test",
             },

@@ -26,7 +26,7 @@ async def test_sigkill_after_the_provider_call_resends_once_with_the_same_idempo
     start_dispatcher: Callable[..., ServiceProcess],
 ) -> None:
     await apply(
-        db, "Channel", "webhook", {"type": "webhook", "settings": {"url": f"{sink.url}/hook"}}
+        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/hook"}}
     )
     sink.hold = asyncio.Event()  # the provider has the request but has not answered yet
     first = start_dispatcher()

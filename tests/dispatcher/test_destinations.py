@@ -32,15 +32,15 @@ async def test_braze_customerio_and_iterable_receive_the_journey_context(
         db,
         "Destination",
         "braze",
-        {"type": "braze", "settings": {"base_url": sink.url, "api_key": KEY}},
+        {"provider": "braze", "options": {"base_url": sink.url, "api_key": KEY}},
     )
     await apply(
         db,
         "Destination",
         "cio",
         {
-            "type": "customerio",
-            "settings": {"base_url": sink.url, "site_id": "site1", "api_key": KEY},
+            "provider": "customerio",
+            "options": {"base_url": sink.url, "site_id": "site1", "api_key": KEY},
         },
     )
     await apply(
@@ -48,8 +48,8 @@ async def test_braze_customerio_and_iterable_receive_the_journey_context(
         "Destination",
         "iterable",
         {
-            "type": "iterable",
-            "settings": {"base_url": sink.url, "api_key": KEY, "event": "Cart Journey"},
+            "provider": "iterable",
+            "options": {"base_url": sink.url, "api_key": KEY, "event": "Cart Journey"},
         },
     )
     await start_dispatcher().wait_ready()
@@ -121,14 +121,17 @@ async def test_destination_function_runs_on_track_and_fetches_allowed_hosts(
     sink.default = Reply(200, {"ok": True})
     settings = {"url": f"{sink.url}/collect", "apiKey": KEY, "allowed_hosts": ["127.0.0.1"]}
     await apply(
-        db, "Destination", "fn", {"type": "function", "code": GOOD_FUNCTION, "settings": settings}
+        db,
+        "Destination",
+        "fn",
+        {"provider": "function", "function": GOOD_FUNCTION, "options": settings},
     )
     blocked = {"url": "http://example.invalid/x", "allowed_hosts": []}
     await apply(
         db,
         "Destination",
         "fn-blocked",
-        {"type": "function", "code": GOOD_FUNCTION, "settings": blocked},
+        {"provider": "function", "function": GOOD_FUNCTION, "options": blocked},
     )
     await start_dispatcher().wait_ready()
     results = await Results.listen(nc, topology)
@@ -167,9 +170,9 @@ async def test_runaway_functions_are_contained_and_the_dispatcher_keeps_running(
         "identify-only": "async function onIdentify(e, s) { return 1; }",
     }
     for name, code in functions.items():
-        await apply(db, "Destination", name, {"type": "function", "code": code})
+        await apply(db, "Destination", name, {"provider": "function", "function": code})
     await apply(
-        db, "Channel", "webhook", {"type": "webhook", "settings": {"url": f"{sink.url}/after"}}
+        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/after"}}
     )
     proc = start_dispatcher()
     await proc.wait_ready()

@@ -17,12 +17,18 @@ from tests.support.processes import ServiceProcess
 pytestmark = pytest.mark.e2e
 
 
-async def _hook(db: asyncpg.Connection, sink: HttpSink, **extra: object) -> None:
+async def _hook(db: asyncpg.Connection, sink: HttpSink, **policies: object) -> None:
+    options = dict(policies)
     await apply(
         db,
         "Channel",
         "webhook",
-        {"type": "webhook", "settings": {"url": f"{sink.url}/hook"}, **extra},
+        {
+            "type": "webhook",
+            "provider": "webhook",
+            "endpoint": f"{sink.url}/hook",
+            "options": options,
+        },
     )
     await apply(
         db,
@@ -43,7 +49,7 @@ async def test_unsubscribed_profiles_and_suppressed_ones_are_not_sent(
     await _hook(db, sink)
     await db.execute(
         "INSERT INTO suppressions (profile_id, channel, address, reason)"
-        " VALUES ('u-sup', 'webhook', NULL, 'unsubscribed via link')"
+        " VALUES ('u-sup', 'webhook', '', 'unsubscribed via link')"
     )
     await start_dispatcher().wait_ready()
     results = await Results.listen(nc, topology)
@@ -143,8 +149,8 @@ async def test_template_that_cannot_render_dead_letters_that_delivery_only(
         "Channel",
         "sms",
         {
-            "type": "twilio",
-            "settings": {
+            "provider": "twilio",
+            "options": {
                 "base_url": sink.url,
                 "account_sid": "AC1",
                 "auth_token": {"env": "TEST_API_KEY"},
@@ -186,8 +192,8 @@ async def test_profile_without_an_address_is_skipped_with_the_reason(
         "Channel",
         "sms",
         {
-            "type": "twilio",
-            "settings": {
+            "provider": "twilio",
+            "options": {
                 "base_url": sink.url,
                 "account_sid": "AC1",
                 "auth_token": {"env": "TEST_API_KEY"},

@@ -37,8 +37,9 @@ async def _webhook_channel(db: asyncpg.Connection, sink: HttpSink) -> None:
         "Channel",
         "webhook",
         {
-            "type": "webhook",
-            "settings": {"url": f"{sink.url}/hook", "secret": {"env": "TEST_WEBHOOK_SECRET"}},
+            "provider": "webhook",
+            "endpoint": f"{sink.url}/hook",
+            "credentials": {"secret": {"env": "TEST_WEBHOOK_SECRET"}},
         },
     )
 

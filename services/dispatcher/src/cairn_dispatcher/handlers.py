@@ -251,7 +251,7 @@ class Dispatcher:
                 status="sent", settle=ACK, provider_message_id=result.provider_message_id
             )
         if result.bounced:
-            await self._suppressions.add(None, _channel(p), p.address, "bounced")
+            await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "bounced")
             return Decision(status="bounced", settle=ACK, reason=result.reason)
         if not result.retryable:
             return Decision(status="failed", settle=ACK, reason=result.reason)
