@@ -81,7 +81,7 @@ async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(
             channel="email",
             template="cart-reminder-email",
             address="ada@example.test",
-            profile={"first_name": "Ada"},
+            profile={"first_name": "Zoë"},
         ),
     )
 
@@ -89,7 +89,7 @@ async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(
     assert (sent.provider_message_id, sent.attempts) == ("<e-1@cairn>", 1)
     ((mail_from, rcpts, msg),) = smtp.messages
     assert (mail_from, rcpts) == ("shop@example.test", ["ada@example.test"])
-    assert msg["Subject"] == "Ada, your cart is waiting"
+    assert msg["Subject"] == "Zoë, your cart is waiting"
     assert msg["Message-ID"] == "<e-1@cairn>"
     unsubscribe = msg["List-Unsubscribe"].strip("<>")
     assert unsubscribe.startswith("http://track.test/t/u/")
