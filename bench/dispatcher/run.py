@@ -42,11 +42,14 @@ class Counter:
         self.last = 0.0
         self.done = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self.pid: int | None = None
+        self.first_cpu = 0.0
 
     def hit(self) -> None:
         now = time.perf_counter()
         if self.count == 0:
             self.first = now
+            self.first_cpu = cpu_seconds(self.pid)
         self.count += 1
         self.last = now
         if self.count >= self.total:
@@ -55,6 +58,17 @@ class Counter:
     def rate(self) -> float:
         span = self.last - self.first
         return (self.count - 1) / span if span > 0 else float("nan")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class SmtpCounter:
@@ -122,13 +136,19 @@ async def phase(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+        counter.pid = proc.pid
         try:
             await asyncio.wait_for(counter.done.wait(), timeout=600)
+            cpu = cpu_seconds(proc.pid) - counter.first_cpu
         finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), timeout=30)
     rate = counter.rate()
-    print(f"{name}: {counter.count} deliveries, {rate:,.0f}/s with one dispatcher process")
+    per_cpu = counter.count / cpu if cpu > 0 else float("nan")
+    print(
+        f"{name}: {counter.count} deliveries, {rate:,.0f}/s wall-clock with one dispatcher"
+        f" process; {per_cpu:,.0f} per dispatcher CPU-second ({cpu:.1f} s CPU)"
+    )
     return rate
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import http_ece  # type: ignore[import-untyped]
 import pytest
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from cairn_cli.local import free_port
 from cairn_common import tracking
 from cairn_common.topology import Topology
 from tests.dispatcher.conftest import TRACKING_SECRET
@@ -323,3 +325,44 @@ async def test_web_push_is_encrypted_for_the_subscription_and_vapid_signed(
     row = await ledger(db, "w-1")
     assert row is not None
     assert row["status"] == "sent"
+
+
+async def test_unsubscribe_link_works_end_to_end_through_ingest(
+    db: asyncpg.Connection,
+    smtp: SmtpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+    spawn: Callable[..., ServiceProcess],
+) -> None:
+    ingest_port = free_port()
+    ingest = spawn(
+        "cairn_ingest", CAIRN_HTTP_PORT=str(ingest_port), CAIRN_TRACKING_SECRET=TRACKING_SECRET
+    )
+    await _email_channel(db, smtp)
+    await ingest.wait_ready()
+    await start_dispatcher(CAIRN_TRACKING_BASE_URL=f"http://127.0.0.1:{ingest_port}").wait_ready()
+    results = await Results.listen(nc, topology)
+    first = delivery(
+        "u-1", channel="email", template="cart-reminder-email", address="bo@example.test"
+    )
+    await send_requests(js, topology, first)
+    await results.wait("u-1", "sent")
+    ((_, _, msg),) = smtp.messages
+    unsubscribe = msg["List-Unsubscribe"].strip("<>")
+
+    # What a mail client's one-click unsubscribe button does (RFC 8058).
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(unsubscribe, data="List-Unsubscribe=One-Click") as resp,
+    ):
+        assert resp.status == 200
+
+    second = delivery(
+        "u-2", channel="email", template="cart-reminder-email", address="bo@example.test"
+    )
+    await send_requests(js, topology, second)
+    suppressed = await results.wait("u-2", "suppressed")
+    assert suppressed.reason == "unsubscribed"
+    assert len(smtp.messages) == 1
