@@ -104,11 +104,13 @@ class HttpSink:
 class SmtpSink:
     """An aiosmtpd server recording every accepted message; ``refuse`` rejects recipients."""
 
-    def __init__(self) -> None:
+    def __init__(self, **server: Any) -> None:
+        """``server``: aiosmtpd SMTP options (tls_context, require_starttls, authenticator...)."""
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
         self.refuse: set[str] = set()
+        self.logins: list[str] = []
         self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **server)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
@@ -123,6 +125,8 @@ class SmtpSink:
         msg = message_from_bytes(content, policy=policy.default)
         assert isinstance(msg, EmailMessage)
         self.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), msg))
+        if session.authenticated:
+            self.logins.append(str(session.auth_data.login.decode()))
         return "250 Message accepted"
 
     def start(self) -> SmtpSink:
@@ -233,3 +237,44 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 async def ledger(db: asyncpg.Connection, delivery_id: str) -> dict[str, Any] | None:
     row = await db.fetchrow("SELECT * FROM delivery_ledger WHERE delivery_id = $1", delivery_id)
     return dict(row) if row is not None else None
+
+
+def self_signed_tls(directory: Any) -> Any:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    import ssl
+    from datetime import timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context

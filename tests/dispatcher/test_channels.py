@@ -7,11 +7,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import http_ece  # type: ignore[import-untyped]
 import pytest
+from aiosmtpd.smtp import AuthResult
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nats.aio.client import Client as NATS
@@ -29,6 +31,7 @@ from tests.dispatcher.support import (
     apply,
     delivery,
     ledger,
+    self_signed_tls,
     send_requests,
 )
 from tests.support.processes import ServiceProcess
@@ -366,3 +369,52 @@ async def test_unsubscribe_link_works_end_to_end_through_ingest(
     suppressed = await results.wait("u-2", "suppressed")
     assert suppressed.reason == "unsubscribed"
     assert len(smtp.messages) == 1
+
+
+async def test_smtp_with_starttls_and_auth(
+    db: asyncpg.Connection,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        ok = (auth.login, auth.password) == (b"mailer", b"key-123")
+        return AuthResult(success=ok, auth_data=auth)
+
+    smtp = SmtpSink(
+        tls_context=self_signed_tls(tmp_path),
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_require_tls=True,
+    ).start()
+    try:
+        await apply(
+            db,
+            "Channel",
+            "email",
+            {
+                "provider": "smtp",
+                "endpoint": f"smtp://127.0.0.1:{smtp.port}",
+                "options": {
+                    "starttls": True,
+                    "validate_certs": False,
+                    "username": "mailer",
+                    "from": "shop@example.test",
+                },
+                "credentials": {"password": {"env": "TEST_API_KEY"}},
+            },
+        )
+        await apply(db, "Template", "plain", {"channel": "email", "subject": "Hi", "text": "Hello"})
+        await start_dispatcher().wait_ready()
+        results = await Results.listen(nc, topology)
+        req = delivery("tls-1", channel="email", template="plain", address="ada@example.test")
+        await send_requests(js, topology, req)
+        await results.wait("tls-1", "sent")
+        ((_, rcpts, msg),) = smtp.messages
+        assert rcpts == ["ada@example.test"]
+        assert smtp.logins == ["mailer"]
+        assert msg.get_content().startswith("Hello")
+    finally:
+        smtp.stop()
