@@ -46,6 +46,8 @@ class Reply(msgspec.Struct):
     status: int = 200
     body: Any = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    stall: bool = False
+    """Never answer (the client times out)."""
 
 
 class HttpSink:
@@ -56,6 +58,7 @@ class HttpSink:
         self.script: deque[Reply] = deque()
         self.default = default or Reply()
         self.routes: dict[str, Reply] = {}
+        self._stopping = asyncio.Event()
         self.hold: asyncio.Event | None = None
         """When set to an Event, requests are recorded but answered only once it is set."""
         self.arrived = asyncio.Event()
@@ -84,6 +87,8 @@ class HttpSink:
             reply = self.routes[request.path]
         else:
             reply = self.script.popleft() if self.script else self.default
+        if reply.stall:
+            await self._stopping.wait()
         text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         return web.Response(status=reply.status, text=text, headers=reply.headers)
 
@@ -97,6 +102,9 @@ class HttpSink:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self.hold is not None:
+            self.hold.set()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -119,6 +119,25 @@ async def test_429_honours_retry_after_then_5xx_retries_then_sends(
     assert (row["status"], row["attempts"]) == ("sent", 3)
 
 
+async def test_provider_timeout_is_retried(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    sink.script.append(Reply(stall=True))
+    await _webhook_channel(db, sink)
+    await start_dispatcher(CAIRN_PROVIDER_TIMEOUT_SECONDS="0.5").wait_ready()
+    results = await Results.listen(nc, topology)
+    await send_requests(js, topology, delivery("d-t", channel="webhook"))
+
+    sent = await results.wait("d-t", "sent")
+    assert sent.attempts == 2
+    assert [r.headers["webhook-id"] for r in sink.requests] == ["d-t", "d-t"]
+
+
 async def test_permanent_4xx_fails_without_retry(
     db: asyncpg.Connection,
     sink: HttpSink,
