@@ -231,6 +231,6 @@ def test_an_instance_older_than_its_lifetime_is_exited() -> None:
     p.track("Go")
     p.fire_next()  # 300 days
     p.advance(timedelta(days=70))
-    p.track("Unrelated")
+    p.track("Never")  # any input a journey cares about
     assert p.ended() == [("exited", "lifetime")]
     assert p.pending_timers() == []

@@ -81,8 +81,13 @@ class Scope(msgspec.Struct, frozen=True):
 
 def resolve(path: str, scope: Scope) -> Any:
     """The value at ``path`` in ``scope``, or :data:`MISSING` when there is none."""
+    if "." not in path:
+        value = scope.properties.get(path, _MISSING)
+        return value
     head, _, rest = path.partition(".")
     if head == "profile" and rest:
+        if "." not in rest:
+            return scope.traits.get(rest, _MISSING)
         return _walk(scope.traits, rest)
     if head == "event" and rest:
         area, _, tail = rest.partition(".")

@@ -68,6 +68,8 @@ def run_input(
     if isinstance(inp, ExitInstances):
         return _exit_all(state, inp, catalogue, now)
     if isinstance(inp, Event):
+        if inp.type == "track" and not catalogue.interested(inp.event):
+            return state, []  # no journey can react: nothing to remember either
         if inp.message_id in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)

@@ -38,9 +38,9 @@ from cairn_journey.timing import wait_until
 _SEP = "\x1f"
 
 
-def make_id(prefix: str, *parts: str | int) -> str:
-    """A deterministic id: the same parts always give the same id."""
-    text = _SEP.join(str(p) for p in parts)
+def make_id(prefix: str, a: str, b: str, c: str | int) -> str:
+    """A deterministic id from three parts: the same parts always give the same id."""
+    text = f"{a}\x1f{b}\x1f{c}"
     return prefix + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
@@ -71,7 +71,7 @@ class ProfileRun:
         self.profile_id = profile_id or state.profile_id
         self.catalogue = catalogue
         self.now = now
-        self.traits: Mapping[str, Any] = state.traits
+        self.traits: dict[str, Any] = state.traits
         self.instances: dict[str, Instance] = {i.id: i for i in state.instances}
         self.history = state.history
         self.seen = state.seen
@@ -80,7 +80,7 @@ class ProfileRun:
     def finish(self) -> tuple[ProfileState, list[Effect]]:
         state = ProfileState(
             profile_id=self.profile_id,
-            traits=dict(self.traits),
+            traits=self.traits,
             instances=tuple(self.instances.values()),
             history=self.history,
             seen=self.seen,
@@ -337,20 +337,20 @@ class ProfileRun:
             )
             self.count(compiled, step.id, "reached")
             following = compiled.next_step[step.id]
-            if isinstance(step, SendStep):
+            if type(step) is SendStep:
                 instance = self._send(instance, compiled, step, visit)
-            elif isinstance(step, WaitStep):
+            elif type(step) is WaitStep:
                 due = wait_until(step.wait, self._trigger_scope(instance), self.traits, self.now)
                 if due is not None and due > self.now:
                     limit = self.now + self.catalogue.limits.max_wait
                     self._park(instance, step.id, visit, min(due, limit), "wait")
                     return
-            elif isinstance(step, WaitForStep):
+            elif type(step) is WaitForStep:
                 self._park(instance, step.id, visit, self.now + step.wait_for.within, "wait_for")
                 return
-            elif isinstance(step, BranchStep):
+            elif type(step) is BranchStep:
                 following = self._branch(instance, compiled, step, following)
-            elif isinstance(step, SplitStep):
+            elif type(step) is SplitStep:
                 instance, following = self._split(instance, compiled, step, following)
             step = following
         self.end(instance, "completed", "completed", "completed")
@@ -406,9 +406,9 @@ class ProfileRun:
             template=send.template,
             to=send.to,
             address=address,
-            profile=dict(self.traits),
+            profile=self.traits,
             event=event,
-            matched_events=dict(instance.matched),
+            matched_events=instance.matched,
             unique_value=instance.unique_value,
         )
         self.effects.append(SendRequested(delivery=request))

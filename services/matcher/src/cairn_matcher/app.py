@@ -1,17 +1,51 @@
-"""The matcher's lifecycle: consume every profile input of the topology until told to stop.
+"""The matcher's lifecycle.
 
-The journey engine arrives with the Matcher issue; today the matcher keeps profile traits current
-(identify calls), which the rest of the system reads as ``profile.<trait>``.
+It loads the published journeys, joins the partition leases, and keeps one worker per partition it
+owns. Alongside run the lease renewal, the journey reload watcher and the outbox relay. On SIGTERM
+the workers finish their batch in flight, then the leases are handed back at once so another
+replica takes over without waiting for them to expire.
 """
 
 from __future__ import annotations
 
-from cairn_common.consume import one_at_a_time
-from cairn_common.runtime import ServiceContext, consume
-from cairn_matcher.handlers import ProfileInputs
+import asyncio
+import contextlib
+
+from cairn_common.runtime import ServiceContext
+from cairn_matcher.engine import Engine
+from cairn_matcher.journeys import TRANSIENT, JourneyCatalogue
+from cairn_matcher.leases import PartitionLeases
+from cairn_matcher.outbox import Outbox
+from cairn_matcher.partitions import PartitionSupervisor
 from cairn_matcher.settings import Settings
 
 
 async def run(ctx: ServiceContext[Settings]) -> None:
-    handler = ProfileInputs(ctx.pool)
-    await consume(ctx, ctx.topology.matcher_consumer, one_at_a_time(handler, "matcher"))
+    s = ctx.settings
+    journeys = JourneyCatalogue(ctx.pool, s.database_url)
+    await journeys.load()
+    leases = PartitionLeases(
+        ctx.pool, s.replica_id, s.partitions, ttl=s.lease_ttl_seconds, renew=s.lease_renew_seconds
+    )
+    engine = Engine(
+        ctx.pool,
+        leases,
+        journeys,
+        ctx.topology,
+        max_cached_profiles=s.max_cached_profiles,
+        notify_within=s.timer_notify_within_seconds,
+    )
+    outbox = Outbox(ctx.js, ctx.pool, relay_after=s.outbox_relay_after_seconds)
+    supervisor = PartitionSupervisor(ctx, leases, engine, outbox)
+    background = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(leases.run(background), name="leases")
+            tg.create_task(journeys.watch(background, s.journeys_reload_seconds), name="journeys")
+            tg.create_task(outbox.relay(background), name="outbox-relay")
+            await supervisor.run()  # returns once stopping and every worker has finished
+            background.set()
+    finally:
+        background.set()
+        with contextlib.suppress(*TRANSIENT):
+            await leases.release_all()

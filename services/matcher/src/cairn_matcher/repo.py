@@ -1,19 +1,200 @@
-"""The matcher's SQL."""
+"""The matcher's SQL. Every write takes a whole batch (``unnest``), so a fetched batch of inputs
+costs one round trip per table, inside the one transaction of ``Engine.apply``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
+_json = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder(dict[str, Any])
 
-async def merge_traits(pool: asyncpg.Pool, profile_id: str, traits: dict[str, Any]) -> None:
-    """Merge identify traits into the profile (later calls win, key by key). Idempotent."""
-    await pool.execute(
-        """INSERT INTO profiles (profile_id, traits) VALUES ($1, $2::jsonb)
-           ON CONFLICT (profile_id) DO UPDATE
-           SET traits = profiles.traits || EXCLUDED.traits, updated_at = now()""",
-        profile_id,
-        msgspec.json.encode(traits).decode(),
+
+class StoredProfile(msgspec.Struct, frozen=True):
+    state: bytes | None
+    traits: dict[str, Any] | None
+
+
+async def load_profiles(
+    conn: asyncpg.Connection, profile_ids: Sequence[str]
+) -> dict[str, StoredProfile]:
+    """Each profile's interpreter state and its traits (``profiles`` is the truth for traits:
+    identify calls that no journey needed updated only it)."""
+    rows = await conn.fetch(
+        """SELECT id, s.state, p.traits::text AS traits
+           FROM unnest($1::text[]) AS id
+           LEFT JOIN profile_states s ON s.profile_id = id
+           LEFT JOIN profiles p ON p.profile_id = id""",
+        profile_ids,
     )
+    return {
+        r["id"]: StoredProfile(
+            r["state"], _json_decoder.decode(r["traits"]) if r["traits"] is not None else None
+        )
+        for r in rows
+    }
+
+
+async def save_states(
+    conn: asyncpg.Connection, partition: int, states: Iterable[tuple[str, bytes]]
+) -> None:
+    ids, blobs = _columns(states, 2)
+    if ids:
+        await conn.execute(
+            """INSERT INTO profile_states (profile_id, partition, state)
+               SELECT p, $3, s FROM unnest($1::text[], $2::bytea[]) AS t(p, s)
+               ON CONFLICT (profile_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
+            ids, blobs, partition,
+        )  # fmt: skip
+
+
+async def merge_traits(conn: asyncpg.Connection, traits: dict[str, dict[str, Any]]) -> None:
+    """Identify traits into ``profiles`` (later keys win), readable by operators and services."""
+    if traits:
+        await conn.execute(
+            """INSERT INTO profiles (profile_id, traits)
+               SELECT p, t::jsonb FROM unnest($1::text[], $2::text[]) AS x(p, t)
+               ON CONFLICT (profile_id) DO UPDATE
+               SET traits = profiles.traits || EXCLUDED.traits, updated_at = now()""",
+            list(traits), [_json.encode(t).decode() for t in traits.values()],
+        )  # fmt: skip
+
+
+TimerRow = tuple[str, str, int, str, str, str, datetime]
+"""timer_id, profile_id, partition, instance_id, step_id, kind, due_at"""
+
+
+async def set_timers(conn: asyncpg.Connection, rows: Sequence[TimerRow]) -> None:
+    if rows:
+        await conn.execute(
+            """INSERT INTO timers (timer_id, profile_id, partition, instance_id, step_id, kind,
+                                   due_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+                                    $6::text[], $7::timestamptz[])
+               ON CONFLICT (timer_id) DO NOTHING""",
+            *_columns(rows, 7),
+        )
+
+
+async def delete_timers(conn: asyncpg.Connection, timer_ids: Sequence[str]) -> None:
+    if timer_ids:
+        await conn.execute("DELETE FROM timers WHERE timer_id = ANY($1)", timer_ids)
+
+
+async def wake_scheduler(conn: asyncpg.Connection, earliest: datetime) -> None:
+    """Delivered at commit: a scheduler claims a near timer at once instead of at its next scan."""
+    await conn.execute("SELECT pg_notify('cairn_timers', $1)", earliest.isoformat())
+
+
+OutboxRow = tuple[str, str, bytes]
+"""subject, msg_id, payload"""
+
+
+async def add_to_outbox(
+    conn: asyncpg.Connection, rows: Sequence[OutboxRow]
+) -> list[tuple[int, str, str, bytes]]:
+    if not rows:
+        return []
+    result = await conn.fetch(
+        """INSERT INTO outbox (subject, msg_id, payload)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+           ON CONFLICT (msg_id) DO NOTHING
+           RETURNING id, subject, msg_id, payload""",
+        *_columns(rows, 3),
+    )
+    return [(r["id"], r["subject"], r["msg_id"], r["payload"]) for r in result]
+
+
+InstanceStart = tuple[str, str, int, str, str | None, datetime]
+"""instance_id, journey, version, profile_id, unique_value, started_at"""
+
+
+async def start_instances(conn: asyncpg.Connection, rows: Sequence[InstanceStart]) -> None:
+    if rows:
+        await conn.execute(
+            """INSERT INTO journey_instances
+                   (instance_id, journey, version, profile_id, unique_value, status, started_at)
+               SELECT i, j, v, p, u, 'active', s
+               FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+                           $6::timestamptz[]) AS t(i, j, v, p, u, s)
+               ON CONFLICT (instance_id) DO NOTHING""",
+            *_columns(rows, 6),
+        )
+
+
+InstanceEnd = tuple[str, str, str | None, datetime]
+"""instance_id, status ('completed' | 'exited'), exit_reason, ended_at"""
+
+
+async def end_instances(conn: asyncpg.Connection, rows: Sequence[InstanceEnd]) -> None:
+    if rows:
+        await conn.execute(
+            """UPDATE journey_instances AS ji
+               SET status = t.s, exit_reason = t.r, ended_at = t.e
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(i, s, r, e)
+               WHERE ji.instance_id = t.i""",
+            *_columns(rows, 4),
+        )
+
+
+async def convert_instances(conn: asyncpg.Connection, rows: Sequence[tuple[str, datetime]]) -> None:
+    if rows:
+        await conn.execute(
+            """UPDATE journey_instances AS ji SET converted_at = t.c
+               FROM unnest($1::text[], $2::timestamptz[]) AS t(i, c)
+               WHERE ji.instance_id = t.i AND ji.converted_at IS NULL""",
+            *_columns(rows, 2),
+        )
+
+
+StatKey = tuple[str, int, str, str, datetime]
+"""journey, version, step_id, counter, hour"""
+
+
+async def add_stats(conn: asyncpg.Connection, counts: dict[StatKey, int]) -> None:
+    if counts:
+        rows = [(*key, n) for key, n in counts.items()]
+        await conn.execute(
+            """INSERT INTO journey_stats (journey, version, step_id, counter, hour, n)
+               SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
+                                    $5::timestamptz[], $6::bigint[])
+               ON CONFLICT (journey, version, step_id, counter, hour)
+               DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
+            *_columns(rows, 6),
+        )
+
+
+async def record_applied(conn: asyncpg.Connection, partition: int, seq: int) -> None:
+    await conn.execute(
+        "UPDATE partition_leases SET last_applied_seq = $2 WHERE partition = $1", partition, seq
+    )
+
+
+async def last_applied(conn: asyncpg.Connection, partition: int) -> int:
+    seq: int | None = await conn.fetchval(
+        "SELECT last_applied_seq FROM partition_leases WHERE partition = $1", partition
+    )
+    return seq or 0
+
+
+async def published_journeys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every published version (running instances may need any), with its journey's state."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT v.journey, v.version, v.definition::text AS definition,
+                  j.state, j.live_version
+           FROM journey_versions v JOIN journeys j ON j.name = v.journey
+           ORDER BY v.journey, v.version"""
+    )
+    return rows
+
+
+def _columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for i, value in enumerate(row):
+            cols[i].append(value)
+    return cols

@@ -1,7 +1,39 @@
 """The matcher's settings, read from CAIRN_* environment variables once at start."""
 
-from cairn_common.settings import CommonSettings
+import os
+import socket
+
+import msgspec
+
+from cairn_common.settings import CommonSettings, SettingsError
+
+
+def _default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Settings(CommonSettings, frozen=True, kw_only=True):
-    pass
+    replica_id: str = msgspec.field(default_factory=_default_replica)
+    """Names this replica in partition leases; the pod name in Kubernetes."""
+    lease_ttl_seconds: float = 6.0
+    """A dead replica's partitions are taken over this long after its last renewal."""
+    lease_renew_seconds: float = 2.0
+    max_cached_profiles: int = 200_000
+    """Profile actors kept in memory; the least recently used are evicted beyond this."""
+    outbox_relay_after_seconds: float = 5.0
+    """Outbox rows older than this were not published right after their commit; the relay
+    publishes them."""
+    journeys_reload_seconds: float = 30.0
+    """Fallback reload period; ``NOTIFY cairn_journeys`` reloads at once."""
+    timer_notify_within_seconds: float = 60.0
+    """A commit setting a timer due within this wakes the schedulers (``NOTIFY cairn_timers``)."""
+    consumer_ack_wait_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.lease_renew_seconds < self.lease_ttl_seconds:
+            raise SettingsError(
+                "CAIRN_LEASE_RENEW_SECONDS must be positive and below CAIRN_LEASE_TTL_SECONDS"
+            )
+        if self.max_cached_profiles < 1:
+            raise SettingsError("CAIRN_MAX_CACHED_PROFILES must be at least 1")

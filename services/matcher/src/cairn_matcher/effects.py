@@ -1,0 +1,116 @@
+"""What one batch of inputs changes, gathered in memory and written in one transaction.
+
+The interpreter returns effects per input; ``BatchWrites`` folds them into one set of rows per
+table (a timer set and cancelled inside the same batch is never written, the last state of a
+profile is the one saved) and ``commit`` writes them with one statement per table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from cairn_common.messages import DeadLetter, DeliveryRequested, encode
+from cairn_common.topology import Topology
+from cairn_journey.effects import (
+    Counted,
+    Effect,
+    InstanceConverted,
+    InstanceEnded,
+    InstanceStarted,
+    SendRequested,
+    TimerCancelled,
+    TimerSet,
+)
+from cairn_journey.state import ProfileState, encode_state
+from cairn_matcher import repo
+
+log = structlog.get_logger(__name__)
+
+
+class BatchWrites:
+    def __init__(
+        self, partition: int, topology: Topology, now: datetime, *, notify_within: float
+    ) -> None:
+        self.partition = partition
+        self._topology = topology
+        self._now = now
+        self._hour = now.replace(minute=0, second=0, microsecond=0)
+        self._notify_before = now + timedelta(seconds=notify_within)
+        self.states: dict[str, ProfileState] = {}
+        self.traits: dict[str, dict[str, Any]] = {}
+        self.timers: dict[str, repo.TimerRow] = {}
+        self.cancelled: set[str] = set()
+        self.outbox: list[repo.OutboxRow] = []
+        self.started: list[repo.InstanceStart] = []
+        self.ended: list[repo.InstanceEnd] = []
+        self.converted: list[tuple[str, datetime]] = []
+        self.stats: dict[repo.StatKey, int] = {}
+
+    @property
+    def dirty_profiles(self) -> set[str]:
+        return set(self.states)
+
+    def merge_traits(self, profile_id: str, traits: dict[str, Any]) -> None:
+        self.traits[profile_id] = {**self.traits.get(profile_id, {}), **traits}
+
+    def add(self, profile_id: str, state: ProfileState, effects: list[Effect]) -> None:
+        self.states[profile_id] = state
+        for effect in effects:
+            self._fold(profile_id, effect)
+
+    def _fold(self, profile_id: str, effect: Effect) -> None:
+        match effect:
+            case InstanceStarted():
+                self.started.append(
+                    (effect.instance_id, effect.journey, effect.version, profile_id,
+                     effect.unique_value, effect.started_at)
+                )  # fmt: skip
+            case InstanceEnded():
+                ended_at = effect.ended_at or self._now
+                self.ended.append((effect.instance_id, effect.status, effect.reason, ended_at))
+            case InstanceConverted():
+                self.converted.append((effect.instance_id, effect.converted_at or self._now))
+            case TimerSet():
+                self.timers[effect.timer_id] = (
+                    effect.timer_id, profile_id, self.partition, effect.instance_id,
+                    effect.step_id, effect.kind, effect.due_at,
+                )  # fmt: skip
+            case TimerCancelled():
+                if self.timers.pop(effect.timer_id, None) is None:
+                    self.cancelled.add(effect.timer_id)
+            case SendRequested():
+                self.outbox.append(self._delivery(effect.delivery))
+            case Counted():
+                key = (effect.journey, effect.version, effect.step_id, effect.counter, self._hour)
+                self.stats[key] = self.stats.get(key, 0) + effect.amount
+
+    def _delivery(self, delivery: DeliveryRequested) -> repo.OutboxRow:
+        target = delivery.channel or delivery.destination or "unknown"
+        subject = self._topology.delivery_subject(target)
+        return (subject, delivery.delivery_id, encode(delivery))
+
+    def dead_letter(self, letter: DeadLetter, msg_id: str) -> None:
+        """Committed with the batch, so a poison input is reported exactly once."""
+        subject = self._topology.dead_letter_subject(letter.stream)
+        self.outbox.append((subject, msg_id, encode(letter)))
+
+    async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes]]:
+        """Write everything (inside the caller's transaction); returns the new outbox rows."""
+        await repo.save_states(
+            conn, self.partition, [(p, encode_state(s)) for p, s in self.states.items()]
+        )
+        await repo.merge_traits(conn, self.traits)
+        await repo.start_instances(conn, self.started)
+        await repo.end_instances(conn, self.ended)
+        await repo.convert_instances(conn, self.converted)
+        await repo.delete_timers(conn, sorted(self.cancelled))
+        await repo.set_timers(conn, list(self.timers.values()))
+        if self.timers:
+            earliest = min(row[6] for row in self.timers.values())
+            if earliest <= self._notify_before:
+                await repo.wake_scheduler(conn, earliest.astimezone(UTC))
+        await repo.add_stats(conn, self.stats)
+        return await repo.add_to_outbox(conn, self.outbox)

@@ -1,0 +1,226 @@
+"""Applies a batch of one partition's inputs: the actors, the interpreter, and one commit.
+
+Inputs are applied one at a time in stream order (so per profile in arrival order); each profile's
+state is its actor, held in a bounded LRU cache and loaded from PostgreSQL on a miss. Everything
+the batch changes — profile states, traits, timers, outbox messages, instances, analytics
+counters, and the partition's last applied stream sequence — is written in ONE transaction fenced
+by the partition lease. An input at or below the last applied sequence was applied already and is
+skipped, so effects happen exactly once over at-least-once delivery.
+
+An input the interpreter cannot handle (it raised) is a poison input: it is dead-lettered with the
+reason in the same transaction, leaves its profile's state as it was, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from cairn_common.messages import (
+    DeadLetter,
+    DeliveryResult,
+    Event,
+    ExitInstances,
+    Message,
+    TimerFired,
+)
+from cairn_common.topology import Topology
+from cairn_journey.catalogue import Catalogue
+from cairn_journey.interpreter import run_input
+from cairn_journey.state import ProfileState, decode_state
+from cairn_matcher import repo
+from cairn_matcher.effects import BatchWrites
+from cairn_matcher.journeys import JourneyCatalogue
+from cairn_matcher.leases import PartitionLeases
+from cairn_matcher.outbox import OutboxMessage
+
+log = structlog.get_logger(__name__)
+
+INPUTS = Counter("cairn_matcher_inputs_total", "Profile inputs taken", ["kind", "outcome"])
+BATCH_SECONDS = Histogram("cairn_matcher_batch_seconds", "Time to apply and commit one batch")
+CACHED = Gauge("cairn_matcher_cached_profiles", "Profile actors held in memory")
+
+Clock = Callable[[], datetime]
+PROFILE_INPUTS = (Event, TimerFired, DeliveryResult, ExitInstances)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Input(msgspec.Struct):
+    """One fetched message of a partition: its stream sequence and what it decoded to."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    deliveries: int
+    message: Message | None
+    problem: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        leases: PartitionLeases,
+        journeys: JourneyCatalogue,
+        topology: Topology,
+        *,
+        max_cached_profiles: int,
+        notify_within: float,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._pool = pool
+        self._leases = leases
+        self._journeys = journeys
+        self._topology = topology
+        self._max_cached = max_cached_profiles
+        self._notify_within = notify_within
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[int, int, ProfileState]] = OrderedDict()
+        """profile id -> (partition, epoch, state): valid only while we hold that epoch."""
+
+    async def apply(
+        self, partition: int, epoch: int, items: Sequence[Input]
+    ) -> list[OutboxMessage]:
+        """Apply ``items`` (in stream order) and commit; returns the outbox messages to publish.
+        Raises ``LeaseLost`` (nothing committed) if another replica owns the partition now."""
+        started = time.perf_counter()
+        catalogue = self._journeys.current  # one catalogue for the whole batch
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = await self._leases.fence(conn, partition, epoch)
+            fresh = [i for i in items if i.seq > last]
+            INPUTS.labels("any", "redelivered").inc(len(items) - len(fresh))
+            if not fresh:
+                return []
+            now = self._clock()
+            writes = BatchWrites(partition, self._topology, now, notify_within=self._notify_within)
+            states = await self._states_for(conn, partition, epoch, fresh, catalogue)
+            for item in fresh:
+                self._apply_one(item, states, writes, catalogue, now)
+            rows = await writes.commit(conn)
+            await repo.record_applied(conn, partition, max(i.seq for i in fresh))
+        self._remember(partition, epoch, writes.states)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        return [OutboxMessage(*row) for row in rows]
+
+    def _apply_one(
+        self,
+        item: Input,
+        states: dict[str, ProfileState],
+        writes: BatchWrites,
+        catalogue: Catalogue,
+        now: datetime,
+    ) -> None:
+        message = item.message
+        if not isinstance(message, PROFILE_INPUTS):
+            reason = item.problem or f"the matcher does not handle {type(message).__name__}"
+            self._dead_letter(item, reason, writes, now)
+            return
+        kind = type(message).__name__
+        pid = message.profile_id
+        traits = message.traits if isinstance(message, Event) and message.type == "identify" else {}
+        if traits:
+            writes.merge_traits(pid, traits)
+        if not catalogue.interested_in(message):
+            if traits:
+                self._traits_changed_outside(pid, states, writes)
+            INPUTS.labels(kind, "no_journey").inc()
+            return
+        state = states.get(pid) or ProfileState(profile_id=pid)
+        try:
+            new_state, effects = run_input(state, message, catalogue=catalogue, now=now)
+        except Exception as exc:
+            log.exception("input failed in the interpreter", subject=item.subject, seq=item.seq)
+            self._dead_letter(item, f"interpreter failed: {type(exc).__name__}: {exc}", writes, now)
+            return
+        states[pid] = new_state
+        writes.add(pid, new_state, effects)
+        INPUTS.labels(kind, "applied").inc()
+
+    def _traits_changed_outside(
+        self, pid: str, states: dict[str, ProfileState], writes: BatchWrites
+    ) -> None:
+        """An identify no journey needed updated only ``profiles``; the actor re-reads its traits
+        from there when next loaded, and one loaded in this batch sees them now."""
+        self._cache.pop(pid, None)
+        if pid in states:
+            merged = {**states[pid].traits, **writes.traits[pid]}
+            states[pid] = msgspec.structs.replace(states[pid], traits=merged)
+            if pid in writes.states:
+                writes.states[pid] = states[pid]
+
+    def _dead_letter(self, item: Input, reason: str, writes: BatchWrites, now: datetime) -> None:
+        INPUTS.labels("any", "dead_letter").inc()
+        stream = self._topology.inputs_stream
+        letter = DeadLetter(
+            stream=stream,
+            consumer="matcher",
+            subject=item.subject,
+            reason=reason,
+            deliveries=item.deliveries,
+            at=now,
+            data=item.data,
+            headers=item.headers,
+            stream_seq=item.seq,
+        )
+        writes.dead_letter(letter, msg_id=f"dlq:{stream}:matcher:{item.seq}")
+        log.error("input dead-lettered", subject=item.subject, seq=item.seq, reason=reason)
+
+    async def _states_for(
+        self,
+        conn: asyncpg.Connection,
+        partition: int,
+        epoch: int,
+        items: Sequence[Input],
+        catalogue: Catalogue,
+    ) -> dict[str, ProfileState]:
+        wanted = {
+            i.message.profile_id
+            for i in items
+            if isinstance(i.message, PROFILE_INPUTS) and catalogue.interested_in(i.message)
+        }
+        states: dict[str, ProfileState] = {}
+        missing: list[str] = []
+        for pid in wanted:
+            cached = self._cache.get(pid)
+            if cached is not None and cached[:2] == (partition, epoch):
+                self._cache.move_to_end(pid)
+                states[pid] = cached[2]
+            else:
+                missing.append(pid)
+        if missing:
+            for pid, stored in (await repo.load_profiles(conn, missing)).items():
+                state = (
+                    decode_state(stored.state)
+                    if stored.state is not None
+                    else ProfileState(profile_id=pid)
+                )
+                if stored.traits is not None:
+                    state = msgspec.structs.replace(state, traits=stored.traits)
+                states[pid] = state
+        return states
+
+    def _remember(self, partition: int, epoch: int, states: dict[str, ProfileState]) -> None:
+        """After the commit only: a rolled-back batch must not leak into the cache."""
+        for pid, state in states.items():
+            self._cache[pid] = (partition, epoch, state)
+            self._cache.move_to_end(pid)
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)  # evict the actor idle the longest
+        CACHED.set(len(self._cache))
+
+    def forget_partition(self, partition: int) -> None:
+        """Another replica may own ``partition`` now: its cached states may go stale."""
+        for pid in [pid for pid, (p, _, _) in self._cache.items() if p == partition]:
+            del self._cache[pid]
+        CACHED.set(len(self._cache))

@@ -1,0 +1,163 @@
+"""Partition ownership across matcher replicas: leases in PostgreSQL, with fencing.
+
+Every replica heartbeats in ``matcher_members`` and renews its leases every ``renew`` seconds.
+The fair share is P // n for n live replicas, plus one for the first P % n of them by name. A
+replica above its share releases its highest partitions; one below it takes unowned or expired
+ones (``FOR UPDATE SKIP LOCKED``, so two replicas never take the same one). Taking a partition
+bumps its ``epoch``. A replica that dies stops renewing; its leases expire after ``ttl`` seconds
+and the others take them over.
+
+Fencing: ``fence()`` is called inside every commit of the matcher. It reads the partition's row
+``FOR SHARE`` and checks owner and epoch, so a replica whose lease was taken over can never commit
+for that partition again, even if it has not noticed yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+from prometheus_client import Gauge
+
+log = structlog.get_logger(__name__)
+
+OWNED = Gauge("cairn_matcher_owned_partitions", "Partitions this replica holds a lease on")
+
+
+class LeaseLost(Exception):
+    """This replica no longer owns the partition; the batch must be rolled back and dropped."""
+
+
+class PartitionLeases:
+    def __init__(
+        self, pool: asyncpg.Pool, owner: str, partitions: int, *, ttl: float, renew: float
+    ) -> None:
+        self._pool = pool
+        self.owner = owner
+        self._partitions = partitions
+        self._ttl = ttl
+        self._renew = renew
+        self.held: dict[int, int] = {}
+        """partition -> epoch, as of the last renewal."""
+        self.changed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._ensure_rows()
+        while not stop.is_set():
+            try:
+                await self.rebalance()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                # Leases we cannot renew expire by themselves; fence() stops our commits then.
+                log.warning("lease renewal failed; will retry", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._renew)
+
+    async def _ensure_rows(self) -> None:
+        await self._pool.execute(
+            "INSERT INTO partition_leases (partition) SELECT generate_series(0, $1 - 1) "
+            "ON CONFLICT DO NOTHING",
+            self._partitions,
+        )
+
+    async def rebalance(self) -> None:
+        """Heartbeat, renew, then release or take partitions towards the fair share."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            members = await self._heartbeat(conn)
+            live = len(members)
+            renewed = await self._renew_held(conn)
+            rank = members.index(self.owner)
+            target = self._partitions // live + (1 if rank < self._partitions % live else 0)
+            if len(renewed) > target:
+                extra = sorted(renewed)[target:]
+                await conn.execute(
+                    "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
+                    "WHERE partition = ANY($1) AND owner = $2",
+                    extra, self.owner,
+                )  # fmt: skip
+                for p in extra:
+                    del renewed[p]
+            elif len(renewed) < target:
+                renewed.update(await self._take(conn, target - len(renewed)))
+        if renewed != self.held:
+            lost = set(self.held) - set(renewed)
+            gained = set(renewed) - set(self.held)
+            log.info("partitions changed", gained=sorted(gained), lost=sorted(lost),
+                     held=len(renewed), live_replicas=live)  # fmt: skip
+            self.held = renewed
+            OWNED.set(len(renewed))
+            self.changed.set()
+
+    async def _heartbeat(self, conn: asyncpg.Connection) -> list[str]:
+        await conn.execute(
+            "INSERT INTO matcher_members (owner, seen_at) VALUES ($1, now()) "
+            "ON CONFLICT (owner) DO UPDATE SET seen_at = now()",
+            self.owner,
+        )
+        rows = await conn.fetch(
+            "SELECT owner FROM matcher_members "
+            "WHERE seen_at > now() - make_interval(secs => $1) ORDER BY owner",
+            self._ttl,
+        )
+        return [r["owner"] for r in rows]
+
+    async def _renew_held(self, conn: asyncpg.Connection) -> dict[int, int]:
+        rows = await conn.fetch(
+            "UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2) "
+            "WHERE owner = $1 AND expires_at > now() RETURNING partition, epoch",
+            self.owner, self._ttl,
+        )  # fmt: skip
+        return {r["partition"]: r["epoch"] for r in rows}
+
+    async def _take(self, conn: asyncpg.Connection, count: int) -> dict[int, int]:
+        rows = await conn.fetch(
+            """UPDATE partition_leases SET owner = $1, epoch = epoch + 1,
+                      expires_at = now() + make_interval(secs => $2)
+               WHERE partition IN (
+                   SELECT partition FROM partition_leases
+                   WHERE owner IS NULL OR expires_at <= now()
+                   ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
+               RETURNING partition, epoch""",
+            self.owner, self._ttl, count,
+        )  # fmt: skip
+        return {r["partition"]: r["epoch"] for r in rows}
+
+    async def fence(
+        self, conn: asyncpg.Connection, partition: int, epoch: int | None = None
+    ) -> int:
+        """Inside the caller's transaction: prove we still own ``partition`` (at ``epoch``, by
+        default the one we last saw); returns the INPUTS sequence applied last. Raises
+        ``LeaseLost`` otherwise."""
+        if epoch is None:
+            epoch = self.held.get(partition)
+        row = await conn.fetchrow(
+            "SELECT owner, epoch, last_applied_seq, expires_at > now() AS live "
+            "FROM partition_leases WHERE partition = $1 FOR SHARE",
+            partition,
+        )
+        if row is None or row["owner"] != self.owner or row["epoch"] != epoch or not row["live"]:
+            raise LeaseLost(f"partition {partition} is no longer owned by {self.owner}")
+        seq: int = row["last_applied_seq"]
+        return seq
+
+    def forget(self, partition: int, epoch: int) -> None:
+        """A worker found it was fenced out: stop counting the partition as ours until the next
+        renewal says otherwise."""
+        if self.held.get(partition) == epoch:
+            del self.held[partition]
+            OWNED.set(len(self.held))
+            self.changed.set()
+
+    async def release_all(self) -> None:
+        """On a clean stop: hand every partition back at once instead of waiting for expiry."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
+                "WHERE owner = $1",
+                self.owner,
+            )
+            await conn.execute("DELETE FROM matcher_members WHERE owner = $1", self.owner)
+        self.held = {}
+        OWNED.set(0)
+        self.changed.set()

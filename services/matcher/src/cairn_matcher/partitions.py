@@ -1,0 +1,247 @@
+"""One worker per owned partition, started and stopped as leases move.
+
+A worker owns its partition at one lease epoch. It (re)creates the partition's consumer for that
+epoch, ``matcher-{p}-e{epoch}``, starting right after the last sequence committed for the
+partition (``partition_leases.last_applied_seq``), and deletes the previous epoch's consumer. So
+whatever the previous owner fetched but never committed is delivered again, in order, and a
+fenced-out old owner cannot pull from the new consumer. Each fetched batch goes to the engine,
+which applies it in ONE transaction (group commit) fenced by the lease; the outbox is published
+after the commit and the batch acked last.
+
+A database error does not nak anything: the batch is retried in place (the partition waits, which
+keeps its order) until it commits, the lease is lost, or the service stops. In the last two cases
+nothing is acked; the next worker replays from the committed sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from cairn_common.messages import decode
+from cairn_common.runtime import ServiceContext
+from cairn_common.waiting import wait_any
+from cairn_matcher import repo
+from cairn_matcher.engine import Engine, Input
+from cairn_matcher.leases import LeaseLost, PartitionLeases
+from cairn_matcher.outbox import Outbox, OutboxMessage
+from cairn_matcher.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = (NatsError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def consumer_name(partition: int, epoch: int) -> str:
+    return f"matcher-{partition}-e{epoch}"
+
+
+class PartitionWorker:
+    def __init__(
+        self,
+        ctx: ServiceContext[Settings],
+        partition: int,
+        epoch: int,
+        leases: PartitionLeases,
+        engine: Engine,
+        outbox: Outbox,
+    ) -> None:
+        self._ctx = ctx
+        self.partition = partition
+        self.epoch = epoch
+        self._leases = leases
+        self._engine = engine
+        self._outbox = outbox
+        self.stop = asyncio.Event()
+
+    @property
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self._ctx.stopping.is_set()
+
+    async def run(self) -> None:
+        self._engine.forget_partition(self.partition)
+        sub = await self._bind()
+        if sub is None:
+            return
+        log.info("partition worker started", partition=self.partition, epoch=self.epoch)
+        try:
+            while not self._stopping:
+                msgs = await self._fetch(sub)
+                if msgs:
+                    await self._handle(msgs)
+        finally:
+            with contextlib.suppress(*TRANSIENT):
+                await sub.unsubscribe()
+
+    async def _bind(self) -> JetStreamContext.PullSubscription | None:
+        delay = 0.2
+        while not self._stopping:
+            try:
+                return await self._create_consumer()
+            except TRANSIENT as exc:
+                log.warning("cannot bind the partition consumer yet", partition=self.partition,
+                            error=repr(exc))  # fmt: skip
+            await wait_any(self.stop, self._ctx.stopping, timeout=delay)
+            delay = min(delay * 2, 5.0)
+        return None
+
+    async def _create_consumer(self) -> JetStreamContext.PullSubscription:
+        ctx, p = self._ctx, self.partition
+        js, stream = ctx.js, ctx.topology.inputs_stream
+        async with ctx.pool.acquire() as conn:
+            last = await repo.last_applied(conn, p)
+        for old in {consumer_name(p, self.epoch - 1), consumer_name(p, self.epoch)}:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, old)
+        name = consumer_name(p, self.epoch)
+        policy = api.DeliverPolicy.BY_START_SEQUENCE if last else api.DeliverPolicy.ALL
+        await js.add_consumer(
+            stream,
+            api.ConsumerConfig(
+                durable_name=name,
+                description=f"Partition {p} inputs for the matcher at lease epoch {self.epoch}",
+                filter_subject=ctx.topology.partition_filter(p),
+                deliver_policy=policy,
+                opt_start_seq=last + 1 if last else None,
+                ack_policy=api.AckPolicy.ALL,
+                ack_wait=ctx.settings.consumer_ack_wait_seconds,
+                max_ack_pending=ctx.settings.fetch_batch * 4,
+                inactive_threshold=24 * 3600.0,
+            ),
+        )
+        return await js.pull_subscribe_bind(durable=name, stream=stream)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        s = self._ctx.settings
+        fetch = asyncio.ensure_future(sub.fetch(s.fetch_batch, timeout=s.fetch_timeout_seconds))
+        await wait_any(self.stop, self._ctx.stopping, _done(fetch))
+        if not fetch.done():
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
+            return []
+        try:
+            return fetch.result()
+        except TimeoutError:
+            return []
+        except TRANSIENT as exc:
+            log.warning("fetch failed", partition=self.partition, error=repr(exc))
+            await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
+            return []
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        items = [_decoded(m) for m in msgs]
+        pending = await self._commit(items)
+        if pending is None:
+            return  # not committed: nothing is acked, the next worker replays from the commit
+        await self._outbox.publish(pending)
+        with contextlib.suppress(*TRANSIENT):
+            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+
+    async def _commit(self, items: list[Input]) -> list[OutboxMessage] | None:
+        delay = 0.2
+        while True:
+            try:
+                return await self._engine.apply(self.partition, self.epoch, items)
+            except LeaseLost as exc:
+                log.warning("lease lost; handing the partition over", partition=self.partition,
+                            error=str(exc))  # fmt: skip
+                self._leases.forget(self.partition, self.epoch)
+                self.stop.set()
+                return None
+            except TRANSIENT as exc:
+                log.warning("batch not committed; retrying", partition=self.partition,
+                            error=repr(exc))  # fmt: skip
+            except Exception:
+                log.exception("batch failed; retrying", partition=self.partition)
+            if self._stopping:
+                return None
+            await wait_any(self.stop, self._ctx.stopping, timeout=delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _decoded(msg: Msg) -> Input:
+    meta = msg.metadata
+    seq = meta.sequence.stream if meta.sequence else 0
+    headers = {k: str(v) for k, v in (msg.headers or {}).items()}
+    item = Input(seq, msg.subject, msg.data, headers, meta.num_delivered or 1, message=None)
+    try:
+        item.message = decode(msg.data)
+    except Exception as exc:  # undecodable bytes: dead-lettered in the batch's commit
+        item.problem = f"undecodable message: {exc}"
+    return item
+
+
+def _done(future: asyncio.Future[list[Msg]]) -> asyncio.Event:
+    done = asyncio.Event()
+    future.add_done_callback(lambda _: done.set())
+    return done
+
+
+class PartitionSupervisor:
+    """Keeps exactly one worker per partition this replica holds, at the epoch it holds it.
+
+    A worker for a partition whose epoch changed is stopped, and its successor starts only once it
+    has finished, so two workers never act for one partition inside this process either.
+    """
+
+    def __init__(
+        self,
+        ctx: ServiceContext[Settings],
+        leases: PartitionLeases,
+        engine: Engine,
+        outbox: Outbox,
+    ) -> None:
+        self._ctx = ctx
+        self._leases = leases
+        self._engine = engine
+        self._outbox = outbox
+        self._running: dict[int, tuple[PartitionWorker, asyncio.Task[None]]] = {}
+        self._finished = asyncio.Event()
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._running)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while not self._ctx.stopping.is_set():
+                self._leases.changed.clear()
+                self._finished.clear()
+                self._sync(tg)
+                self._ctx.started.set()
+                await wait_any(self._leases.changed, self._finished, self._ctx.stopping)
+            for worker, _ in self._running.values():
+                worker.stop.set()  # each finishes its batch in flight, then the group ends
+
+    def _sync(self, tg: asyncio.TaskGroup) -> None:
+        held = dict(self._leases.held)
+        for p, (worker, task) in list(self._running.items()):
+            if task.done():
+                del self._running[p]
+            elif held.get(p) != worker.epoch:
+                worker.stop.set()
+        for p, epoch in sorted(held.items()):
+            if p not in self._running:
+                worker = PartitionWorker(
+                    self._ctx, p, epoch, self._leases, self._engine, self._outbox
+                )
+                task = tg.create_task(self._guarded(worker), name=f"partition-{p}")
+                self._running[p] = (worker, task)
+
+    async def _guarded(self, worker: PartitionWorker) -> None:
+        """A worker's unexpected failure stops that worker only; the next sync restarts it."""
+        try:
+            await worker.run()
+        except Exception:
+            log.exception("partition worker failed", partition=worker.partition)
+            await wait_any(self._ctx.stopping, timeout=1.0)
+        finally:
+            self._finished.set()

@@ -1,0 +1,109 @@
+"""The matcher as real processes, before any journey is published: identify traits are stored,
+every partition is owned by exactly one live replica, and a dead replica's partitions are taken
+over with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+from nats.js.client import JetStreamContext
+
+from cairn_common.topology import Topology
+from tests.support.engine import Inputs, prepared, wait_for_rows
+from tests.support.processes import ServiceProcess
+
+MATCHER = "cairn_matcher"
+P = 4
+FAST_LEASES = {
+    "CAIRN_PARTITIONS": str(P),
+    "CAIRN_LEASE_TTL_SECONDS": "2",
+    "CAIRN_LEASE_RENEW_SECONDS": "0.5",
+}
+
+
+async def owners(pool: asyncpg.Pool) -> dict[int, str | None]:
+    rows = await pool.fetch(
+        "SELECT partition, owner FROM partition_leases WHERE expires_at > now() ORDER BY 1"
+    )
+    return {r["partition"]: r["owner"] for r in rows}
+
+
+async def test_identify_traits_are_merged_into_the_profile_later_keys_winning(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    pool = await prepared(database_url, js, topology)
+    inputs = Inputs(js, topology, P)
+    await inputs.identify("ann", email="ann@example.com", plan="free")
+    await inputs.send("ann", "Page Viewed")  # no journey references it: nothing but a skip
+    await inputs.identify("ann", plan="pro", timezone="Europe/Paris")
+
+    proc = spawn(MATCHER, CAIRN_PARTITIONS=str(P))
+    await proc.wait_ready()
+    await wait_for_rows(
+        pool, "SELECT count(*) FROM profiles WHERE traits->>'plan' = 'pro'", expect=1
+    )
+    traits = await pool.fetchval("SELECT traits::text FROM profiles WHERE profile_id = 'ann'")
+    assert '"email": "ann@example.com"' in traits
+    assert '"timezone": "Europe/Paris"' in traits
+    assert await pool.fetchval("SELECT count(*) FROM profile_states") == 0, (
+        "events no journey references cost no state"
+    )
+    await pool.close()
+
+
+async def test_a_killed_replicas_partitions_are_taken_over_and_no_input_is_lost(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    pool = await prepared(database_url, js, topology)
+    a = spawn(MATCHER, CAIRN_REPLICA_ID="a", **FAST_LEASES)
+    b = spawn(MATCHER, CAIRN_REPLICA_ID="b", **FAST_LEASES)
+    await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with asyncio.timeout(30):
+        while sorted((await owners(pool)).values()) != ["a", "a", "b", "b"]:
+            await asyncio.sleep(0.1)
+
+    b.kill()
+    await b.wait_exit()
+    inputs = Inputs(js, topology, P)
+    for n in range(40):
+        await inputs.identify(f"user-{n}", n=n)
+
+    await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=40)
+    assert set((await owners(pool)).values()) == {"a"}, "the survivor owns every partition"
+    epochs = await pool.fetch("SELECT partition, epoch FROM partition_leases ORDER BY 1")
+    assert all(r["epoch"] >= 1 for r in epochs)
+    await pool.close()
+
+
+async def test_a_clean_stop_hands_partitions_to_the_other_replica_at_once(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    pool = await prepared(database_url, js, topology)
+    # Leases that would take a minute to expire: only the hand-back can explain a quick takeover.
+    slow = {**FAST_LEASES, "CAIRN_LEASE_TTL_SECONDS": "60", "CAIRN_LEASE_RENEW_SECONDS": "0.5"}
+    a = spawn(MATCHER, CAIRN_REPLICA_ID="a", **slow)
+    b = spawn(MATCHER, CAIRN_REPLICA_ID="b", **slow)
+    await asyncio.gather(a.wait_ready(), b.wait_ready())
+    async with asyncio.timeout(30):
+        while sorted((await owners(pool)).values()) != ["a", "a", "b", "b"]:
+            await asyncio.sleep(0.1)
+
+    b.terminate()
+    assert await b.wait_exit() == 0
+    inputs = Inputs(js, topology, P)
+    for n in range(20):
+        await inputs.identify(f"user-{n}", n=n)
+    await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=20, timeout=20)
+    assert set((await owners(pool)).values()) == {"a"}
+    await pool.close()

@@ -1,0 +1,166 @@
+"""Helpers for matcher and scheduler tests: publish journeys the way the control plane does, send
+profile inputs the way ingest does, and record delivery requests the way the dispatcher takes
+them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+from nats.js.client import JetStreamContext
+
+from cairn_common.bus import provision_topology, publish
+from cairn_common.db import apply_migrations
+from cairn_common.messages import DeliveryRequested, Event, EventType, decode
+from cairn_common.partitioning import partition_for
+from cairn_common.topology import Topology
+
+
+async def prepared(database_url: str, js: JetStreamContext, topology: Topology) -> asyncpg.Pool:
+    """Migrated database and provisioned streams, as a service start would leave them."""
+    await provision_topology(js, topology)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+    return pool
+
+
+async def publish_journey(
+    pool: asyncpg.Pool, document: Mapping[str, Any], *, version: int = 1, live: bool = True
+) -> None:
+    """Store a published version and make it live, then NOTIFY the matchers."""
+    name = document["name"]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO journeys (name, state, live_version) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET state = $2, live_version = $3, updated_at = now()",
+            name, "live" if live else "stopped", version,
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO journey_versions (journey, version, definition, checksum) "
+            "VALUES ($1, $2, $3::jsonb, $4)",
+            name, version, msgspec.json.encode(document).decode(), uuid.uuid4().hex,
+        )  # fmt: skip
+        await conn.execute("SELECT pg_notify('cairn_journeys', $1)", name)
+
+
+async def stop_journey(pool: asyncpg.Pool, name: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE journeys SET state = 'stopped', stop_mode = 'drain', stopped_at = now() "
+            "WHERE name = $1",
+            name,
+        )
+        await conn.execute("SELECT pg_notify('cairn_journeys', $1)", name)
+
+
+class Inputs:
+    """Sends events into the inputs stream as ingest does (partition by profile, msg id)."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology, partitions: int) -> None:
+        self._js = js
+        self._topology = topology
+        self._partitions = partitions
+        self.sent = 0
+
+    async def send(
+        self,
+        profile_id: str,
+        event: str | None = None,
+        *,
+        type: EventType = "track",
+        properties: dict[str, Any] | None = None,
+        traits: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> Event:
+        now = datetime.now(UTC)
+        partition = partition_for(profile_id, self._partitions)
+        ev = Event(
+            message_id=message_id or uuid.uuid4().hex,
+            type=type,
+            profile_id=profile_id,
+            user_id=profile_id,
+            partition=partition,
+            received_at=now,
+            timestamp=now,
+            event=event,
+            properties=properties or {},
+            traits=traits or {},
+        )
+        subject = self._topology.input_subject(partition, "event")
+        await publish(self._js, subject, ev, msg_id=ev.message_id)
+        self.sent += 1
+        return ev
+
+    async def identify(self, profile_id: str, **traits: Any) -> Event:
+        return await self.send(profile_id, type="identify", traits=traits)
+
+
+class Deliveries:
+    """Takes delivery requests from the dispatcher's durable consumer and keeps them all
+    (duplicates included: a request emitted twice would show up twice)."""
+
+    def __init__(self, js: JetStreamContext, topology: Topology) -> None:
+        self._js = js
+        self._topology = topology
+        self.seen: list[DeliveryRequested] = []
+
+    async def start(self) -> Deliveries:
+        self._sub = await self._js.pull_subscribe_bind(
+            durable=self._topology.dispatcher_consumer, stream=self._topology.deliveries_stream
+        )
+        return self
+
+    async def poll(self, wait: float = 0.2) -> None:
+        try:
+            msgs = await self._sub.fetch(500, timeout=wait)
+        except TimeoutError:
+            return
+        for m in msgs:
+            request = decode(m.data)
+            assert isinstance(request, DeliveryRequested)
+            self.seen.append(request)
+            await m.ack()
+
+    async def until(self, count: int, timeout: float = 60.0) -> list[DeliveryRequested]:
+        async with asyncio.timeout(timeout):
+            while len(self.seen) < count:
+                await self.poll()
+        return self.seen
+
+    async def settle(self, quiet: float = 1.5) -> list[DeliveryRequested]:
+        """Poll until nothing new arrives for ``quiet`` seconds."""
+        while True:
+            before = len(self.seen)
+            await self.poll(wait=quiet)
+            if len(self.seen) == before:
+                return self.seen
+
+    def steps(self, profile_id: str) -> list[str]:
+        return [d.step_id for d in self.seen if d.profile_id == profile_id]
+
+
+async def wait_for_rows(
+    pool: asyncpg.Pool, query: str, *args: Any, expect: int, timeout: float = 30.0
+) -> None:
+    """Poll ``query`` (a count) until it returns ``expect``."""
+    async with asyncio.timeout(timeout):
+        while await pool.fetchval(query, *args) != expect:
+            await asyncio.sleep(0.1)
+
+
+async def metric(url: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples on a service's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and (line[len(name)] in " {")
+    )
