@@ -197,11 +197,9 @@ async def test_send_for_an_exited_instance_is_dropped(
 ) -> None:
     await _webhook_channel(db, sink)
     await db.execute(
-        "CREATE TABLE IF NOT EXISTS journey_instances (instance_id text PRIMARY KEY, status text)"
-    )
-    await db.execute(
-        "INSERT INTO journey_instances (instance_id, status) VALUES ('gone', 'exited'),"
-        " ('done', 'completed')"
+        "INSERT INTO journey_instances (instance_id, journey, version, profile_id, status,"
+        " started_at) VALUES ('gone', 'abandoned-cart', 1, 'user-1', 'exited', now()),"
+        " ('done', 'abandoned-cart', 1, 'user-1', 'completed', now())"
     )
     await start_dispatcher().wait_ready()
     results = await Results.listen(nc, topology)
