@@ -168,5 +168,4 @@ class Twilio(HttpProvider):
             url=url,
             data=form,
             auth=(sid, token),
-            headers={"I-Twilio-Idempotency-Token": job.idempotency_key},
         )
