@@ -133,3 +133,22 @@ def test_the_delivery_request_carries_what_the_dispatcher_needs() -> None:
     assert d.profile["phone"] == "+15550100"
     assert d.event["event"] == "Cart Abandoned"
     assert d.event["properties"] == {"cart_id": "c1", "cart_value": 10, "cart_url": "u"}
+
+
+def test_analytics_counters_follow_the_shopper_through_the_journey() -> None:
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    p.fire_next()
+    p.track("Order Completed", cart_id="c1")
+    assert p.counters() == [
+        ("", "entered"),
+        ("initial-email", "reached"),
+        ("initial-email", "send_requested"),
+        ("opened", "reached"),
+        ("opened", "timed_out"),
+        ("text-reminder", "reached"),
+        ("text-reminder", "send_requested"),
+        ("pause", "reached"),
+        ("", "converted"),
+        ("", "exited:Order Completed"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cairn_journey.documents import (
@@ -74,6 +75,8 @@ def test_a_document_survives_the_round_trip_through_stored_json() -> None:
         stored = json.loads(json.dumps(to_document(loaded.document)))
         assert parse_document(stored) == loaded.document
         assert parse_document(loaded.raw) == loaded.document
+        builtins = {"kind": loaded.document.kind, **msgspec.to_builtins(loaded.document)}
+        assert parse_document(builtins) == loaded.document  # tuples are lists too
 
 
 BAD = [
@@ -146,6 +149,14 @@ BAD = [
         "kind: Journey\nname: j\ntrigger: A\nsteps: [{id: a, wait: {duration: 1d, until_time: "
         "'09:00'}}]\n",
         ["steps[0].wait: a wait has exactly one of duration, until_time or until (j.yaml:4)"],
+    ),
+    (
+        "kind: Journey\nname: j\ntrigger: A\nsteps: [{id: a, wait: {until_time: '09:00', "
+        "on: [mon, someday]}}]\n",
+        [
+            "steps[0].wait.on: 'someday' is not a day (one of mon, tue, wed, thu, fri, sat, sun) "
+            "(j.yaml:4)"
+        ],
     ),
     (
         "kind: Journey\nname: j\ntrigger: A\nsteps: [{id: a, wait: {until_time: '9am'}}]\n",
@@ -349,3 +360,17 @@ def test_repeat_after_and_iso_durations_read_into_the_model() -> None:
     assert isinstance(doc, Journey)
     assert isinstance(doc.entry.repeat, RepeatAfter)
     assert doc.entry.repeat.after.days == 7
+
+
+def test_json_documents_get_lines_too(tmp_path: Path) -> None:
+    text = (
+        '[\n  {"kind": "Trigger", "name": "t", "event": "E"},\n  {"kind": "Trigger",\n'
+        '   "name": "u", "event": "F", "properties": {"x": "strng"}}\n]\n'
+    )
+    (tmp_path / "t.json").write_text(text)
+    result = load_documents([tmp_path / "t.json"])
+    assert [d.name for d in result.documents] == ["t"]
+    assert [str(p) for p in result.problems] == [
+        "properties.x.type: 'strng' is not a property type (one of string, number, integer, "
+        f"boolean, object, array, datetime) ({tmp_path}/t.json:4)"
+    ]

@@ -230,3 +230,49 @@ def _order(cart: str, p: Profile) -> Any:
         event="Order Completed",
         properties={"cart_id": cart},
     )
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+NAMES = st.sampled_from(
+    [
+        "Cart Abandoned",
+        "Order Completed",
+        "Email Opened",
+        "Email Delivered",
+        "Application Started",
+        "Application Completed",
+        "Unsubscribed",
+    ]
+)
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(
+            NAMES,
+            st.dictionaries(
+                st.sampled_from(["cart_id", "cart_value", "application_id", "delivery_id", "x"]),
+                JSON,
+                max_size=4,
+            ),
+            JSON,
+        ),
+        max_size=12,
+    )
+)
+def test_events_with_any_property_values_never_break_the_interpreter(
+    events: list[tuple[str, dict[str, Any], Any]],
+) -> None:
+    p = Profile(CATALOGUE)
+    for n, (name, props, timezone) in enumerate(events):
+        p.identify(email=props.get("x"), timezone=timezone, vip=props.get("cart_value"))
+        p.track(name, message_id=f"m{n}", **props)
+    drain(p)
+    assert decode_state(encode_state(p.state)) == p.state

@@ -289,3 +289,54 @@ def test_identify_traits_are_read_by_trigger_conditions() -> None:
     p.track("Signed Up")
     assert len(p.started()) == 1
     assert p.started()[0].started_at == T0 + timedelta(minutes=1)
+
+
+def test_wait_for_of_a_skipped_send_can_only_time_out() -> None:
+    j = journey("""
+        kind: Journey
+        name: sms-reply
+        trigger: Booked
+        steps:
+          - {id: ask, send: {channel: sms, template: t, to: profile.phone}}
+          - id: reply
+            wait_for:
+              event: SMS Delivered
+              of: ask
+              within: 1h
+              timed_out: [{id: mail, send: {channel: email, template: m, to: profile.email}}]
+    """)
+    p = Profile(catalogue(j))
+    p.identify(email="a@example.com")  # no phone
+    p.track("Booked")
+    assert p.track("SMS Delivered", delivery_id="") == []
+    p.fire_next()
+    assert p.sends() == ["mail"]
+    assert ("ask", "skipped:no_address") in p.counters()
+
+
+def test_a_time_of_day_skipped_by_daylight_saving_lands_an_hour_later() -> None:
+    p = wait_journey('{until_time: "02:30"}')
+    p.identify(timezone="Europe/Berlin")
+    p.now = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # 01:00 in Berlin; 02:30 does not exist today
+    p.track("Booked")
+    (timer,) = p.pending_timers()
+    assert timer.due_at == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 CEST
+
+
+def test_a_timer_of_a_version_not_loaded_changes_nothing() -> None:
+    from cairn_journey.interpreter import Catalogue
+
+    p = wait_journey("1h")
+    p.track("Booked")
+    (timer,) = p.pending_timers()
+    before = p.state
+    p.catalogue = Catalogue()
+    assert p.fire(timer) == []
+    assert p.state == before
+
+
+def test_wait_until_a_time_on_weekdays_skips_the_weekend() -> None:
+    p = wait_journey('{until_time: "09:00", on: [mon, tue, wed, thu, Friday]}')
+    p.now = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)  # a Friday, after 09:00
+    p.track("Booked")
+    assert p.pending_timers()[0].due_at == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)  # Monday

@@ -39,6 +39,8 @@ class LocalState(msgspec.Struct, frozen=True, kw_only=True):
     tracking_url: str
     admin_url: str
     services: dict[str, ServiceEndpoint]
+    sink_smtp: str = ""
+    sink_http: str = ""
     write_key: str | None = None
 
 

@@ -30,6 +30,7 @@ from cairn_cli.local_system import (
     secret_in,
     write_state,
 )
+from cairn_cli.sinks import Sinks
 from cairn_common.bus import connect, provision_topology
 from cairn_common.db import migrate
 from cairn_common.observability import configure_logging
@@ -48,6 +49,8 @@ class Ports(msgspec.Struct, kw_only=True):
     postgres: int = 5432
     http: int = 8080
     admin: int = 8090
+    sink_smtp: int = 2525
+    sink_http: int = 8025
     health: dict[str, int] = msgspec.field(default_factory=dict)
 
 
@@ -78,6 +81,8 @@ def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
                 f"port {preferred} for the {name} API is in use; pass --{name}-port"
             )
         taken.add(preferred)
+    ports.sink_smtp = pick(ports.sink_smtp)
+    ports.sink_http = pick(ports.sink_http)
     ports.health = {svc: pick(ports.health.get(svc, 9101 + i)) for i, svc in enumerate(SERVICES)}
     path.write_bytes(msgspec.json.encode(ports))
     return ports
@@ -152,6 +157,10 @@ async def _supervise(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    sinks = Sinks(
+        lambda text: _say(text, who="sink"), smtp_port=ports.sink_smtp, http_port=ports.sink_http
+    )
+    await sinks.start()
     services = {
         name: SupervisedService(name, {**env, "CAIRN_HEALTH_PORT": str(ports.health[name])})
         for name in SERVICES
@@ -160,6 +169,8 @@ async def _supervise(
         for svc in services.values():
             tg.create_task(svc.run(stopping), name=svc.name)
         ready = await _wait_ready(services, stopping)
+        admin_url = f"http://127.0.0.1:{ports.admin}"
+        write_key = await _default_write_key(home, admin_url, admin_token) if ready else None
         if ready:
             state = LocalState(
                 pid=os.getpid(),
@@ -168,9 +179,12 @@ async def _supervise(
                 database_url=database_url,
                 tracking_url=f"http://127.0.0.1:{ports.http}",
                 admin_url=f"http://127.0.0.1:{ports.admin}",
+                sink_smtp=f"smtp://127.0.0.1:{ports.sink_smtp}",
+                sink_http=f"http://127.0.0.1:{ports.sink_http}",
                 services={
                     n: ServiceEndpoint(s.pid or 0, s.health_url) for n, s in services.items()
                 },
+                write_key=write_key,
             )
             write_state(home, state, admin_token)
             _print_summary(home, state, time.monotonic() - started)
@@ -178,6 +192,7 @@ async def _supervise(
             stopping.set()
         await stopping.wait()
         _say("stopping services (they finish in-flight work first)")
+    await sinks.stop()
     return 0 if ready else 1
 
 
@@ -197,6 +212,30 @@ async def _wait_ready(services: dict[str, SupervisedService], stopping: asyncio.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=0.2)
         return not pending
+
+
+async def _default_write_key(home: Path, admin_url: str, token: str) -> str | None:
+    """The write key the tour uses: created once through the admin API, kept in the data folder."""
+    path = home / "write-key"
+    if path.exists():
+        return path.read_text().strip()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        try:
+            async with http.post(
+                f"{admin_url}/v1/write-keys",
+                json={"name": "default"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
+                if resp.status != 201:
+                    _say(f"could not create a default write key: {resp.status} {await resp.text()}")
+                    return None
+                secret = str((await resp.json())["secret"])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _say(f"could not create a default write key: {exc}")
+            return None
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret
 
 
 class SupervisedService:
@@ -250,17 +289,20 @@ class SupervisedService:
             await proc.wait()
 
 
-def _say(text: str) -> None:
-    print(f"{'cairn':<10}| {text}", flush=True)
+def _say(text: str, who: str = "cairn") -> None:
+    print(f"{who:<10}| {text}", flush=True)
 
 
 def _print_summary(home: Path, state: LocalState, seconds: float) -> None:
     lines = [
         f"Cairn is up ({seconds:.1f}s). Data in {home}",
         f"  tracking API   {state.tracking_url}   (Segment-compatible: POST /v1/track, /v1/batch)",
+        f"  write key      {state.write_key}   (HTTP Basic user, or writeKey in the body)",
         f"  admin API      {state.admin_url}   (token in {home / 'admin-token'})",
         f"  NATS           {state.nats_url}   (monitoring {state.nats_monitor_url})",
         f"  PostgreSQL     {state.database_url}",
+        f"  mail sink      {state.sink_smtp}   (every email sent lands here)",
+        f"  http sink      {state.sink_http}   (webhooks; GET /messages lists what arrived)",
         *(f"  {n:<14} {ep.health_url}/readyz" for n, ep in state.services.items()),
         "Check it with `cairn status`; stop it with Ctrl-C.",
     ]

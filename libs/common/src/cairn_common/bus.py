@@ -47,7 +47,7 @@ async def connect(url: str, *, name: str) -> NATS:
     )
 
 
-def _stream_config(spec: StreamSpec) -> api.StreamConfig:
+def _stream_config(spec: StreamSpec, replicas: int) -> api.StreamConfig:
     return api.StreamConfig(
         name=spec.name,
         description=spec.description,
@@ -57,6 +57,7 @@ def _stream_config(spec: StreamSpec) -> api.StreamConfig:
         duplicate_window=spec.duplicate_window.total_seconds(),
         max_age=spec.max_age.total_seconds(),
         discard=api.DiscardPolicy.OLD,
+        num_replicas=replicas,
     )
 
 
@@ -78,10 +79,16 @@ async def provision(
     js: JetStreamContext,
     streams: Sequence[StreamSpec],
     consumers: Sequence[ConsumerSpec] = (),
+    *,
+    replicas: int = 1,
 ) -> None:
-    """Create or update streams and durable consumers. Safe to run from every replica at once."""
+    """Create or update streams and durable consumers. Safe to run from every replica at once.
+
+    ``replicas`` is each stream's JetStream replica count (its consumers follow it); raising it
+    on an existing stream scales the stream up in place.
+    """
     for spec in streams:
-        config = _stream_config(spec)
+        config = _stream_config(spec, replicas)
         try:
             await js.stream_info(spec.name)
         except NotFoundError:
@@ -96,8 +103,10 @@ async def provision(
         await js.add_consumer(cspec.stream, _consumer_config(cspec))
 
 
-async def provision_topology(js: JetStreamContext, topology: Topology) -> None:
-    await provision(js, topology.streams(), topology.consumers())
+async def provision_topology(
+    js: JetStreamContext, topology: Topology, *, replicas: int = 1
+) -> None:
+    await provision(js, topology.streams(), topology.consumers(), replicas=replicas)
 
 
 def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:

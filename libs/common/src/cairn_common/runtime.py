@@ -103,7 +103,7 @@ async def _serve(settings: S, work: Work[S]) -> None:
         if settings.migrate_on_start:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
-        await provision_topology(ctx.js, ctx.topology)
+        await provision_topology(ctx.js, ctx.topology, replicas=settings.stream_replicas)
         await _run_work(ctx, work)
     finally:
         await _close(ctx, health)

@@ -28,6 +28,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     namespace: str = "cairn"
     """Prefix of every stream and subject, so several Cairns (or tests) can share one NATS."""
     partitions: int = 64
+    stream_replicas: int = 1
+    """JetStream replicas of every stream: 3 on a three-node NATS cluster, 1 on a single server."""
     health_host: str = "127.0.0.1"
     health_port: int = 0
     """Port for /healthz, /readyz and /metrics; 0 picks a free one (logged at start)."""
@@ -46,6 +48,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 4096:
             raise SettingsError("CAIRN_PARTITIONS must be between 1 and 4096")
+        if not 1 <= self.stream_replicas <= 5:
+            raise SettingsError("CAIRN_STREAM_REPLICAS must be between 1 and 5 (JetStream's limit)")
         if not self.namespace.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(
                 f"CAIRN_NAMESPACE={self.namespace!r} may hold only letters, digits, '-' and '_'"

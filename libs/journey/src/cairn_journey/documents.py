@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from cairn_journey.journey_reader import JourneyReader
-from cairn_journey.located import LocatedYAMLError, documents_in, json_documents
+from cairn_journey.located import LocatedList, LocatedYAMLError, documents_in, json_documents
 from cairn_journey.model import DOCUMENT_KINDS, Document
 from cairn_journey.problems import Problem
 from cairn_journey.reader import Reader, type_name
@@ -129,8 +129,8 @@ def _parse_into(
 ) -> None:
     try:
         if is_json and text.lstrip()[:1] in ("{", "["):
-            for data in json_documents(text):
-                _add(data, source, None, loaded, problems)
+            for data, line in _json_with_lines(text):
+                _add(data, source, line, loaded, problems)
             return
         for data, line in documents_in(text):
             _add(data, source, line, loaded, problems)
@@ -138,6 +138,22 @@ def _parse_into(
         problems.append(
             Problem(path="", message=f"not valid YAML/JSON: {exc}", source=source, line=exc.line)
         )
+
+
+def _json_with_lines(text: str) -> list[tuple[Any, int | None]]:
+    """A JSON document, or a list of them. Read with the YAML reader first (JSON is YAML) so
+    problems get lines; what it cannot read goes to the JSON parser for a JSON error."""
+    try:
+        found = list(documents_in(text))
+    except LocatedYAMLError:
+        return [(data, None) for data in json_documents(text)]
+    out: list[tuple[Any, int | None]] = []
+    for data, line in found:
+        if isinstance(data, LocatedList):
+            out.extend((item, data.line_of(i)) for i, item in enumerate(data))
+        else:
+            out.append((data, line))
+    return out
 
 
 def _add(
@@ -168,6 +184,15 @@ def _add(
 def _build(
     data: dict[str, Any], source: str, line: int | None
 ) -> tuple[Document | None, list[Problem]]:
+    try:
+        return _build_document(data, source, line)
+    except RecursionError:
+        return None, [Problem(path="", message="nested too deeply", source=source, line=line)]
+
+
+def _build_document(
+    data: dict[str, Any], source: str, line: int | None
+) -> tuple[Document | None, list[Problem]]:
     kind = data.get("kind")
     reader: Reader
     document: Document | None
@@ -196,8 +221,11 @@ def _build(
             extra = f'; did you mean "{hint[0]}"?' if hint else f" (one of {kinds})"
             reader.problem("kind", f"unknown kind {kind!r}{extra}", reader.line_in(data, "kind"))
         return None, duplicates + reader.problems
-    if reader.problems or duplicates:
-        return None, duplicates + reader.problems
+    if reader.problems or duplicates or document is None:
+        found = duplicates + reader.problems
+        if not found:  # a safety net: a refused document always says why
+            found = [Problem(path="", message=f"not a valid {kind}", source=source, line=line)]
+        return None, found
     return document, []
 
 

@@ -36,7 +36,7 @@ from cairn_journey.effects import (
     TimerSet,
 )
 from cairn_journey.run import ProfileRun
-from cairn_journey.state import ProfileState, decode_state, encode_state
+from cairn_journey.state import ProfileState, decode_state, encode_state, input_fingerprint
 
 __all__ = [
     "Catalogue",
@@ -55,7 +55,7 @@ __all__ = [
     "run_input",
 ]
 
-SEEN_KEPT = 32
+SEEN_KEPT = 16
 """How many recent input keys a profile remembers so that a repeated input changes nothing."""
 
 
@@ -68,18 +68,22 @@ def run_input(
     if isinstance(inp, ExitInstances):
         return _exit_all(state, inp, catalogue, now)
     if isinstance(inp, Event):
-        if inp.type == "track" and not catalogue.interested(inp.event):
+        identify = inp.type == "identify"
+        if identify and not inp.traits:
+            return state, []
+        if not identify and (inp.type != "track" or not catalogue.interested(inp.event)):
             return state, []  # no journey can react: nothing to remember either
-        if inp.message_id in state.seen:
+        fingerprint = input_fingerprint(inp.message_id)
+        if fingerprint in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)
-        if inp.type == "identify" and inp.traits:
+        if identify:
             run.merge_traits(inp.traits)
-        if inp.type == "track" and inp.event:
+        elif inp.event:
             run.expire()
             scope = Scope(inp.properties, inp.context, run.traits, inp.event)
             run.on_event(inp.event, inp.message_id, scope, inp.timestamp)
-        run.remember(inp.message_id, SEEN_KEPT)
+        run.remember(fingerprint, SEEN_KEPT)
         return run.finish()
     return _delivery_result(state, inp, catalogue, now)
 
@@ -93,13 +97,14 @@ def _delivery_result(
     """A delivery result acts as the event :func:`delivery_event_name` names."""
     name = delivery_event_name(inp)
     key = f"{inp.delivery_id}:{inp.outcome}"
-    if name is None or key in state.seen:
+    fingerprint = input_fingerprint(key)
+    if name is None or fingerprint in state.seen:
         return state, []
     run = ProfileRun(state, inp.profile_id, catalogue, now)
     run.expire()
     scope = Scope(delivery_event_properties(inp), _EMPTY, run.traits, name)
     run.on_event(name, key, scope, inp.at)
-    run.remember(key, SEEN_KEPT)
+    run.remember(fingerprint, SEEN_KEPT)
     return run.finish()
 
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cairn_journey.conditions import (
-    LIST_OPS,
-    OPS,
-    ORDER_OPS,
-    UNARY_OPS,
-    AllOf,
-    AnyOf,
-    Condition,
-    ConditionNode,
-)
+from cairn_journey.condition_reader import ConditionReader
 from cairn_journey.model import (
+    WEEKDAYS,
     Branch,
     BranchStep,
     Case,
@@ -35,17 +27,25 @@ from cairn_journey.model import (
     WaitFor,
     WaitForStep,
     WaitStep,
+    Weekday,
 )
-from cairn_journey.reader import Reader, join, type_name
+from cairn_journey.reader import join
 
 STEP_KINDS = ("send", "wait", "wait_for", "branch", "split")
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
-PATH = re.compile(r"[^\s.][^\s]*")
-_PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
+FULL_DAYS = {
+    "mon": "monday",
+    "tue": "tuesday",
+    "wed": "wednesday",
+    "thu": "thursday",
+    "fri": "friday",
+    "sat": "saturday",
+    "sun": "sunday",
+}
 
 
-class JourneyReader(Reader):
+class JourneyReader(ConditionReader):
     def __init__(self, source: str, line: int | None = None) -> None:
         super().__init__(source, line)
         self.step_ids: dict[str, str] = {}
@@ -173,19 +173,6 @@ class JourneyReader(Reader):
         )
         return Goal(event=event, match=match, where=where, target=target) if event else None
 
-    def percent(self, value: Any, path: str, line: int | None) -> float | None:
-        if value is None:
-            return None
-        number: float | None = None
-        if isinstance(value, str) and (m := _PERCENT.fullmatch(value)):
-            number = float(m.group(1))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        if number is None or not 0 <= number <= 100:
-            self.problem(path, f"{value!r} is not a percentage between 0% and 100%", line)
-            return None
-        return number
-
     def match(self, data: dict[str, Any], path: str) -> str | None:
         match = self.property_path(data, "match", path)
         if match is not None and self.unique_by is None:
@@ -195,83 +182,6 @@ class JourneyReader(Reader):
                 self.line_in(data, "match"),
             )
         return match
-
-    def property_path(self, data: dict[str, Any], key: str, path: str) -> str | None:
-        value = self.string(data, key, path)
-        if value is not None and not valid_path(value):
-            self.problem(
-                join(path, key), f'"{value}" is not a property path', self.line_in(data, key)
-            )
-            return None
-        return value
-
-    # ------------------------------------------------------------------ conditions
-
-    def conditions(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, dict):
-            node = self.condition(value, path, line)
-            return (node,) if node is not None else ()
-        items = self.sequence(value, path, line)
-        out = []
-        for i, item in enumerate(items or ()):
-            node = self.condition(item, join(path, i), self.line_in(items, i))
-            if node is not None:
-                out.append(node)
-        return tuple(out)
-
-    def condition(self, value: Any, path: str, line: int | None) -> ConditionNode | None:
-        data = self.mapping(value, path, line)
-        if data is None:
-            return None
-        for group in ("all", "any"):
-            if group in data:
-                self.keys(data, path, allowed=(group,))
-                children = self.conditions_list(
-                    data[group], join(path, group), self.line_in(data, group)
-                )
-                return AllOf(all=children) if group == "all" else AnyOf(any=children)
-        self.keys(data, path, allowed=("property", "op", "value"), required=("property", "op"))
-        prop = self.property_path(data, "property", path)
-        op = data.get("op")
-        if "op" in data and op not in OPS:
-            self.problem(
-                join(path, "op"),
-                f"unknown operator {op!r} (one of {', '.join(OPS)})",
-                self.line_in(data, "op"),
-            )
-            return None
-        if prop is None or op is None:
-            return None
-        value_path, value_line = join(path, "value"), self.line_in(data, "value")
-        cond_value = data.get("value")
-        if op in UNARY_OPS:
-            if "value" in data:
-                self.problem(value_path, f"{op} takes no value", value_line)
-        elif "value" not in data:
-            self.problem(value_path, f"{op} needs a value", self.line_in(data, ""))
-        elif op in LIST_OPS and not isinstance(cond_value, list):
-            self.problem(value_path, f"{op} needs a list, got {type_name(cond_value)}", value_line)
-        elif op in ORDER_OPS and (
-            isinstance(cond_value, bool) or not isinstance(cond_value, int | float | str)
-        ):
-            self.problem(
-                value_path,
-                f"{op} needs a number or a string, got {type_name(cond_value)}",
-                value_line,
-            )
-        elif op == "starts_with" and not isinstance(cond_value, str):
-            self.problem(
-                value_path, f"starts_with needs a string, got {type_name(cond_value)}", value_line
-            )
-        return Condition(property=prop, op=op, value=_plain(cond_value))
-
-    def conditions_list(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
-        if not isinstance(value, list) or not value:
-            self.problem(path, "expected a non-empty list of conditions", line)
-            return ()
-        return self.conditions(value, path, line)
 
     # ------------------------------------------------------------------ steps
 
@@ -369,7 +279,7 @@ class JourneyReader(Reader):
         data = self.mapping(value, path, line)
         if data is None:
             return None
-        self.keys(data, path, allowed=("duration", "until_time", "until", "offset"))
+        self.keys(data, path, allowed=("duration", "until_time", "on", "until", "offset"))
         forms = [k for k in ("duration", "until_time", "until") if k in data]
         if len(forms) != 1:
             self.problem(path, "a wait has exactly one of duration, until_time or until", line)
@@ -387,9 +297,29 @@ class JourneyReader(Reader):
             until_time = None
         until = self.property_path(data, "until", path)
         offset = self.duration(data, "offset", path, signed=True)
-        if not (duration or until_time or until):
+        days = self.weekdays(data, path)
+        if "on" in data and "until_time" not in data:
+            self.problem(join(path, "on"), "only goes with until_time", self.line_in(data, "on"))
+        if not (duration or until_time or until) or days is None:
             return None
-        return Wait(duration=duration, until_time=until_time, until=until, offset=offset)
+        return Wait(duration=duration, until_time=until_time, on=days, until=until, offset=offset)
+
+    def weekdays(self, data: dict[str, Any], path: str) -> tuple[Weekday, ...] | None:
+        if data.get("on") is None:
+            return ()
+        here, line = join(path, "on"), self.line_in(data, "on")
+        items = self.sequence(data["on"], here, line)
+        if items is None:
+            return None
+        days: list[Weekday] = []
+        for item in items:
+            text = item.lower() if isinstance(item, str) else ""
+            day = next((d for d in WEEKDAYS if text in (d, FULL_DAYS[d])), None)
+            if day is None:
+                self.problem(here, f"{item!r} is not a day (one of {', '.join(WEEKDAYS)})", line)
+                return None
+            days.append(day)
+        return tuple(days)
 
     def wait_for(
         self, value: Any, path: str, line: int | None, sends_before: frozenset[str]
@@ -510,24 +440,3 @@ class JourneyReader(Reader):
         if len(paths) == len(items) and items and abs(total - 100) > 1e-9:
             self.problem(path, f"percentages add up to {total:g}%, not 100%", line)
         return tuple(paths)
-
-
-def valid_path(path: str) -> bool:
-    if not PATH.fullmatch(path) or path.endswith(".") or ".." in path:
-        return False
-    head, _, rest = path.partition(".")
-    if head == "profile":
-        return bool(rest)
-    if head == "event":
-        area, _, tail = rest.partition(".")
-        return (area in ("properties", "context") and bool(tail)) or rest == "name"
-    return True
-
-
-def _plain(value: Any) -> Any:
-    """Located containers back to plain ``dict``/``list``."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -74,20 +74,48 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     return text
 
 
-def _construct(node: yaml.Node) -> Any:
+MAX_NODES = 200_000
+"""More nodes than this in one document (e.g. an alias bomb) is refused, not expanded."""
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = MAX_NODES
+        self.open: set[int] = set()
+
+
+def _construct(node: yaml.Node, budget: _Budget) -> Any:
+    budget.left -= 1
+    if budget.left < 0:
+        raise LocatedYAMLError(
+            f"document too large (more than {MAX_NODES:,} values)", node.start_mark.line + 1
+        )
+    if id(node) in budget.open:
+        raise LocatedYAMLError("an alias refers to itself", node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        budget.open.add(id(node))
+        try:
+            return _collection(node, budget)
+        finally:
+            budget.open.discard(id(node))
+    assert isinstance(node, yaml.ScalarNode)
+    return _scalar(node)
+
+
+def _collection(node: yaml.Node, budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         out = LocatedMap()
         out.line = node.start_mark.line + 1
         out.key_lines = {}
         out.duplicates = []
         for key_node, value_node in node.value:
-            key = _construct(key_node)
+            key = _construct(key_node, budget)
             if not isinstance(key, str):
                 key = json.dumps(key) if not isinstance(key, LocatedMap | LocatedList) else "?"
             line = key_node.start_mark.line + 1
             if key in out:
                 out.duplicates.append((key, line))
-            out[key] = _construct(value_node)
+            out[key] = _construct(value_node, budget)
             out.key_lines[key] = line
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -95,35 +123,39 @@ def _construct(node: yaml.Node) -> Any:
         items.line = node.start_mark.line + 1
         items.item_lines = []
         for child in node.value:
-            items.append(_construct(child))
+            items.append(_construct(child, budget))
             items.item_lines.append(child.start_mark.line + 1)
-        return items
-    assert isinstance(node, yaml.ScalarNode)
-    if node.tag == "tag:yaml.org,2002:binary":
-        return node.value
-    return _scalar(node)
+    return items
 
 
 def documents_in(text: str) -> Iterator[tuple[Any, int]]:
     """Each document of the text with its first line. Raises :class:`LocatedYAMLError` at the
     first syntax error (documents before it have been yielded)."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # checks the characters at once
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
-            yield _construct(node), node.start_mark.line + 1
+            yield _construct(node, _Budget()), node.start_mark.line + 1
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or str(exc)
         if exc.context:
             message = f"{message} ({exc.context})"
         raise LocatedYAMLError(message, mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:
+        raise LocatedYAMLError(
+            f"character #x{exc.character:04x} is not allowed in YAML", None
+        ) from None
     except yaml.YAMLError as exc:
         raise LocatedYAMLError(str(exc), None) from None
+    except RecursionError:
+        raise LocatedYAMLError("nested too deeply", None) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def json_documents(text: str) -> list[Any]:

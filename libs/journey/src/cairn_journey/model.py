@@ -19,6 +19,8 @@ import msgspec
 from cairn_journey.conditions import ConditionNode
 
 ChannelType = Literal["email", "sms", "push", "webhook"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CHANNEL_TYPES: tuple[ChannelType, ...] = ("email", "sms", "push", "webhook")
 
 
@@ -88,6 +90,8 @@ class Wait(Doc, frozen=True):
 
     duration: timedelta | None = None
     until_time: str | None = None
+    on: tuple[Weekday, ...] = ()
+    """With ``until_time``: only on these days (``[mon, tue, wed, thu, fri]``); any day if empty."""
     until: str | None = None
     offset: timedelta | None = None
 

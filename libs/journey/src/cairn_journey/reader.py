@@ -69,6 +69,8 @@ class Reader:
         return value
 
     def sequence(self, value: Any, path: str, line: int | None) -> list[Any] | None:
+        if isinstance(value, tuple):  # msgspec.to_builtins output
+            return list(value)
         if not isinstance(value, list):
             self.problem(path, f"expected a list, got {type_name(value)}", line)
             return None
@@ -89,7 +91,7 @@ class Reader:
                 message = "unknown key" + (f'; did you mean "{hint[0]}"?' if hint else "")
                 self.problem(join(path, key), message, self.line_in(data, key))
         for key in required:
-            if key not in data:
+            if data.get(key) is None:
                 self.problem(join(path, key), "required but missing", self.line_in(data, ""))
 
     # ------------------------------------------------------------------ scalars

@@ -32,8 +32,9 @@ SECRET_LIKE = re.compile(r"(password|passwd|secret|token|api_?key|auth|private_?
 
 class ResourceReader(Reader):
     def template(self, data: dict[str, Any]) -> Template | None:
-        channel = data.get("channel")
-        if channel not in TEMPLATE_FIELDS:
+        given = data.get("channel")
+        channel = _channel_type(given)
+        if channel is None:
             self.keys(
                 data,
                 "",
@@ -43,7 +44,7 @@ class ResourceReader(Reader):
             if "channel" in data:
                 self.problem(
                     "channel",
-                    f"{channel!r} is not a channel (one of {', '.join(CHANNEL_TYPES)})",
+                    f"{given!r} is not a channel (one of {', '.join(CHANNEL_TYPES)})",
                     self.line_in(data, "channel"),
                 )
             return None

@@ -8,6 +8,7 @@ New fields always get defaults, so a state written by an older release still dec
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -73,8 +74,14 @@ class ProfileState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     traits: dict[str, Any] = msgspec.field(default_factory=dict)
     instances: tuple[Instance, ...] = ()
     history: dict[str, EntryHistory] = msgspec.field(default_factory=dict)
-    seen: tuple[str, ...] = ()
-    """Keys of the most recent inputs applied (message ids), so a repeat changes nothing."""
+    seen: tuple[int, ...] = ()
+    """Fingerprints (:func:`input_fingerprint`) of the most recent inputs applied, so applying
+    one again changes nothing. 64-bit hashes keep the state small."""
+
+
+def input_fingerprint(key: str) -> int:
+    """A stable 64-bit fingerprint of an input key (a message id)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -82,7 +89,24 @@ _decoder = msgspec.msgpack.Decoder(ProfileState)
 
 
 def encode_state(state: ProfileState) -> bytes:
-    return _encoder.encode(state)
+    try:
+        return _encoder.encode(state)
+    except OverflowError:
+        # An integer beyond 64 bits in an event or trait (JSON allows it, MessagePack does not):
+        # keep it as the nearest float, as a JavaScript client would have seen it.
+        return _encoder.encode(
+            msgspec.convert(_wide_ints_to_floats(msgspec.to_builtins(state)), ProfileState)
+        )
+
+
+def _wide_ints_to_floats(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else float(value)
+    if isinstance(value, dict):
+        return {k: _wide_ints_to_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints_to_floats(v) for v in value]
+    return value
 
 
 def decode_state(data: bytes) -> ProfileState:

@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cairn_journey.conditions import MISSING, Scope, resolve
-from cairn_journey.model import Wait
+from cairn_journey.model import WEEKDAYS, Wait
 from cairn_journey.reader import parse_instant
 
 
@@ -32,18 +32,24 @@ def profile_zone(traits: Mapping[str, Any]) -> tzinfo:
     return UTC
 
 
-def next_time_of_day(hhmm: str, zone: tzinfo, now: datetime) -> datetime:
-    """The next instant strictly after ``now`` when the wall clock in ``zone`` reads ``hhmm``."""
+def next_time_of_day(
+    hhmm: str, zone: tzinfo, now: datetime, days: tuple[str, ...] = ()
+) -> datetime:
+    """The next instant strictly after ``now`` when the wall clock in ``zone`` reads ``hhmm``
+    (on one of ``days``, ``mon``..``sun``, when given)."""
     hour, minute = (int(part) for part in hhmm.split(":"))
     local = now.astimezone(zone)
     day = local.date()
-    for offset in range(3):
-        candidate = datetime.combine(day + timedelta(days=offset), time(hour, minute), zone)
+    for offset in range(9):
+        date = day + timedelta(days=offset)
+        if days and WEEKDAYS[date.weekday()] not in days:
+            continue
+        candidate = datetime.combine(date, time(hour, minute), zone)
         # A wall time skipped by a DST jump lands an hour later, which is what a person expects.
         result = candidate.astimezone(UTC)
         if result > now:
             return result
-    raise AssertionError("unreachable: a time of day recurs within two days")
+    raise AssertionError("unreachable: a weekday's time of day recurs within eight days")
 
 
 def wait_until(
@@ -53,7 +59,7 @@ def wait_until(
     if wait.duration is not None:
         return now + wait.duration
     if wait.until_time is not None:
-        return next_time_of_day(wait.until_time, profile_zone(traits), now)
+        return next_time_of_day(wait.until_time, profile_zone(traits), now, wait.on)
     if wait.until is not None:
         value = resolve(wait.until, scope)
         if value is MISSING:

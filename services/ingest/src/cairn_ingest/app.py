@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from cairn_common.runtime import ServiceContext
+from cairn_control.listener import start_admin_listener
 from cairn_ingest import nats_api, repo
 from cairn_ingest.access import WriteKeys
 from cairn_ingest.email_links import EmailLinks
@@ -74,7 +75,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         ctx.pool,
         ctx.topology,
         timeout=s.publish_timeout_seconds,
-        max_pending=s.publish_max_pending,
     )
     ingestor = Ingestor(s, keys, publisher, triggers.current)
     links = (
@@ -93,6 +93,10 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     site = web.TCPSite(runner, s.http_host, s.http_port, reuse_address=True)
     await site.start()
     log.info("tracking api listening", url=f"http://{s.http_host}:{runner.addresses[0][1]}")
+    admin = await start_admin_listener(
+        ctx.pool, ctx.js, ctx.topology, host=s.admin_host, port=s.admin_port,
+        token=s.admin_token, partitions=s.partitions, shutdown_timeout=s.shutdown_grace_seconds,
+    )  # fmt: skip
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
@@ -100,9 +104,13 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             )
             tg.create_task(triggers.keep_fresh(s.trigger_refresh_seconds, ctx.stopping))
             tg.create_task(prune_dedupe(ctx.pool, s, ctx.stopping))
-            tg.create_task(nats_api.serve(ctx.nc, ctx.topology, ingestor, ctx.stopping))
+            subscribed = asyncio.Event()
+            tg.create_task(nats_api.serve(ctx.nc, ctx.topology, ingestor, ctx.stopping, subscribed))
+            await subscribed.wait()
             ctx.started.set()
             await ctx.stopping.wait()
             await runner.cleanup()  # stop listening; requests in flight are answered first
     finally:
         await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()

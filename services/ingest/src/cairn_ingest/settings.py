@@ -9,6 +9,11 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     """The Tracking API (Segment-compatible), CloudEvents and email tracking links."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8090
+    admin_token: str = ""
+    """The admin API (control plane, cairn_control) listener; served only when
+    CAIRN_ADMIN_TOKEN is set (decision 0004)."""
 
     # ---- limits (Segment's are the floor) --------------------------------------------------------
     max_event_bytes: int = 32 * 1024
@@ -22,8 +27,6 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     # ---- delivery into JetStream ----------------------------------------------------------------
     publish_timeout_seconds: float = 5.0
     """How long a request waits for JetStream's acknowledgements before answering 503."""
-    publish_max_pending: int = 20_000
-    """Publishes awaiting acknowledgement across all requests (backpressure beyond it)."""
 
     # ---- deduplication beyond JetStream's window ------------------------------------------------
     dedupe_retention_hours: float = 48.0
