@@ -119,6 +119,24 @@ async def _timed(load: Load, http: aiohttp.ClientSession, into: list[float]) -> 
     into.append(await load.post(http))
 
 
+async def server_buckets(url: str) -> dict[str, float]:
+    """Cumulative bucket counts of ingest's request-time histogram for /v1/{kind}."""
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("cairn_ingest_http_request_seconds_bucket{") and "/v1/{kind}" in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -170,14 +188,27 @@ async def main(args: argparse.Namespace) -> None:
         await wait_http(f"http://127.0.0.1:{health}/readyz", proc)
         load = Load(f"http://127.0.0.1:{port}", key)
         await throughput(load, 2, args.connections)  # warm-up
+        cpu_before, sent_before = cpu_seconds(proc.pid), load.sent
         rate = await throughput(load, args.seconds, args.connections)
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        per_event = cpu / ((load.sent - sent_before) * BATCH) * 1e6
         print(f"throughput: {rate:,.0f} events/s sustained over {args.seconds:.0f}s "
               f"({args.connections} connections, {BATCH}-event batches)")  # fmt: skip
+        print(f"ingest CPU: {per_event:.1f} us per event, i.e. {1e6 / per_event:,.0f} events/s "
+              "per fully used core (less distorted by other load than events/s)")  # fmt: skip
         half = rate / 2
+        metrics_url = f"http://127.0.0.1:{health}/metrics"
+        before = await server_buckets(metrics_url)
         lat = await latency(load, args.seconds, half)
+        after = await server_buckets(metrics_url)
         print(f"latency at {half:,.0f} events/s ({len(lat)} requests): "
               f"p50 {pct(lat, 0.50):.1f} ms, p90 {pct(lat, 0.90):.1f} ms, "
               f"p99 {pct(lat, 0.99):.1f} ms, max {max(lat) * 1000:.1f} ms")  # fmt: skip
+        total = after["+Inf"] - before["+Inf"]
+        shares = ", ".join(
+            f"<= {le} s: {(after[le] - before[le]) / total:.1%}" for le in ("0.01", "0.05", "0.1")
+        )
+        print(f"  measured inside ingest (request start to answer): {shares}")
         print(f"non-200 answers: {load.failed} of {load.sent}")
     finally:
         if proc is not None and proc.poll() is None:

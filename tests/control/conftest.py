@@ -99,7 +99,7 @@ async def run_cli(
     *args: str, api: str | None = None, token: str = TOKEN, cwd: Path = ROOT
 ) -> CliResult:
     """``cairn ARGS`` as a real process (without blocking the loop that serves the API)."""
-    env = {**os.environ, "CAIRN_API_TOKEN": token, "CAIRN_HOME": str(cwd / ".no-cairn-home")}
+    env = {**os.environ, "CAIRN_API_TOKEN": token, "CAIRN_DATA_DIR": str(cwd / ".no-cairn-data")}
     env.pop("CAIRN_API_URL", None)
     if api is not None:
         env["CAIRN_API_URL"] = api

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import asyncpg
+from openapi_spec_validator import validate
 
 from cairn_common.topology import Topology
 from cairn_control import ROUTES, admin_app
@@ -35,6 +36,7 @@ async def test_openapi_document_describes_every_route(admin: Admin, topology: To
         assert resp.status == 200
         document = await resp.json()
     assert document["openapi"].startswith("3.1")
+    validate(document)  # a valid OpenAPI 3.1 document, as code generators will read it
     app = admin_app(admin.pool, None, topology, TOKEN)  # type: ignore[arg-type]
     served = {
         (route.method.lower(), route.resource.canonical)
@@ -45,6 +47,10 @@ async def test_openapi_document_describes_every_route(admin: Admin, topology: To
     described = {(m, path) for path, ops in document["paths"].items() for m in ops}
     assert served == described
     assert len(served) == len(ROUTES)
+    stats = document["paths"]["/v1/journeys/{name}/stats"]["get"]
+    assert {(p["name"], p["in"]) for p in stats["parameters"]} == {
+        ("name", "path"), ("version", "query"), ("by", "query"),
+    }  # fmt: skip
     schemas = document["components"]["schemas"]
     for path, ops in document["paths"].items():
         for op in ops.values():

@@ -64,7 +64,7 @@ async def test_cli_applies_readies_and_publishes_the_example_journeys(admin: Adm
 
 
 async def test_cli_publish_refused_exits_1_with_the_problems(admin: Admin) -> None:
-    await run_cli("apply", "-f", "examples", api=admin.url)
+    await admin.apply_files(EXAMPLES)
     refused = await run_cli("publish", "abandoned-cart", api=admin.url)
     assert refused.code == 1, refused
     assert "cart-reminder-email" in refused.err
@@ -91,7 +91,7 @@ async def test_cli_finds_the_api_from_cli_json_written_by_cairn_up(
     home = tmp_path / ".cairn"
     home.mkdir()
     (home / "cli.json").write_text(json.dumps({"api_url": admin.url, "token": "from-file"}))
-    result = await run_cli("journeys", "list", "--home", str(home), token="")
+    result = await run_cli("journeys", "list", "--data-dir", str(home), token="")
     assert result.code == 1, result  # it reached the API, which refused the file's token
     assert "bearer token" in result.err
 
@@ -110,3 +110,38 @@ async def test_cli_write_keys_create_list_revoke(admin: Admin) -> None:
     revoked = await run_cli("keys", "revoke", key_id, api=admin.url)
     assert revoked.code == 0, revoked
     assert f"write key {key_id} revoked" in revoked.out
+
+
+async def test_cli_validate_of_journeys_alone_skips_references_it_cannot_check(
+    tmp_path: Path,
+) -> None:
+    result = await run_cli("validate", "-f", "examples/journeys")
+    assert result.code == 0, result
+    assert "Journey abandoned-cart valid" in result.out
+    assert "references to templates, channels, destinations not checked" in result.out
+    email_only = tmp_path / "channels.yaml"
+    email_only.write_text(
+        "kind: Channel\nname: email\nprovider: smtp\nendpoint: smtp://localhost:1025\n"
+    )
+    result = await run_cli("validate", "-f", "examples/journeys", "-f", str(email_only))
+    assert result.code == 1, result  # channels are given now, and sms and push are missing
+    assert 'no channel "sms"' in result.err
+    assert "no template" not in result.err
+
+
+async def test_cli_diff_shows_the_draft_against_the_live_version(
+    admin: Admin, tmp_path: Path
+) -> None:
+    await admin.apply_files(EXAMPLES)
+    await admin.ready_all_templates()
+    await admin.call("POST", "/v1/journeys/abandoned-cart/publish")
+    changed = (EXAMPLES / "journeys" / "abandoned-cart.yaml").read_text()
+    await admin.apply_text(changed.replace("wait: 1d", "wait: 2d"), source="cart.yaml")
+    result = await run_cli("journeys", "diff", "abandoned-cart", api=admin.url)
+    assert result.code == 1, result  # differences, like diff(1)
+    assert "--- abandoned-cart v1" in result.out
+    assert "-        duration: P1D" in result.out
+    assert "+        duration: P2D" in result.out
+    checked = await run_cli("publish", "abandoned-cart", "--dry-run", api=admin.url)
+    assert checked.code == 0, checked
+    assert "would freeze it as v2" in checked.out

@@ -7,6 +7,7 @@ import json
 import asyncpg
 import pytest
 
+from cairn_journey.documents import parse_document, parse_text
 from tests.control.conftest import EXAMPLES, Admin
 
 TEMPLATE_SMS = """\
@@ -45,6 +46,7 @@ def documents(journey: str = JOURNEY) -> str:
 async def test_example_journeys_apply_and_publish_through_the_api(admin: Admin) -> None:
     status, body = await admin.apply_files(EXAMPLES)
     assert status == 200, body
+    assert body["warnings"] == []
     applied = {(a["kind"], a["name"]): a["outcome"] for a in body["applied"]}
     assert applied[("Journey", "abandoned-cart")] == "created"
     assert applied[("Journey", "application-reminders")] == "created"
@@ -124,7 +126,10 @@ steps:
 
 async def test_publish_refuses_unknown_template_and_unknown_destination(admin: Admin) -> None:
     status, body = await admin.apply_text(BROKEN, source="broken.yaml")
-    assert status == 200, body
+    assert status == 200, body  # a draft may be applied before what it uses...
+    warned = {p["message"] for p in body["warnings"]}  # ...and apply says what is missing
+    assert any("no-such-template" in m for m in warned), warned
+    assert any("no-such-destination" in m for m in warned), warned
     status, body = await admin.call("POST", "/v1/journeys/broken/publish")
     assert status == 422, body
     template = next(p for p in body["problems"] if "no-such-template" in p["message"])
@@ -236,3 +241,32 @@ async def test_unknown_journey_is_a_404_with_a_json_error(admin: Admin) -> None:
     assert status == 404
     assert body["code"] == "not_found"
     assert "nope" in body["message"]
+
+
+async def test_a_published_definition_loads_back_as_the_journey_that_was_applied(
+    admin: Admin,
+) -> None:
+    """The matcher builds its catalogue with ``parse_document(definition)``: the frozen
+    definition must give back exactly the journey the operator applied."""
+    await admin.apply_files(EXAMPLES)
+    await admin.ready_all_templates()
+    await admin.call("POST", "/v1/journeys/abandoned-cart/publish")
+    stored = await admin.pool.fetchval(
+        "SELECT definition::text FROM journey_versions WHERE journey = 'abandoned-cart'"
+    )
+    path = EXAMPLES / "journeys" / "abandoned-cart.yaml"
+    [applied] = parse_text(path.read_text(), str(path)).documents
+    assert parse_document(json.loads(stored)) == applied
+
+
+async def test_a_dry_run_publish_checks_and_stores_nothing(admin: Admin) -> None:
+    await admin.apply_text(documents(), source="welcome.yaml")
+    status, body = await admin.call("POST", "/v1/journeys/welcome/publish?dry_run=true")
+    assert status == 422, body  # the template is still a draft: same refusal as a real publish
+    await admin.ready_all_templates()
+    status, body = await admin.call("POST", "/v1/journeys/welcome/publish?dry_run=true")
+    assert status == 200, body
+    assert (body["dry_run"], body["outcome"], body["version"]) == (True, "published", 1)
+    assert await admin.pool.fetchval("SELECT count(*) FROM journey_versions") == 0
+    state = await admin.pool.fetchval("SELECT state FROM journeys WHERE name = 'welcome'")
+    assert state == "draft"

@@ -74,3 +74,32 @@ async def test_cli_preview_prints_the_rendered_push(admin: Admin, tmp_path: Path
     assert "title:     Still thinking it over?" in result.out
     assert '"cart_id": "c1"' in result.out
     assert "tok-1" in result.out
+
+
+async def test_preview_of_a_destination_step_shows_the_payload_it_would_send(admin: Admin) -> None:
+    await admin.apply_files(EXAMPLES)
+    event = {
+        "event": "Application Started",
+        "userId": "u7",
+        "properties": {"application_id": "app-1", "product": "loan"},
+    }
+    status, body = await admin.call(
+        "POST",
+        "/v1/preview",
+        {"journey": "application-reminders", "step": "reminder", "event": event},
+    )
+    assert status == 200, body
+    assert (body["destination"], body["skipped"]) == ("braze", None)
+    payload = json.loads(body["rendered"]["body"])
+    assert payload == {
+        "application_id": "app-1",
+        "product": "loan",
+        "journey": "application-reminders",
+        "step": "reminder",
+    }
+    assert body["delivery"]["destination"] == "braze"
+    assert body["delivery"]["profile_id"] == "u7"
+    sent = body["destination_event"]
+    assert (sent["name"], sent["profile_id"]) == ("Journey Step Entered", "u7")
+    assert sent["properties"]["application_id"] == "app-1"
+    assert sent["properties"]["step_id"] == "reminder"

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import nats
+import pytest
 from nats.js.client import JetStreamContext
 
 from cairn_common.messages import ExitInstances, decode
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
+from cairn_control.errors import Unavailable
+from cairn_control.stop import stop_journey
+from tests.conftest import Servers
 from tests.control.conftest import PARTITIONS, Admin
 from tests.control.test_lifecycle import documents
 
@@ -114,3 +119,18 @@ async def test_stop_refuses_a_journey_never_published_and_a_bad_mode(admin: Admi
     status, body = await admin.call("POST", "/v1/journeys/welcome/stop", {"mode": "later"})
     assert (status, body["code"]) == (422, "invalid")
     assert "mode" in body["message"]
+
+
+async def test_exit_all_that_cannot_reach_nats_says_to_run_it_again(
+    admin: Admin, servers: Servers, topology: Topology
+) -> None:
+    await _live_welcome_with_instances(admin)
+    client = await nats.connect(servers.nats_url)
+    unreachable = client.jetstream()
+    await client.close()
+    with pytest.raises(Unavailable, match="Run the same stop --exit-all again"):
+        await stop_journey(
+            admin.pool, unreachable, topology, "welcome", "exit_all", partitions=PARTITIONS
+        )
+    state = await admin.pool.fetchval("SELECT state FROM journeys WHERE name = 'welcome'")
+    assert state == "stopped", "the stop itself is committed: no new entries"

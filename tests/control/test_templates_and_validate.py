@@ -66,3 +66,44 @@ async def test_apply_accepts_a_raw_yaml_body(admin: Admin) -> None:
         "cart-reminder-sms",
         "cart-reminder-push",
     }
+
+
+async def test_resources_and_the_audit_trail_show_what_was_applied_and_changed(
+    admin: Admin,
+) -> None:
+    await admin.apply_files(EXAMPLES / "channels")
+    status, body = await admin.call("GET", "/v1/resources?kind=Channel")
+    assert status == 200, body
+    assert [(r["kind"], r["name"]) for r in body["resources"]] == [
+        ("Channel", "email"), ("Channel", "push"), ("Channel", "sms"),
+    ]  # fmt: skip
+    status, body = await admin.call("GET", "/v1/resources/Channel/sms")
+    assert status == 200, body
+    assert body["document"]["provider"] == "twilio"
+    assert body["source"] == "examples/channels/channels.yaml"
+    status, body = await admin.call("GET", "/v1/resources?kind=Chanel")
+    assert (status, body["code"]) == (422, "invalid")
+
+    await admin.apply_files(EXAMPLES / "templates")
+    await admin.call("POST", "/v1/templates/cart-reminder-sms/ready")
+    status, body = await admin.call("GET", "/v1/audit?name=cart-reminder-sms")
+    assert status == 200, body
+    assert [(c["action"], c["kind"]) for c in body["changes"]] == [
+        ("apply", "Template"), ("template.ready", "Template"),
+    ]  # fmt: skip
+    assert body["changes"][0]["detail"]["outcome"] == "created"
+
+
+async def test_new_content_for_a_ready_template_must_render(admin: Admin) -> None:
+    good = BROKEN_TEMPLATE.replace(" | upcsae", "")
+    await admin.apply_text(good, source="templates/sms.yaml")
+    status, body = await admin.call("POST", "/v1/templates/broken-sms/ready")
+    assert status == 200, body
+    status, body = await admin.apply_text(BROKEN_TEMPLATE, source="templates/sms.yaml")
+    assert status == 422, body
+    [problem] = body["problems"]
+    assert (problem["path"], problem["source"], problem["line"]) == (
+        "body", "templates/sms.yaml", 4,
+    )  # fmt: skip
+    _, template = await admin.call("GET", "/v1/templates/broken-sms")
+    assert "upcsae" not in str(template), "the ready content stays as it was"

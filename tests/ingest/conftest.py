@@ -139,9 +139,7 @@ async def in_process(
         background.append(asyncio.create_task(keys.keep_fresh(database_url, 30, stop)))
         triggers = TriggerCache(pool)
         await triggers.refresh()
-        publisher = EventPublisher(
-            nc, pool, topology, timeout=s.publish_timeout_seconds, max_pending=1000
-        )
+        publisher = EventPublisher(nc, pool, topology, timeout=s.publish_timeout_seconds)
         ingestor = Ingestor(s, keys, publisher, triggers.current)
         links = EmailLinks(ingestor, pool, s.tracking_secrets, s.partitions)
         runner = web.AppRunner(build_app(ingestor, links), access_log=None, auto_decompress=False)

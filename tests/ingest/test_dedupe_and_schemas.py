@@ -102,8 +102,8 @@ async def test_flag_mode_keeps_a_violating_event_and_names_the_violations(
     assert (await send(http, ingest, "/v1/track", good))[0] == 200
     flagged, clean = await ingest.events(2)
     assert flagged.context["cairn"]["schema_violations"] == [
-        "properties.cart_id is required by trigger cart-abandoned",
-        "properties.cart_value must be number, got string",
+        "properties.cart_id: required by trigger 'cart-abandoned'",
+        "properties.cart_value: expected number, got string",
     ]
     assert "cairn" not in clean.context
 
@@ -119,7 +119,7 @@ async def test_reject_mode_refuses_a_violating_event(
     if path == "/v1/track":
         status, body = await send(http, ingest, path, bad)
         assert (status, body["code"]) == (400, "schema_violation")
-        assert "cart_id is required" in body["message"]
+        assert "properties.cart_id: required" in body["message"]
         assert await ingest.events() == []
     else:
         status, body = await send(http, ingest, path, {"batch": [bad, other]})

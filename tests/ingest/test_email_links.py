@@ -55,14 +55,13 @@ async def test_forged_or_retargeted_links_are_refused_and_enter_nothing(
         assert (await resp.json())["code"] == "not_found"
     good = click_url(ingest.url, TRACKING_SECRET, MESSAGE, "https://shop.example/")
     evil = click_url(ingest.url, "guess", MESSAGE, "https://evil.example/")
-    body, signature = good.rsplit("/", 1)[1].split(".")
+    signature = good.rsplit(".", 1)[1]
     retargeted = evil.rsplit(".", 1)[0] + "." + signature
     async with http.get(retargeted, allow_redirects=False) as resp:
         assert resp.status == 404
     as_click = good.rsplit("/", 1)[1]
     async with http.get(f"{ingest.url}/t/o/{as_click}.gif") as resp:
-        assert resp.status == 404  # a click token is not an open token
-    assert body
+        assert resp.status == 404  # a click link is not an open link
     assert await ingest.events() == []
 
 

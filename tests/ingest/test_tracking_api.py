@@ -8,11 +8,11 @@ import base64
 import gzip
 import json
 import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import pytest
 
 from cairn_common.partitioning import partition_for
 from tests.ingest.conftest import Ingest, InProcessFactory
@@ -163,42 +163,40 @@ async def test_a_batch_keeps_valid_events_and_lists_the_rejected_ones(
     assert [e.event for e in await ingest.events(2)] == ["Good 1", "Good 3"]
 
 
-@pytest.mark.parametrize(
-    ("path", "body", "key", "status", "code"),
-    [
-        ("/v1/track", {"userId": "u", "event": "E"}, None, 401, "missing_write_key"),
-        ("/v1/track", {"userId": "u", "event": "E"}, "wrong", 401, "invalid_write_key"),
-        ("/v1/track", b"{not json", "default", 400, "malformed_json"),
-        ("/v1/track", {"event": "E"}, "default", 400, "invalid_event"),
-        ("/v1/track", {"userId": "u"}, "default", 400, "invalid_event"),
-        ("/v1/track", {"userId": "u", "event": "E", "properties": [1]}, "default", 400,
-         "invalid_event"),
-        ("/v1/alias", {"userId": "u"}, "default", 400, "invalid_event"),
-        ("/v1/group", {"userId": "u"}, "default", 400, "invalid_event"),
-        ("/v1/track", {"userId": "u", "event": "E", "p": "x" * 33_000}, "default", 413,
-         "event_too_large"),
-        ("/v1/batch", {"batch": "nope"}, "default", 400, "invalid_batch"),
-        ("/v1/batch", [1], "default", 400, "invalid_batch"),
-        ("/v1/batch", {"batch": [{"type": "track"}]}, "default", 400, "invalid_batch"),
-        ("/v1/batch", {"batch": [{"type": "track", "userId": "u", "event": "E"}] * 2501},
-         "default", 413, "too_many_events"),
-        ("/v1/batch", {"batch": [{"p": "x" * 30_000}] * 18}, "default", 413, "batch_too_large"),
-        ("/v1/launch", {"userId": "u"}, "default", 404, "not_found"),
-    ],
-)  # fmt: skip
+ERROR_CASES: list[tuple[str, Any, str | None, int, str]] = [
+    ("/v1/track", {"userId": "u", "event": "E"}, None, 401, "missing_write_key"),
+    ("/v1/track", {"userId": "u", "event": "E"}, "wrong", 401, "invalid_write_key"),
+    ("/v1/track", b"{not json", "default", 400, "malformed_json"),
+    ("/v1/track", {"event": "E"}, "default", 400, "invalid_event"),
+    ("/v1/track", {"userId": "u"}, "default", 400, "invalid_event"),
+    ("/v1/track", {"userId": "u", "event": "E", "properties": [1]}, "default", 400,
+     "invalid_event"),
+    ("/v1/alias", {"userId": "u"}, "default", 400, "invalid_event"),
+    ("/v1/group", {"userId": "u"}, "default", 400, "invalid_event"),
+    ("/v1/track", {"userId": "u", "event": "E", "p": "x" * 33_000}, "default", 413,
+     "event_too_large"),
+    ("/v1/batch", {"batch": "nope"}, "default", 400, "invalid_batch"),
+    ("/v1/batch", [1], "default", 400, "invalid_batch"),
+    ("/v1/batch", {"batch": [{"type": "track"}]}, "default", 400, "invalid_batch"),
+    ("/v1/batch", {"batch": [{"type": "track", "userId": "u", "event": "E"}] * 2501},
+     "default", 413, "too_many_events"),
+    ("/v1/batch", {"batch": [{"p": "x" * 30_000}] * 18}, "default", 413, "batch_too_large"),
+    ("/v1/launch", {"userId": "u"}, "default", 404, "not_found"),
+    ("/v1/track", {"userId": "u", "event": "E", "messageId": "a\r\nb"}, "default", 400,
+     "invalid_event"),
+    ("/v1/identify", {"userId": "u", "traits": "rich"}, "default", 400, "invalid_event"),
+]  # fmt: skip
+
+
 async def test_errors_answer_with_a_status_and_a_json_code(
-    in_process: InProcessFactory,
-    http: aiohttp.ClientSession,
-    path: str,
-    body: Any,
-    key: str | None,
-    status: int,
-    code: str,
+    in_process: InProcessFactory, http: aiohttp.ClientSession
 ) -> None:
+    """Every case runs against one ingest (a database per case would cost a second each)."""
     ingest = await in_process()
-    got_status, reply, _ = await post(http, ingest, path, body, key=key)
-    assert (got_status, reply["code"]) == (status, code)
-    assert reply["message"]
+    for path, body, key, status, code in ERROR_CASES:
+        got_status, reply, _ = await post(http, ingest, path, body, key=key)
+        assert (got_status, reply["code"]) == (status, code), (path, str(body)[:80], key)
+        assert reply["message"]
     assert await ingest.events() == []
 
 
@@ -257,3 +255,40 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
     assert len(await ingest.events(5)) == 5
     # Another key is not affected.
     assert (await post(http, ingest, "/v1/batch", batch))[0] == 200
+
+
+async def test_the_clients_trace_continues_into_the_stored_events(
+    in_process: InProcessFactory, http: aiohttp.ClientSession
+) -> None:
+    ingest = await in_process()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    body = {"batch": [{"type": "track", "userId": "u", "event": "Traced"}]}
+    status, _, _ = await post(http, ingest, "/v1/batch", body, headers={"traceparent": traceparent})
+    assert status == 200
+    [_] = await ingest.events(1)
+    info = await ingest.js.stream_info(ingest.topology.inputs_stream)
+    stored = await ingest.js.get_msg(ingest.topology.inputs_stream, info.state.last_seq)
+    assert stored.headers is not None
+    assert stored.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_a_large_batch_sent_in_chunks_is_read_whole(
+    in_process: InProcessFactory, http: aiohttp.ClientSession
+) -> None:
+    ingest = await in_process()
+    events = [
+        {"type": "track", "userId": f"u{i}", "event": "Bulk", "properties": {"pad": "x" * 150}}
+        for i in range(2000)
+    ]
+    body = json.dumps({"batch": events}).encode()
+    assert 400_000 < len(body) < 500_000
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7_000):
+            yield body[start : start + 7_000]
+
+    headers = {"Content-Type": "application/json", **auth(ingest.write_key)}
+    async with http.post(ingest.url + "/v1/batch", data=chunks(), headers=headers) as resp:
+        assert (resp.status, await resp.json()) == (200, {"success": True})
+    assert len(await ingest.events(2000)) == 2000

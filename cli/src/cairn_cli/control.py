@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from cairn_cli.control_client import (
@@ -20,87 +19,17 @@ from cairn_cli.control_client import (
     EXIT_USAGE,
     ApiEndpoint,
     CliFailure,
-    problem_line,
+)
+from cairn_cli.control_output import (
+    print_json,
+    print_problems,
+    print_table,
+    read_documents,
+    read_json_file,
+    show_cell,
 )
 
-DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
 Command = Callable[[argparse.Namespace, ApiEndpoint], Any]
-
-
-# ---- output --------------------------------------------------------------------------------------
-
-
-def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "-"
-    text = str(value)
-    if len(text) >= 19 and text[4:5] == "-" and text[10:11] == "T":
-        return text[:19].replace("T", " ")  # ISO timestamps, to the second
-    return text
-
-
-def print_problems(problems: Sequence[dict[str, Any]]) -> None:
-    for problem in problems:
-        print(f"  {problem_line(problem)}", file=sys.stderr)
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-# ---- documents from files ------------------------------------------------------------------------
-
-
-def document_files(paths: Sequence[str]) -> list[Path]:
-    """Files named, and every .yaml/.yml/.json file under directories named, in a stable order."""
-    found: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DOCUMENT_SUFFIXES)
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise CliFailure(f"{name}: no such file or directory", EXIT_PROBLEMS)
-    if not found:
-        raise CliFailure(f"no .yaml, .yml or .json files in {', '.join(paths)}", EXIT_PROBLEMS)
-    return found
-
-
-def read_documents(paths: Sequence[str]) -> list[dict[str, str]]:
-    out = []
-    for path in document_files(paths):
-        try:
-            out.append({"source": str(path), "text": path.read_text(encoding="utf-8")})
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliFailure(f"{path}: cannot read it ({exc})", EXIT_PROBLEMS) from None
-    return out
-
-
-def read_json_file(name: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(Path(name).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CliFailure(f"{what} file {name}: {exc.strerror or exc}", EXIT_PROBLEMS) from None
-    except json.JSONDecodeError as exc:
-        raise CliFailure(f"{what} file {name}: not JSON ({exc})", EXIT_PROBLEMS) from None
-    if not isinstance(value, dict):
-        raise CliFailure(f"{what} file {name}: expected a JSON object", EXIT_PROBLEMS)
-    return value
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -111,12 +40,15 @@ def apply_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     if args.output == "table":
         for item in answer["applied"]:
             print(f"{item['kind']} {item['name']} {item['outcome']}")
+        if answer.get("warnings"):
+            print("warning: cannot be published yet:", file=sys.stderr)
+            print_problems(answer["warnings"])
     return answer
 
 
 def validate_command(args: argparse.Namespace) -> int:
     """Offline: parse and cross-check the files given, no server needed."""
-    from cairn_control.validation import check_documents, parse_texts
+    from cairn_control.validation import check_offline, parse_texts
 
     try:
         texts = [(d["text"], d["source"]) for d in read_documents(args.filename)]
@@ -124,7 +56,8 @@ def validate_command(args: argparse.Namespace) -> int:
         print(f"error: {failure.message}", file=sys.stderr)
         return failure.exit_code
     documents, problems = parse_texts(texts)
-    problems += check_documents(documents, [])
+    reference_problems, unchecked = check_offline(documents)
+    problems += reference_problems
     as_dicts = [
         {"path": p.path, "message": p.message, "source": p.source, "line": p.line} for p in problems
     ]
@@ -133,6 +66,7 @@ def validate_command(args: argparse.Namespace) -> int:
             {
                 "valid": not problems,
                 "problems": as_dicts,
+                "unchecked": unchecked,
                 "documents": [
                     {"kind": d.kind, "name": d.name, "source": d.source} for d in documents
                 ],
@@ -144,11 +78,15 @@ def validate_command(args: argparse.Namespace) -> int:
     else:
         for d in documents:
             print(f"{d.kind} {d.name} valid ({d.source})")
+    if unchecked and args.output == "table":
+        kinds = ", ".join(f"{k.lower()}s" for k in unchecked)
+        print(f"note: references to {kinds} not checked (none among the files given)")
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
 def publish_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
-    answer = api.call("POST", f"/v1/journeys/{_q(args.name)}/publish")
+    query = "?dry_run=true" if args.dry_run else ""
+    answer = api.call("POST", f"/v1/journeys/{_q(args.name)}/publish{query}")
     if args.output == "table":
         print(answer["message"])
     return answer
@@ -173,7 +111,7 @@ def journeys_show(args: argparse.Namespace, api: ApiEndpoint) -> Any:
         for key in ("name", "title", "state", "live_version", "versions", "draft_changed",
                     "active_instances", "stop_mode", "stopped_at", "updated_at"):  # fmt: skip
             if j.get(key) is not None:
-                print(f"{key.replace('_', ' ') + ':':<18}{_cell(j[key])}")
+                print(f"{key.replace('_', ' ') + ':':<18}{show_cell(j[key])}")
         print("draft:")
         print(json.dumps(answer["draft"], indent=2, ensure_ascii=False))
     return answer
@@ -184,7 +122,7 @@ def journeys_versions(args: argparse.Namespace, api: ApiEndpoint) -> Any:
         answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions/{args.version}")
         if args.output == "table":
             live = "  (live)" if answer["live"] else ""
-            published = _cell(answer["published_at"])
+            published = show_cell(answer["published_at"])
             print(f"{answer['journey']} v{answer['version']}  {answer['checksum']}  "
                   f"published {published}{live}")  # fmt: skip
             print(json.dumps(answer["definition"], indent=2, ensure_ascii=False))
@@ -197,6 +135,55 @@ def journeys_versions(args: argparse.Namespace, api: ApiEndpoint) -> Any:
         ]
         print_table(rows, ["version", "live", "active", "published", "checksum"])
     return answer
+
+
+def stats_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    from cairn_cli.control_stats import print_stats
+
+    query = f"?by={args.by}" + (f"&version={args.version}" if args.version is not None else "")
+    answer = api.call("GET", f"/v1/journeys/{_q(args.name)}/stats{query}")
+    if args.output == "table":
+        print_stats(answer, print_table)
+    return answer
+
+
+def journeys_diff(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    """The draft against a published version (default: the live one, else the latest), as a
+    unified diff of their YAML. Exits 1 when they differ, like ``diff`` and ``kubectl diff``."""
+    import difflib
+
+    import yaml
+
+    shown = api.call("GET", f"/v1/journeys/{_q(args.name)}")
+    version = args.version or shown["journey"]["live_version"] or shown["journey"]["versions"]
+    if not version:
+        raise CliFailure(f"{args.name} has no published version to compare with", EXIT_PROBLEMS)
+    published = api.call("GET", f"/v1/journeys/{_q(args.name)}/versions/{version}")
+    old = yaml.safe_dump(published["definition"], sort_keys=False, allow_unicode=True)
+    new = yaml.safe_dump(shown["draft"], sort_keys=False, allow_unicode=True)
+    lines = list(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True),
+            fromfile=f"{args.name} v{version}", tofile=f"{args.name} draft",
+        )
+    )  # fmt: skip
+    answer = {"journey": args.name, "version": version, "changed": bool(lines),
+              "diff": "".join(lines)}  # fmt: skip
+    if args.output == "table":
+        print("".join(lines) if lines else f"the draft is the same as v{version}", end="")
+        if not lines:
+            print()
+    if lines:
+        raise Differs(answer)
+    return answer
+
+
+class Differs(Exception):
+    """``cairn journeys diff`` found differences: printed already; exit 1."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__("differs")
+        self.answer = answer
 
 
 def stop_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
@@ -228,6 +215,43 @@ def templates_set(status: str) -> Command:
     return command
 
 
+def resources_list(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    query = f"?kind={_q(args.kind)}" if args.kind else ""
+    answer = api.call("GET", f"/v1/resources{query}")
+    if args.output == "table":
+        rows = [
+            (r["kind"], r["name"], r["status"], r["source"], r["updated_at"])
+            for r in answer["resources"]
+        ]
+        print_table(rows, ["kind", "name", "status", "source", "updated"])
+    return answer
+
+
+def resources_show(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    answer = api.call("GET", f"/v1/resources/{_q(args.kind)}/{_q(args.name)}")
+    if args.output == "table":
+        print(f"{answer['kind']} {answer['name']} ({answer['status']}, from {answer['source']})")
+        print(json.dumps(answer["document"], indent=2, ensure_ascii=False))
+    return answer
+
+
+def history_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    query = f"?limit={args.limit}"
+    if args.name:
+        query += f"&name={_q(args.name)}"
+    if args.kind:
+        query += f"&kind={_q(args.kind)}"
+    answer = api.call("GET", f"/v1/audit{query}")
+    if args.output == "table":
+        rows = [
+            (c["at"], c["action"], c["kind"], c["name"],
+             ", ".join(f"{k}={v}" for k, v in sorted(c["detail"].items())))
+            for c in answer["changes"]
+        ]  # fmt: skip
+        print_table(rows, ["at", "action", "kind", "name", "detail"])
+    return answer
+
+
 def keys_create(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     answer = api.call("POST", "/v1/write-keys", {"name": args.name, "rate_limit": args.rate})
     if args.output == "table":
@@ -253,7 +277,7 @@ def keys_list(args: argparse.Namespace, api: ApiEndpoint) -> Any:
 def keys_revoke(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     answer = api.call("POST", f"/v1/write-keys/{_q(args.key_id)}/revoke")
     if args.output == "table":
-        print(f"write key {answer['key_id']} revoked at {_cell(answer['revoked_at'])}")
+        print(f"write key {answer['key_id']} revoked at {show_cell(answer['revoked_at'])}")
     return answer
 
 
@@ -286,8 +310,12 @@ def _q(segment: str) -> str:
 def run_api_command(command: Command) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         try:
-            api = ApiEndpoint.find(args.api, args.home)
+            api = ApiEndpoint.find(args.api, args.data_dir)
             answer = command(args, api)
+        except Differs as differs:
+            if args.output == "json":
+                print_json(differs.answer)
+            return EXIT_PROBLEMS
         except CliFailure as failure:
             if args.output == "json":
                 print_json({"error": failure.message, "problems": failure.problems})
@@ -305,7 +333,9 @@ def _common(parser: argparse.ArgumentParser, *, api: bool = True) -> None:
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     if api:
         parser.add_argument("--api", help="admin API URL (default $CAIRN_API_URL or cli.json)")
-        parser.add_argument("--home", help="cairn up's data folder holding cli.json (./.cairn)")
+        parser.add_argument(
+            "--data-dir", help="cairn up's data folder holding cli.json (./.cairn, $CAIRN_DATA_DIR)"
+        )
 
 
 def _add(
@@ -347,13 +377,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate.set_defaults(func=validate_command)
     publish = _add(sub, "publish", publish_command, "validate a journey's draft; make it live")
     publish.add_argument("name", metavar="NAME")
+    publish.add_argument(
+        "--dry-run", action="store_true", help="only check; say what publishing would do"
+    )
     stop = _add(sub, "stop", stop_command, "stop a journey: no new entries; running ones drain")
     stop.add_argument("name", metavar="NAME")
     stop.add_argument("--exit-all", action="store_true", help="also exit running instances now")
 
+    stats = _add(sub, "stats", stats_command, "a journey's funnel: entries, steps, conversions")
+    stats.add_argument("name", metavar="JOURNEY")
+    stats.add_argument("--version", type=int, help="one version (default: all added together)")
+    stats.add_argument("--by", choices=["day", "hour"], default="day", help="series period")
+
     journeys = _group(sub, "journeys", "list and inspect journeys")
     _add(journeys, "list", journeys_list, "every journey with its state and live version")
     _add(journeys, "show", journeys_show, "one journey and its draft").add_argument("name")
+    diff = _add(journeys, "diff", journeys_diff, "the draft against a published version")
+    diff.add_argument("name", metavar="NAME")
+    diff.add_argument("--version", type=int, help="compare with this version (default: live)")
     versions = _add(journeys, "versions", journeys_versions, "a journey's published versions")
     versions.add_argument("name", metavar="NAME")
     versions.add_argument("--version", type=int, help="show this version's frozen definition")
@@ -362,6 +403,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add(templates, "list", templates_list, "every template, its status and live users")
     _add(templates, "ready", templates_set("ready"), "mark a template ready").add_argument("name")
     _add(templates, "draft", templates_set("draft"), "back to draft").add_argument("name")
+
+    resources = _group(sub, "resources", "everything applied: channels, destinations, triggers...")
+    listed = _add(resources, "list", resources_list, "every applied resource")
+    listed.add_argument("--kind", help="only this kind (Journey, Template, Trigger, ...)")
+    shown = _add(resources, "show", resources_show, "one resource's stored document")
+    shown.add_argument("kind", metavar="KIND")
+    shown.add_argument("name", metavar="NAME")
+    history = _add(sub, "history", history_command, "control-plane changes, oldest first")
+    history.add_argument("name", nargs="?", metavar="NAME", help="only this resource")
+    history.add_argument("--kind", help="only this kind")
+    history.add_argument("--limit", type=int, default=50, help="the newest N changes (50)")
 
     keys = _group(sub, "keys", "write keys for the Tracking API")
     create = _add(keys, "create", keys_create, "create a write key; its secret is shown once")

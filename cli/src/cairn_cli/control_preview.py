@@ -32,6 +32,9 @@ def print_preview(answer: dict[str, Any]) -> None:
             print(rendered[part])
     if answer.get("missing"):
         print(f"note: not set in this sample, rendered empty: {', '.join(answer['missing'])}")
-    if not rendered:
+    if answer.get("destination_event"):
+        print("----- destination event -----")
+        print(json.dumps(answer["destination_event"], indent=2, ensure_ascii=False))
+    elif not rendered:
         print("----- payload -----")
         print(json.dumps(answer.get("delivery"), indent=2, ensure_ascii=False))

@@ -19,24 +19,27 @@ from aiohttp import web
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from cairn_control import keys, store, templates
-from cairn_control.errors import ControlError, Invalid
+from cairn_control import journeys, keys, resources, store, templates
+from cairn_control.errors import ControlError, Invalid, ProblemOut
 from cairn_control.openapi import Route, openapi_document
 from cairn_control.preview import Preview, preview_step
 from cairn_control.requests import (
     AppliedList,
     ApplyRequest,
+    AuditList,
     CreateKeyRequest,
     DocumentRef,
     JourneyDetail,
     JourneyList,
     KeyList,
     PreviewRequest,
+    ResourceList,
     StopRequest,
     TemplateList,
     ValidateResponse,
     VersionList,
 )
+from cairn_control.stats import JourneyStats, journey_stats
 from cairn_control.stop import Stopped, stop_journey
 from cairn_control.validation import check_documents, parse_texts
 
@@ -47,6 +50,8 @@ JS = web.AppKey("js", JetStreamContext)
 TOPOLOGY = web.AppKey("topology", Topology)
 PARTITIONS = web.AppKey("partitions", int)
 MAX_BODY = 10 * 1024 * 1024
+PUBLIC_PATHS = frozenset({"/openapi.json"})
+"""Served without the token; everything else needs it (deny by default)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _encoder = msgspec.json.Encoder()
@@ -100,8 +105,17 @@ async def apply(request: web.Request) -> web.Response:
         raise Invalid(f"{len(problems)} problem(s) in the documents; nothing was applied", problems)
     if not documents:
         raise Invalid("the request holds no documents")
+    problems = await templates.check_ready_templates(request.app[POOL], documents)
+    if problems:
+        message = "a ready template's new content cannot render; nothing was applied"
+        raise Invalid(message, problems)
     applied = await store.apply_documents(request.app[POOL], documents)
-    return json_response(AppliedList(applied=applied))
+    warnings: list[ProblemOut] = []
+    if any(d.kind == "Journey" for d in documents):
+        async with request.app[POOL].acquire() as conn:
+            stored = await store.load_stored(conn)
+        warnings = check_documents([d for d in documents if d.kind == "Journey"], stored)
+    return json_response(AppliedList(applied=applied, warnings=warnings))
 
 
 async def validate(request: web.Request) -> web.Response:
@@ -119,16 +133,16 @@ async def validate(request: web.Request) -> web.Response:
 
 
 async def list_journeys(request: web.Request) -> web.Response:
-    return json_response(JourneyList(journeys=await store.list_journeys(request.app[POOL])))
+    return json_response(JourneyList(journeys=await journeys.list_journeys(request.app[POOL])))
 
 
 async def show_journey(request: web.Request) -> web.Response:
-    summary, draft = await store.get_journey(request.app[POOL], request.match_info["name"])
+    summary, draft = await journeys.get_journey(request.app[POOL], request.match_info["name"])
     return json_response(JourneyDetail(journey=summary, draft=draft))
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    versions = await store.list_versions(request.app[POOL], request.match_info["name"])
+    versions = await journeys.list_versions(request.app[POOL], request.match_info["name"])
     return json_response(VersionList(versions=versions))
 
 
@@ -137,12 +151,30 @@ async def show_version(request: web.Request) -> web.Response:
         number = int(request.match_info["version"])
     except ValueError:
         raise Invalid(f"version must be a number, not {request.match_info['version']!r}") from None
-    info = await store.get_version(request.app[POOL], request.match_info["name"], number)
+    info = await journeys.get_version(request.app[POOL], request.match_info["name"], number)
     return json_response(info)
 
 
+async def stats(request: web.Request) -> web.Response:
+    query = request.query
+    by = query.get("by", "day")
+    if by not in ("day", "hour"):
+        raise Invalid(f"by must be 'day' or 'hour', not {by!r}")
+    version = None
+    if "version" in query:
+        try:
+            version = int(query["version"])
+        except ValueError:
+            raise Invalid(f"version must be a number, not {query['version']!r}") from None
+    name = request.match_info["name"]
+    result = await journey_stats(request.app[POOL], name, version=version, by=by)  # type: ignore[arg-type]
+    return json_response(result)
+
+
 async def publish(request: web.Request) -> web.Response:
-    return json_response(await store.publish(request.app[POOL], request.match_info["name"]))
+    dry_run = request.query.get("dry_run", "false").lower() in ("1", "true", "yes")
+    name = request.match_info["name"]
+    return json_response(await store.publish(request.app[POOL], name, dry_run=dry_run))
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -180,6 +212,28 @@ async def preview(request: web.Request) -> web.Response:
     return json_response(await preview_step(request.app[POOL], body))
 
 
+async def list_resources(request: web.Request) -> web.Response:
+    found = await resources.list_resources(request.app[POOL], request.query.get("kind"))
+    return json_response(ResourceList(resources=found))
+
+
+async def show_resource(request: web.Request) -> web.Response:
+    kind, name = request.match_info["kind"], request.match_info["name"]
+    return json_response(await resources.get_resource(request.app[POOL], kind, name))
+
+
+async def audit(request: web.Request) -> web.Response:
+    query = request.query
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise Invalid(f"limit must be a number, not {query['limit']!r}") from None
+    changes = await resources.audit_trail(
+        request.app[POOL], kind=query.get("kind"), name=query.get("name"), limit=limit
+    )
+    return json_response(AuditList(changes=changes))
+
+
 async def list_keys(request: web.Request) -> web.Response:
     return json_response(KeyList(write_keys=await keys.list_keys(request.app[POOL])))
 
@@ -205,9 +259,15 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/journeys/{name}/versions", list_versions, "Published versions",
           response=VersionList),
     Route("GET", "/v1/journeys/{name}/versions/{version}", show_version,
-          "One frozen version with its definition", response=store.VersionInfo),
+          "One frozen version with its definition", response=journeys.VersionInfo),
+    Route("GET", "/v1/journeys/{name}/stats", stats,
+          "Analytics: totals, per-step funnel, conversion against the goal, series",
+          response=JourneyStats,
+          query=(("version", "integer", "one version; default all added together"),
+                 ("by", "string", "series period: day (default) or hour"))),
     Route("POST", "/v1/journeys/{name}/publish", publish,
-          "Validate the draft and freeze it as the next version", response=store.Published),
+          "Validate the draft and freeze it as the next version", response=store.Published,
+          query=(("dry_run", "boolean", "only check; say what publishing would do"),)),
     Route("POST", "/v1/journeys/{name}/stop", stop,
           "Stop new entries; drain or exit running instances", request=StopRequest,
           response=Stopped),
@@ -221,6 +281,15 @@ ROUTES: list[Route] = [
           response=templates.TemplateInfo),
     Route("POST", "/v1/preview", preview, "What one send step would send for a sample event",
           request=PreviewRequest, response=Preview),
+    Route("GET", "/v1/resources", list_resources,
+          "Every applied resource", response=ResourceList,
+          query=(("kind", "string", "Journey, Template, Trigger, Channel or Destination"),)),
+    Route("GET", "/v1/resources/{kind}/{name}", show_resource, "One resource's document",
+          response=resources.ResourceInfo),
+    Route("GET", "/v1/audit", audit,
+          "Control-plane changes, oldest first", response=AuditList,
+          query=(("kind", "string", "only this kind"), ("name", "string", "only this resource"),
+                 ("limit", "integer", "the newest N changes (default 100, at most 1000)"))),
     Route("GET", "/v1/write-keys", list_keys, "List write keys", response=KeyList),
     Route("POST", "/v1/write-keys", create_key, "Create a write key (the secret is shown once)",
           request=CreateKeyRequest, response=keys.CreatedKey, status=201),
@@ -237,7 +306,7 @@ def _auth_middleware(token: str) -> Any:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path not in PUBLIC_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 response = error_response(

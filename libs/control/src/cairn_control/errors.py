@@ -55,3 +55,10 @@ class Conflict(ControlError):
 
     status = 409
     code = "conflict"
+
+
+class Unavailable(ControlError):
+    """A dependency (NATS, PostgreSQL) did not answer; retrying the same request is safe."""
+
+    status = 503
+    code = "unavailable"

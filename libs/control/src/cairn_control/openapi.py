@@ -27,6 +27,8 @@ class Route:
     status: int = 200
     yaml_body: bool = False
     """Also accepts a raw YAML/JSON body of documents (``Content-Type: application/yaml``)."""
+    query: tuple[tuple[str, str, str], ...] = ()
+    """Query parameters: (name, JSON Schema type, description)."""
 
 
 def _ref(kind: type[Any]) -> dict[str, str]:
@@ -57,12 +59,17 @@ def _operation(route: Route) -> dict[str, Any]:
             "422": _error("The documents or the request have problems"),
         },
     }
-    params = _PARAM.findall(route.path)
-    if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ]
+    parameters: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in _PARAM.findall(route.path)
+    ]
+    parameters += [
+        {"name": name, "in": "query", "required": False, "schema": {"type": kind},
+         "description": description}
+        for name, kind, description in route.query
+    ]  # fmt: skip
+    if parameters:
+        op["parameters"] = parameters
     if route.request is not None:
         content: dict[str, Any] = {"application/json": {"schema": _ref(route.request)}}
         if route.yaml_body:

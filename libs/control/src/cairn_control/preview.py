@@ -24,6 +24,7 @@ from cairn_control.requests import PreviewRequest
 from cairn_journey.render import Rendered, RenderError, render
 
 PREVIEW_ID = "preview"
+DEFAULT_DESTINATION_EVENT = "Journey Step Entered"
 
 
 class Preview(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +43,9 @@ class Preview(msgspec.Struct, frozen=True, kw_only=True):
     missing: list[str]
     """Variables the template uses that this sample does not have (they render empty)."""
     delivery: DeliveryRequested
+    destination_event: dict[str, Any] | None = None
+    """For a destination step: the journey event the destination receives (Segment's journey
+    event shape: the triggering event's properties plus the journey's context)."""
 
 
 def steps_in(definition: Any) -> Iterator[dict[str, Any]]:
@@ -101,6 +105,13 @@ async def preview_step(pool: asyncpg.Pool, body: PreviewRequest) -> Preview:
         send = step.get("send")
         if not isinstance(send, dict):
             raise Invalid(f"step {body.step!r} is not a send step; only sends can be previewed")
+        destination = None
+        if isinstance(send.get("destination"), str):
+            raw_destination = await conn.fetchval(
+                "SELECT document FROM resources WHERE kind = 'Destination' AND name = $1",
+                send["destination"],
+            )
+            destination = json.loads(raw_destination) if raw_destination else {}
         template_name = send.get("template")
         template: dict[str, Any] | None = None
         if template_name is not None:
@@ -111,11 +122,36 @@ async def preview_step(pool: asyncpg.Pool, body: PreviewRequest) -> Preview:
             if raw is None:
                 raise NotFound(f"template {template_name!r} (sent by {body.step}) does not exist")
             template = json.loads(raw)
-    return build_preview(body, send, template)
+    return build_preview(body, send, template, destination)
+
+
+def destination_event(
+    delivery: DeliveryRequested, destination: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The event a destination step delivers, as the dispatcher's destination providers build
+    it (``cairn_dispatcher.providers``): named by the destination's ``event`` setting."""
+    settings = destination.get("options") or destination.get("settings") or {}
+    properties = delivery.event.get("properties")
+    return {
+        "name": str(settings.get("event", DEFAULT_DESTINATION_EVENT)),
+        "profile_id": delivery.profile_id,
+        "properties": {
+            **(properties if isinstance(properties, dict) else {}),
+            "journey_name": delivery.journey,
+            "journey_version": delivery.version,
+            "journey_instance_id": delivery.instance_id,
+            "step_id": delivery.step_id,
+            "delivery_id": delivery.delivery_id,
+            "journey_context": {"triggering_event": delivery.event, "matched_events": {}},
+        },
+    }
 
 
 def build_preview(
-    body: PreviewRequest, send: Mapping[str, Any], template: Mapping[str, Any] | None
+    body: PreviewRequest,
+    send: Mapping[str, Any],
+    template: Mapping[str, Any] | None,
+    destination: Mapping[str, Any] | None = None,
 ) -> Preview:
     journey_scope = {
         "name": body.journey,
@@ -166,4 +202,5 @@ def build_preview(
         rendered=rendered,
         missing=list(rendered.missing) if rendered is not None else [],
         delivery=delivery,
+        destination_event=None if destination is None else destination_event(delivery, destination),
     )

@@ -7,8 +7,10 @@ from typing import Any, Literal
 import msgspec
 
 from cairn_control.errors import ProblemOut
+from cairn_control.journeys import JourneySummary, VersionInfo
 from cairn_control.keys import WriteKey
-from cairn_control.store import Applied, JourneySummary, VersionInfo
+from cairn_control.resources import AuditEntry, ResourceInfo
+from cairn_control.store import Applied
 from cairn_control.templates import TemplateInfo
 
 
@@ -27,6 +29,9 @@ class ApplyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class AppliedList(msgspec.Struct, frozen=True, kw_only=True):
     applied: list[Applied]
+    warnings: list[ProblemOut] = msgspec.field(default_factory=list)
+    """What would stop the applied journeys from publishing now (missing templates, channels...);
+    applied anyway: drafts may be written before what they use."""
 
 
 class DocumentRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +87,14 @@ class PreviewRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     event: dict[str, Any] = msgspec.field(default_factory=dict)
     profile: dict[str, Any] = msgspec.field(default_factory=dict)
     version: int | None = None
+
+
+class ResourceList(msgspec.Struct, frozen=True, kw_only=True):
+    resources: list[ResourceInfo]
+
+
+class AuditList(msgspec.Struct, frozen=True, kw_only=True):
+    changes: list[AuditEntry]
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,26 +10,26 @@ stop time, profile), so running ``stop --exit-all`` again after a failure re-sen
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Literal
 
 import asyncpg
 import msgspec
 import structlog
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from cairn_common.bus import publish
-from cairn_common.messages import ExitInstances
+from cairn_common.messages import ExitInstances, encode
 from cairn_common.partitioning import partition_for
+from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
 from cairn_common.topology import Topology
-from cairn_control.errors import Conflict, NotFound
+from cairn_control.errors import Conflict, NotFound, Unavailable
 from cairn_control.store import audit, notify_journeys
 
 log = structlog.get_logger(__name__)
 
 StopMode = Literal["drain", "exit_all"]
-PUBLISH_CONCURRENCY = 256
+PUBLISH_BATCH = 1000
 
 
 class Stopped(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +78,14 @@ async def stop_journey(
             await audit(conn, "stop", "Journey", name, mode=mode)
             await notify_journeys(conn, journey=name, action="stop", mode=mode)
     profiles = await _profiles_with_active_instances(pool, name) if mode == "exit_all" else []
-    await _publish_exits(js, topology, name, stopped_at, profiles, partitions)
+    try:
+        await _publish_exits(js, topology, name, stopped_at, profiles, partitions)
+    except (PublishFailed, NatsError, TimeoutError) as exc:
+        raise Unavailable(
+            f"{name} is stopped (no new entries), but not every running instance was told to "
+            f"exit: {exc}. Run the same stop --exit-all again; profiles already told are not "
+            "told twice"
+        ) from None
     log.info("journey stopped", journey=name, mode=mode, profiles_exited=len(profiles))
     if mode == "drain":
         message = f"{name} stopped: no new entries; running instances finish their journey"
@@ -116,23 +123,20 @@ async def _publish_exits(
     profiles: list[str],
     partitions: int,
 ) -> None:
+    """Publish in batches (every publish out before the acknowledgements are awaited)."""
     stamp = stopped_at.isoformat()
-    for start in range(0, len(profiles), PUBLISH_CONCURRENCY):
-        chunk = profiles[start : start + PUBLISH_CONCURRENCY]
-        async with asyncio.TaskGroup() as tg:
-            for profile_id in chunk:
-                partition = partition_for(profile_id, partitions)
-                message = ExitInstances(
-                    profile_id=profile_id,
-                    partition=partition,
-                    journey=name,
-                    reason="stopped",
+    for start in range(0, len(profiles), PUBLISH_BATCH):
+        batch = []
+        for profile_id in profiles[start : start + PUBLISH_BATCH]:
+            partition = partition_for(profile_id, partitions)
+            message = ExitInstances(
+                profile_id=profile_id, partition=partition, journey=name, reason="stopped"
+            )
+            batch.append(
+                Outgoing(
+                    topology.input_subject(partition, "control"),
+                    encode(message),
+                    f"exit-all:{name}:{stamp}:{profile_id}",
                 )
-                tg.create_task(
-                    publish(
-                        js,
-                        topology.input_subject(partition, "control"),
-                        message,
-                        msg_id=f"exit-all:{name}:{stamp}:{profile_id}",
-                    )
-                )
+            )
+        await publish_batch(js, batch)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -47,30 +46,8 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     outcome: PublishOutcome
     checksum: str
     message: str
-
-
-class JourneySummary(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    state: str
-    live_version: int | None
-    versions: int
-    draft_changed: bool
-    """The draft differs from the latest published version (``cairn publish`` would make N+1)."""
-    active_instances: int | None
-    updated_at: datetime
-    title: str | None = None
-    stop_mode: str | None = None
-    stopped_at: datetime | None = None
-
-
-class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    journey: str
-    version: int
-    checksum: str
-    published_at: datetime
-    live: bool
-    active_instances: int | None = None
-    definition: dict[str, Any] | None = None
+    dry_run: bool = False
+    """Only checked: nothing was stored (``outcome`` says what a real publish would do)."""
 
 
 def checksum_of(document: dict[str, Any]) -> str:
@@ -212,10 +189,11 @@ async def get_draft(conn: asyncpg.Connection, name: str) -> StoredResource:
 # ---- publish -------------------------------------------------------------------------------------
 
 
-async def publish(pool: asyncpg.Pool, name: str) -> Published:
+async def publish(pool: asyncpg.Pool, name: str, *, dry_run: bool = False) -> Published:
     """Validate the draft against the stored templates, triggers, channels and destinations and
     freeze it as version N+1. An unchanged draft is not frozen twice: if it is live, nothing
-    happens; if the journey was stopped, it goes live again on that same version."""
+    happens; if the journey was stopped, it goes live again on that same version. ``dry_run``
+    only checks and says what a publish would do."""
     async with pool.acquire() as conn, conn.transaction():
         draft = await get_draft(conn, name)
         journey = await conn.fetchrow(
@@ -242,11 +220,24 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
                     outcome="unchanged",
                     checksum=checksum,
                     message=f"{name} v{version} is already live and the draft is unchanged",
+                    dry_run=dry_run,
                 )
             outcome: PublishOutcome = "resumed"
             message = f"{name} v{version} is live again (the draft is unchanged)"
         else:
             version = 1 if latest is None else int(latest["version"]) + 1
+            outcome = "published"
+        if dry_run:
+            return Published(
+                journey=name,
+                version=version,
+                outcome=outcome,
+                checksum=checksum,
+                message=f"{name}: the draft passes every check; publishing would "
+                + ("make it live again" if outcome == "resumed" else f"freeze it as v{version}"),
+                dry_run=True,
+            )
+        if outcome == "published":
             await conn.execute(
                 "INSERT INTO journey_versions (journey, version, definition, checksum) "
                 "VALUES ($1, $2, $3::jsonb, $4)",
@@ -255,7 +246,6 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
                 json.dumps(draft.document),
                 checksum,
             )
-            outcome = "published"
             message = f"{name} v{version} published; new entries go to v{version}"
             if latest is not None:
                 message += ", running instances finish on the version they started on"
@@ -270,122 +260,4 @@ async def publish(pool: asyncpg.Pool, name: str) -> Published:
     log.info("journey published", journey=name, version=version, outcome=outcome)
     return Published(
         journey=name, version=version, outcome=outcome, checksum=checksum, message=message
-    )
-
-
-# ---- journeys and versions -----------------------------------------------------------------------
-
-
-async def _active_counts(
-    conn: asyncpg.Connection, name: str | None = None
-) -> dict[tuple[str, int], int] | None:
-    """Active instances per (journey, version), or None when the matcher's table is not there."""
-    try:
-        rows = await conn.fetch(
-            "SELECT journey, version, count(*) AS n FROM journey_instances "
-            "WHERE status = 'active' AND ($1::text IS NULL OR journey = $1) "
-            "GROUP BY journey, version",
-            name,
-        )
-    except asyncpg.UndefinedTableError:
-        return None
-    return {(r["journey"], r["version"]): int(r["n"]) for r in rows}
-
-
-async def list_journeys(pool: asyncpg.Pool, name: str | None = None) -> list[JourneySummary]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            """SELECT j.name, j.state, j.live_version, j.stop_mode, j.stopped_at, j.updated_at,
-                      r.document->>'title' AS title,
-                      (SELECT count(*) FROM journey_versions v
-                        WHERE v.journey = j.name) AS versions,
-                      (SELECT v.checksum FROM journey_versions v WHERE v.journey = j.name
-                        ORDER BY v.version DESC LIMIT 1) AS latest_checksum,
-                      r.document AS draft
-               FROM journeys j
-               LEFT JOIN resources r ON r.kind = 'Journey' AND r.name = j.name
-               WHERE $1::text IS NULL OR j.name = $1
-               ORDER BY j.name""",
-            name,
-        )
-        counts = await _active_counts(conn, name)
-    summaries = []
-    for r in rows:
-        draft = json.loads(r["draft"]) if r["draft"] is not None else None
-        active = None
-        if counts is not None:
-            active = sum(n for (j, _), n in counts.items() if j == r["name"])
-        summaries.append(
-            JourneySummary(
-                name=r["name"],
-                title=r["title"],
-                state=r["state"],
-                live_version=r["live_version"],
-                versions=int(r["versions"]),
-                draft_changed=draft is not None and checksum_of(draft) != r["latest_checksum"],
-                active_instances=active,
-                updated_at=r["updated_at"],
-                stop_mode=r["stop_mode"],
-                stopped_at=r["stopped_at"],
-            )
-        )
-    return summaries
-
-
-async def get_journey(pool: asyncpg.Pool, name: str) -> tuple[JourneySummary, dict[str, Any]]:
-    """The journey's summary and its current draft document."""
-    found = await list_journeys(pool, name)
-    if not found:
-        raise NotFound(f"journey {name!r} does not exist")
-    async with pool.acquire() as conn:
-        draft = await get_draft(conn, name)
-    return found[0], draft.document
-
-
-async def list_versions(pool: asyncpg.Pool, name: str) -> list[VersionInfo]:
-    async with pool.acquire() as conn:
-        live = await conn.fetchval("SELECT live_version FROM journeys WHERE name = $1", name)
-        exists = await conn.fetchval("SELECT true FROM journeys WHERE name = $1", name)
-        if not exists:
-            raise NotFound(f"journey {name!r} does not exist")
-        rows = await conn.fetch(
-            "SELECT version, checksum, published_at FROM journey_versions WHERE journey = $1 "
-            "ORDER BY version",
-            name,
-        )
-        counts = await _active_counts(conn, name)
-    return [
-        VersionInfo(
-            journey=name,
-            version=r["version"],
-            checksum=r["checksum"],
-            published_at=r["published_at"],
-            live=r["version"] == live,
-            active_instances=None if counts is None else counts.get((name, r["version"]), 0),
-        )
-        for r in rows
-    ]
-
-
-async def get_version(pool: asyncpg.Pool, name: str, version: int) -> VersionInfo:
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT v.version, v.checksum, v.published_at, v.definition, "
-            "       j.live_version = v.version AS live "
-            "FROM journey_versions v JOIN journeys j ON j.name = v.journey "
-            "WHERE v.journey = $1 AND v.version = $2",
-            name,
-            version,
-        )
-        counts = await _active_counts(conn, name)
-    if row is None:
-        raise NotFound(f"journey {name!r} has no version {version}")
-    return VersionInfo(
-        journey=name,
-        version=row["version"],
-        checksum=row["checksum"],
-        published_at=row["published_at"],
-        live=bool(row["live"]),
-        active_instances=None if counts is None else counts.get((name, version), 0),
-        definition=json.loads(row["definition"]),
     )

@@ -4,7 +4,7 @@ is ``ready``; a template a live journey sends cannot go back to ``draft``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,7 +13,7 @@ import msgspec
 
 from cairn_control.errors import Conflict, Invalid, NotFound, ProblemOut
 from cairn_control.store import audit
-from cairn_control.validation import line_of, path_lines
+from cairn_control.validation import ParsedDocument, line_of, path_lines
 from cairn_journey.render import template_problems
 
 TemplateStatus = Literal["draft", "ready"]
@@ -127,16 +127,45 @@ async def set_template_status(
 
 
 def _render_problems(name: str, row: asyncpg.Record) -> list[ProblemOut]:
+    return render_problems(name, json.loads(row["document"]), row["source"], row["source_text"])
+
+
+async def check_ready_templates(
+    pool: asyncpg.Pool, documents: Sequence[ParsedDocument]
+) -> list[ProblemOut]:
+    """A ready template is in use (or about to be): new content for it must render, or the
+    sends of live journeys would start failing. Problems of every such template are returned."""
+    names = [d.name for d in documents if d.kind == "Template"]
+    if not names:
+        return []
+    ready = {
+        r["name"]
+        for r in await pool.fetch(
+            "SELECT name FROM resources WHERE kind = 'Template' AND status = 'ready' "
+            "AND name = ANY($1::text[])",
+            names,
+        )
+    }
+    problems: list[ProblemOut] = []
+    for d in documents:
+        if d.kind == "Template" and d.name in ready:
+            problems += render_problems(d.name, d.document, d.source, d.source_text)
+    return problems
+
+
+def render_problems(
+    name: str, document: dict[str, Any], source: str | None, source_text: str | None
+) -> list[ProblemOut]:
     """What stops a template from rendering (syntax, unknown filters or variables, missing
     fields), each with the line of its field in the file it was applied from."""
-    found = template_problems(json.loads(row["document"]))
-    lines = path_lines(row["source_text"], "Template", name) if row["source_text"] else {}
+    found = template_problems(document)
+    lines = path_lines(source_text, "Template", name) if source_text else {}
     problems = []
     for text in found:
         path, _, message = text.partition(": ")
         if not message:
             path, message = "", text
         problems.append(
-            ProblemOut(path=path, message=message, source=row["source"], line=line_of(path, lines))
+            ProblemOut(path=path, message=message, source=source, line=line_of(path, lines))
         )
     return problems

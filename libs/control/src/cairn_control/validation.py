@@ -204,6 +204,22 @@ def check_documents(
     return problems
 
 
+REFERENCE_PATHS = {"Template": ".send.template", "Channel": ".send.channel",
+                   "Destination": ".send.destination"}  # fmt: skip
+
+
+def check_offline(documents: Sequence[ParsedDocument]) -> tuple[list[ProblemOut], list[str]]:
+    """``cairn validate``: the journeys' references checked against the documents given. A kind
+    of which no document is given at all (e.g. templates kept elsewhere) is not checked; its name
+    is returned so the caller can say so."""
+    given = {d.kind for d in documents}
+    unchecked = [kind for kind in REFERENCE_PATHS if kind not in given]
+    skip = tuple(REFERENCE_PATHS[kind] for kind in unchecked)
+    problems = [p for p in check_documents(documents, []) if not (skip and p.path.endswith(skip))]
+    journeys = any(d.kind == "Journey" for d in documents)
+    return problems, unchecked if journeys else []
+
+
 # ---- lines of paths ------------------------------------------------------------------------------
 
 

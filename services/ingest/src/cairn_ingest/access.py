@@ -20,6 +20,8 @@ from cairn_ingest.keys import active_key_hashes, hash_secret
 
 log = structlog.get_logger(__name__)
 CHANNEL = "cairn_write_keys"
+MISS_TTL_SECONDS = 2.0
+MAX_REMEMBERED_MISSES = 10_000
 
 
 class KnownKey(msgspec.Struct, frozen=True):
@@ -55,10 +57,14 @@ class WriteKeys:
         self._keys: dict[str, KnownKey] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._changed = asyncio.Event()
+        self._unknown: dict[str, float] = {}
+        """Recent misses (digest → when), so a flood of bad keys costs no database queries.
+        A key created meanwhile still works at once: NOTIFY refreshes ``_keys``, read first."""
 
     async def refresh(self) -> None:
         found = await active_key_hashes(self._pool)
         self._keys = {h: KnownKey(key_id, rate) for h, (key_id, rate) in found.items()}
+        self._unknown.clear()
         live = {(k.key_id, k.rate_limit) for k in self._keys.values()}
         self._buckets = {
             key_id: bucket
@@ -74,11 +80,18 @@ class WriteKeys:
         known = self._keys.get(digest)
         if known is not None:
             return known
+        now = time.monotonic()
+        missed = self._unknown.get(digest)
+        if missed is not None and now - missed < MISS_TTL_SECONDS:
+            return None
         row = await self._pool.fetchrow(
             "SELECT key_id, rate_limit FROM write_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             digest,
         )
         if row is None:
+            if len(self._unknown) >= MAX_REMEMBERED_MISSES:
+                self._unknown.clear()
+            self._unknown[digest] = now
             return None
         known = KnownKey(row["key_id"], row["rate_limit"])
         self._keys[digest] = known

@@ -75,7 +75,6 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         ctx.pool,
         ctx.topology,
         timeout=s.publish_timeout_seconds,
-        max_pending=s.publish_max_pending,
     )
     ingestor = Ingestor(s, keys, publisher, triggers.current)
     links = (
@@ -105,7 +104,9 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             )
             tg.create_task(triggers.keep_fresh(s.trigger_refresh_seconds, ctx.stopping))
             tg.create_task(prune_dedupe(ctx.pool, s, ctx.stopping))
-            tg.create_task(nats_api.serve(ctx.nc, ctx.topology, ingestor, ctx.stopping))
+            subscribed = asyncio.Event()
+            tg.create_task(nats_api.serve(ctx.nc, ctx.topology, ingestor, ctx.stopping, subscribed))
+            await subscribed.wait()
             ctx.started.set()
             await ctx.stopping.wait()
             await runner.cleanup()  # stop listening; requests in flight are answered first

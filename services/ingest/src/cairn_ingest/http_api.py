@@ -8,16 +8,32 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 
 from cairn_ingest.email_links import EmailLinks
 from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
 
 # Segment's short paths (/v1/t, ...) and /v1/import, the old name of /v1/batch.
 _SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+tracer = trace.get_tracer("cairn.ingest")
+REQUESTS = Counter(
+    "cairn_ingest_http_requests_total",
+    "Tracking API requests by route and status",
+    ["route", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "cairn_ingest_http_request_seconds",
+    "Time from request start to answer (includes waiting for JetStream's acknowledgements)",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 INGESTOR: web.AppKey[Ingestor] = web.AppKey("ingestor", Ingestor)
 
 
@@ -43,12 +59,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The decoded body, at most ``limit`` bytes before and after decompression."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyError(_too_large(request.content_length, limit))
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = await request.content.read(limit + 1)
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(_too_large(None, limit))
+            chunks.append(chunk)
     except (ConnectionError, OSError) as exc:
         raise BodyError(error(400, "bad_body", f"could not read the body: {exc}")) from exc
-    if len(raw) > limit:
-        raise BodyError(_too_large(None, limit))
+    raw = b"".join(chunks)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return raw
@@ -116,6 +137,37 @@ async def cloudevents_call(request: web.Request) -> web.Response:
 
 
 @web.middleware
+async def traced(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A SERVER span per request, continuing the client's W3C ``traceparent`` if it sent one;
+    the events it publishes carry this span's context into NATS, so one trace runs from the
+    request to the delivered message."""
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    status = 500
+    started = time.perf_counter()
+    with tracer.start_as_current_span(
+        f"{request.method} {name}",
+        context=propagate.extract(request.headers),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path},
+    ) as span:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # redirects (the click links) travel as exceptions
+            status = exc.status
+            raise
+        else:
+            status = response.status
+            return response
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            REQUESTS.labels(name, str(status)).inc()
+            REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+@web.middleware
 async def json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -137,7 +189,7 @@ async def json_errors(
 
 def build_app(ingestor: Ingestor, links: EmailLinks | None) -> web.Application:
     app = web.Application(
-        middlewares=[json_errors], client_max_size=ingestor.settings.max_batch_bytes
+        middlewares=[traced, json_errors], client_max_size=ingestor.settings.max_batch_bytes
     )
     app[INGESTOR] = ingestor
     app.router.add_post("/v1/cloudevents", cloudevents_call)

@@ -142,18 +142,9 @@ class Ingestor:
         single: bool,
         **normalise_args: Any,
     ) -> Reply:
-        if not secret:
-            return error(
-                401,
-                "missing_write_key",
-                "a write key is required: send it as the HTTP Basic user or as writeKey",
-            )
-        try:
-            key = await self.keys.lookup(secret)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return error(503, "unavailable", "cannot check the write key now; retry", retry_after=1)
-        if key is None:
-            return error(401, "invalid_write_key", "unknown or revoked write key")
+        key = await self._authenticate(secret)
+        if isinstance(key, Reply):
+            return key
         events, rejected = normalise(
             raws, self._intake(source, key), check=self._schema_check(), **normalise_args
         )
@@ -188,6 +179,21 @@ class Ingestor:
             "rejected": [_rejection(r) for r in rejected],
         }
         return Reply(200, _encoder.encode(body))
+
+    async def _authenticate(self, secret: str | None) -> KnownKey | Reply:
+        if not secret:
+            return error(
+                401,
+                "missing_write_key",
+                "a write key is required: send it as the HTTP Basic user or as writeKey",
+            )
+        try:
+            key = await self.keys.lookup(secret)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return error(503, "unavailable", "cannot check the write key now; retry", retry_after=1)
+        if key is None:
+            return error(401, "invalid_write_key", "unknown or revoked write key")
+        return key
 
     def _intake(self, source: EventSource, key: KnownKey) -> Intake:
         s = self.settings

@@ -53,11 +53,19 @@ async def handle(ingestor: Ingestor, msg: Msg, prefix: str) -> Reply:
 
 
 async def serve(
-    nc: NATS, topology: Topology, ingestor: Ingestor, stop: asyncio.Event, concurrency: int = 64
+    nc: NATS,
+    topology: Topology,
+    ingestor: Ingestor,
+    stop: asyncio.Event,
+    subscribed: asyncio.Event,
+    concurrency: int = 64,
 ) -> None:
-    """Answer requests until ``stop``; requests in flight are finished and answered."""
+    """Answer requests until ``stop``; requests in flight are finished and answered.
+    ``subscribed`` is set once requests can arrive (readiness waits for it)."""
     prefix = topology.ingest_subjects.removesuffix(">")
     sub = await nc.subscribe(topology.ingest_subjects, queue=QUEUE)
+    await nc.flush()
+    subscribed.set()
     slots = asyncio.Semaphore(concurrency)
 
     async def answer(msg: Msg) -> None:

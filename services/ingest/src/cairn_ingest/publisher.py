@@ -46,7 +46,6 @@ class EventPublisher:
         topology: Topology,
         *,
         timeout: float,
-        max_pending: int,
     ) -> None:
         self._batches = BatchPublisher(nc)
         self._pool = pool

@@ -7,6 +7,7 @@ that breaks a rule becomes a ``Rejection`` naming the rule; the others in the ba
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -186,6 +187,70 @@ def _require(condition: object, field: str, kind: str) -> None:
         raise Problem("invalid_event", f"{field} is required for a {kind} call")
 
 
+class Ids(msgspec.Struct, frozen=True):
+    user_id: str | None
+    anonymous_id: str | None
+    previous_id: str | None
+    group_id: str | None
+    event: str | None
+
+    @property
+    def profile_id(self) -> str:
+        profile = self.user_id or self.anonymous_id
+        assert profile is not None
+        return profile
+
+
+def _kind(m: SegmentMessage, forced_type: str | None) -> EventType:
+    kind = forced_type or m.type
+    if kind is None:
+        raise Problem("invalid_event", "type is required in a batch message")
+    if kind not in EVENT_TYPES:
+        raise Problem(
+            "invalid_event", f"type {kind!r} is not one of {', '.join(sorted(EVENT_TYPES))}"
+        )
+    return kind  # type: ignore[return-value]  # checked against EVENT_TYPES
+
+
+def _ids(m: SegmentMessage, kind: EventType, limit: int) -> Ids:
+    """The identities and names Segment requires for each call type."""
+    ids = Ids(
+        user_id=_id(m.user_id, "userId", limit),
+        anonymous_id=_id(m.anonymous_id, "anonymousId", limit),
+        previous_id=_id(m.previous_id, "previousId", limit),
+        group_id=_id(m.group_id, "groupId", limit),
+        event=(m.event.strip() or None) if m.event and kind == "track" else None,
+    )
+    if ids.user_id is None and ids.anonymous_id is None:
+        raise Problem("invalid_event", "userId or anonymousId is required")
+    if kind == "track":
+        _require(ids.event, "event", kind)
+        if ids.event and len(ids.event) > 200:
+            raise Problem("invalid_event", "event name is longer than 200 characters")
+    elif kind == "alias":
+        _require(ids.previous_id, "previousId", kind)
+        _require(ids.user_id, "userId", kind)
+    elif kind == "group":
+        _require(ids.group_id, "groupId", kind)
+    return ids
+
+
+def _message_id(m: SegmentMessage, limit: int) -> str:
+    message_id = m.message_id.strip() if m.message_id else ""
+    if not message_id:
+        return str(uuid.uuid4())
+    if len(message_id) > limit:
+        raise Problem("invalid_event", f"messageId is longer than {limit} characters")
+    if not message_id.isprintable():  # it travels in a NATS header
+        raise Problem("invalid_event", "messageId may not hold control characters")
+    return message_id
+
+
+def _merged(own: dict[str, Any] | None, batch: dict[str, Any] | None) -> dict[str, Any]:
+    own = own if own is not None else {}
+    return {**batch, **own} if batch else own
+
+
 def to_event(
     m: SegmentMessage,
     intake: Intake,
@@ -194,43 +259,10 @@ def to_event(
     batch_context: dict[str, Any] | None = None,
     batch_integrations: dict[str, Any] | None = None,
 ) -> Event:
-    kind = forced_type or m.type
-    if kind is None:
-        raise Problem("invalid_event", "type is required in a batch message")
-    if kind not in EVENT_TYPES:
-        raise Problem(
-            "invalid_event",
-            f"type {kind!r} is not one of {', '.join(sorted(EVENT_TYPES))}",
-        )
-    limit = intake.max_profile_id_length
-    user_id = _id(m.user_id, "userId", limit)
-    anonymous_id = _id(m.anonymous_id, "anonymousId", limit)
-    profile_id = user_id or anonymous_id
-    if profile_id is None:
-        raise Problem("invalid_event", "userId or anonymousId is required")
-    event_name = m.event.strip() if m.event else None
-    previous_id = _id(m.previous_id, "previousId", limit)
-    group_id = _id(m.group_id, "groupId", limit)
-    if kind == "track":
-        _require(event_name, "event", kind)
-        if event_name and len(event_name) > 200:
-            raise Problem("invalid_event", "event name is longer than 200 characters")
-    elif kind == "alias":
-        _require(previous_id, "previousId", kind)
-        _require(user_id, "userId", kind)
-    elif kind == "group":
-        _require(group_id, "groupId", kind)
-    message_id = m.message_id or str(uuid.uuid4())
-    if len(message_id) > intake.max_message_id_length:
-        raise Problem(
-            "invalid_event", f"messageId is longer than {intake.max_message_id_length} characters"
-        )
-    context = m.context if m.context is not None else {}
-    if batch_context:
-        context = {**batch_context, **context}
-    integrations = m.integrations if m.integrations is not None else {}
-    if batch_integrations:
-        integrations = {**batch_integrations, **integrations}
+    kind = _kind(m, forced_type)
+    ids = _ids(m, kind, intake.max_profile_id_length)
+    message_id = _message_id(m, intake.max_message_id_length)
+    context = _merged(m.context, batch_context)
     properties = m.properties if m.properties is not None else {}
     if kind in ("page", "screen") and m.category is not None and "category" not in properties:
         properties = {**properties, "category": m.category}
@@ -238,28 +270,32 @@ def to_event(
     if kind == "identify" and isinstance(context.get("traits"), dict):
         traits = {**context["traits"], **traits}  # RudderStack sends identify traits there
     sent_at = m.sent_at or batch_sent_at
-    event_type: EventType = kind  # type: ignore[assignment]  # checked against EVENT_TYPES
+    profile_id = ids.profile_id
     return Event(
         message_id=message_id,
-        type=event_type,
+        type=kind,
         profile_id=profile_id,
-        partition=partition_for(profile_id, intake.partitions),
+        partition=partition_of(profile_id, intake.partitions),
         received_at=intake.received_at,
         timestamp=event_time(m.timestamp or m.original_timestamp, sent_at, intake.received_at),
-        event=event_name if kind == "track" else None,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        previous_id=previous_id,
-        group_id=group_id,
+        event=ids.event,
+        user_id=ids.user_id,
+        anonymous_id=ids.anonymous_id,
+        previous_id=ids.previous_id,
+        group_id=ids.group_id,
         name=m.name,
         properties=properties,
         traits=traits,
         context=context,
-        integrations=integrations,
+        integrations=_merged(m.integrations, batch_integrations),
         sent_at=_utc(sent_at) if sent_at is not None else None,
         source=intake.source,
         write_key=intake.write_key_id,
     )
+
+
+partition_of = functools.lru_cache(maxsize=65_536)(partition_for)
+"""``partition_for`` remembered: a client's batches mostly repeat a few profiles."""
 
 
 def now() -> datetime:

@@ -27,8 +27,6 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     # ---- delivery into JetStream ----------------------------------------------------------------
     publish_timeout_seconds: float = 5.0
     """How long a request waits for JetStream's acknowledgements before answering 503."""
-    publish_max_pending: int = 20_000
-    """Publishes awaiting acknowledgement across all requests (backpressure beyond it)."""
 
     # ---- deduplication beyond JetStream's window ------------------------------------------------
     dedupe_retention_hours: float = 48.0
