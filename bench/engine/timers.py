@@ -26,6 +26,8 @@ from cairn_common.db import apply_migrations
 from cairn_common.messages import TimerFired, decode
 from cairn_common.topology import Topology
 
+EXTRA: list[str] = []
+
 
 async def insert_far(conn: asyncpg.Connection, count: int) -> None:
     await conn.execute(
@@ -97,7 +99,7 @@ async def main(r: Rig, total: int, due: int) -> None:
     await conn.execute("VACUUM ANALYZE timers")
 
     sub = await subscribe(js, topology)
-    proc = r.spawn("cairn_scheduler", CAIRN_FIRE_BATCH="2000", CAIRN_CLAIM_BATCH="5000")
+    proc = r.spawn("cairn_scheduler", **dict(a.split("=", 1) for a in EXTRA))
     await proc.wait_ready()
     assert proc.proc is not None
     print(f"scheduler pid {proc.proc.pid}", flush=True)
@@ -124,6 +126,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--total", type=int, default=1_000_000)
     parser.add_argument("--due", type=int, default=100_000)
+    parser.add_argument("--env", action="append", default=[], help="CAIRN_X=V for the scheduler")
     args = parser.parse_args()
+    EXTRA.extend(args.env)
     with rig() as r:
         asyncio.run(main(r, args.total, args.due))

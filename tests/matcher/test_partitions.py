@@ -10,6 +10,7 @@ from collections.abc import Callable
 import asyncpg
 from nats.js.client import JetStreamContext
 
+from cairn_common.messages import decode
 from cairn_common.topology import Topology
 from tests.support.engine import Inputs, prepared, wait_for_rows
 from tests.support.processes import ServiceProcess
@@ -106,4 +107,35 @@ async def test_a_clean_stop_hands_partitions_to_the_other_replica_at_once(
         await inputs.identify(f"user-{n}", n=n)
     await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=20, timeout=20)
     assert set((await owners(pool)).values()) == {"a"}
+    await pool.close()
+
+
+async def test_poison_inputs_are_dead_lettered_with_the_reason_and_the_partition_goes_on(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    pool = await prepared(database_url, js, topology)
+    inputs = Inputs(js, topology, P)
+    first = await inputs.identify("ivy", plan="free")
+    subject = topology.input_subject(first.partition, "event")
+    await js.publish(subject, b"{not json", headers={"Nats-Msg-Id": "junk-1"})
+    partial = b'{"msg_type": "event", "type": "track"}'
+    await js.publish(subject, partial, headers={"Nats-Msg-Id": "junk-2"})
+    await inputs.identify("ivy", plan="pro")
+    letters = await js.pull_subscribe(
+        f"{topology.namespace}.dlq.>", stream=topology.dead_letter_stream
+    )
+
+    proc = spawn(MATCHER, CAIRN_PARTITIONS=str(P))
+    await proc.wait_ready()
+    await wait_for_rows(
+        pool, "SELECT count(*) FROM profiles WHERE traits->>'plan' = 'pro'", expect=1
+    )
+    got = await letters.fetch(2, timeout=10)
+    reasons = sorted(decode(m.data).reason for m in got)  # type: ignore[union-attr]
+    assert len(reasons) == 2
+    assert all(r.startswith("undecodable message") for r in reasons), reasons
+    assert any("missing required field" in r for r in reasons), "it names what is wrong"
     await pool.close()

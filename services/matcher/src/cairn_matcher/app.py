@@ -27,22 +27,24 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     leases = PartitionLeases(
         ctx.pool, s.replica_id, s.partitions, ttl=s.lease_ttl_seconds, renew=s.lease_renew_seconds
     )
+    outbox = Outbox(ctx.js, ctx.pool, relay_after=s.outbox_relay_after_seconds)
     engine = Engine(
         ctx.pool,
         leases,
         journeys,
         ctx.topology,
+        outbox=outbox,
         max_cached_profiles=s.max_cached_profiles,
         notify_within=s.timer_notify_within_seconds,
     )
-    outbox = Outbox(ctx.js, ctx.pool, relay_after=s.outbox_relay_after_seconds)
-    supervisor = PartitionSupervisor(ctx, leases, engine, outbox)
+    supervisor = PartitionSupervisor(ctx, leases, engine)
     background = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(leases.run(background), name="leases")
             tg.create_task(journeys.watch(background, s.journeys_reload_seconds), name="journeys")
             tg.create_task(outbox.relay(background), name="outbox-relay")
+            tg.create_task(engine.run(background), name="group-commit")
             await supervisor.run()  # returns once stopping and every worker has finished
             background.set()
     finally:

@@ -31,15 +31,15 @@ log = structlog.get_logger(__name__)
 
 
 class BatchWrites:
-    def __init__(
-        self, partition: int, topology: Topology, now: datetime, *, notify_within: float
-    ) -> None:
-        self.partition = partition
+    def __init__(self, topology: Topology, now: datetime, *, notify_within: float) -> None:
         self._topology = topology
         self._now = now
         self._hour = now.replace(minute=0, second=0, microsecond=0)
         self._notify_before = now + timedelta(seconds=notify_within)
         self.states: dict[str, ProfileState] = {}
+        self.partition_of: dict[str, int] = {}
+        self.applied: dict[int, int] = {}
+        """partition -> the last stream sequence this batch applied there."""
         self.traits: dict[str, dict[str, Any]] = {}
         self.timers: dict[str, repo.TimerRow] = {}
         self.cancelled: set[str] = set()
@@ -56,12 +56,15 @@ class BatchWrites:
     def merge_traits(self, profile_id: str, traits: dict[str, Any]) -> None:
         self.traits[profile_id] = {**self.traits.get(profile_id, {}), **traits}
 
-    def add(self, profile_id: str, state: ProfileState, effects: list[Effect]) -> None:
+    def add(
+        self, profile_id: str, partition: int, state: ProfileState, effects: list[Effect]
+    ) -> None:
         self.states[profile_id] = state
+        self.partition_of[profile_id] = partition
         for effect in effects:
-            self._fold(profile_id, effect)
+            self._fold(profile_id, partition, effect)
 
-    def _fold(self, profile_id: str, effect: Effect) -> None:
+    def _fold(self, profile_id: str, partition: int, effect: Effect) -> None:
         match effect:
             case InstanceStarted():
                 self.started.append(
@@ -75,7 +78,7 @@ class BatchWrites:
                 self.converted.append((effect.instance_id, effect.converted_at or self._now))
             case TimerSet():
                 self.timers[effect.timer_id] = (
-                    effect.timer_id, profile_id, self.partition, effect.instance_id,
+                    effect.timer_id, profile_id, partition, effect.instance_id,
                     effect.step_id, effect.kind, effect.due_at,
                 )  # fmt: skip
             case TimerCancelled():
@@ -100,7 +103,7 @@ class BatchWrites:
     async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes]]:
         """Write everything (inside the caller's transaction); returns the new outbox rows."""
         await repo.save_states(
-            conn, self.partition, [(p, encode_state(s)) for p, s in self.states.items()]
+            conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
         )
         await repo.merge_traits(conn, self.traits)
         await repo.start_instances(conn, self.started)
@@ -113,4 +116,5 @@ class BatchWrites:
             if earliest <= self._notify_before:
                 await repo.wake_scheduler(conn, earliest.astimezone(UTC))
         await repo.add_stats(conn, self.stats)
+        await repo.record_applied(conn, self.applied)
         return await repo.add_to_outbox(conn, self.outbox)

@@ -13,6 +13,7 @@ reason in the same transaction, leaves its profile's state as it was, and the ba
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,19 +33,25 @@ from cairn_common.messages import (
     TimerFired,
 )
 from cairn_common.topology import Topology
+from cairn_common.waiting import wait_any
 from cairn_journey.catalogue import Catalogue
 from cairn_journey.interpreter import run_input
 from cairn_journey.state import ProfileState, decode_state
 from cairn_matcher import repo
 from cairn_matcher.effects import BatchWrites
 from cairn_matcher.journeys import JourneyCatalogue
-from cairn_matcher.leases import PartitionLeases
-from cairn_matcher.outbox import OutboxMessage
+from cairn_matcher.leases import LeaseLost, PartitionLeases
+from cairn_matcher.outbox import Outbox, OutboxMessage
 
 log = structlog.get_logger(__name__)
 
 INPUTS = Counter("cairn_matcher_inputs_total", "Profile inputs taken", ["kind", "outcome"])
 BATCH_SECONDS = Histogram("cairn_matcher_batch_seconds", "Time to apply and commit one batch")
+GROUP_SIZE = Histogram(
+    "cairn_matcher_commit_inputs",
+    "Inputs applied per transaction (group commit across partitions)",
+    buckets=(1, 4, 16, 64, 256, 1024, 4096),
+)
 CACHED = Gauge("cairn_matcher_cached_profiles", "Profile actors held in memory")
 
 Clock = Callable[[], datetime]
@@ -67,6 +74,21 @@ class Input(msgspec.Struct):
     problem: str | None = None
 
 
+class Job(msgspec.Struct):
+    """One partition's fetched batch, waiting for a committer."""
+
+    partition: int
+    epoch: int
+    items: Sequence[Input]
+    done: asyncio.Future[None]
+
+
+def _done(future: asyncio.Future[Job]) -> asyncio.Event:
+    event = asyncio.Event()
+    future.add_done_callback(lambda _: event.set())
+    return event
+
+
 class Engine:
     def __init__(
         self,
@@ -75,10 +97,17 @@ class Engine:
         journeys: JourneyCatalogue,
         topology: Topology,
         *,
+        outbox: Outbox,
         max_cached_profiles: int,
         notify_within: float,
+        committers: int = 2,
+        max_group: int = 2_000,
         clock: Clock = utc_now,
     ) -> None:
+        self._outbox = outbox
+        self._committers = committers
+        self._max_group = max_group
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._pool = pool
         self._leases = leases
         self._journeys = journeys
@@ -89,33 +118,90 @@ class Engine:
         self._cache: OrderedDict[str, tuple[int, int, ProfileState]] = OrderedDict()
         """profile id -> (partition, epoch, state): valid only while we hold that epoch."""
 
-    async def apply(
-        self, partition: int, epoch: int, items: Sequence[Input]
-    ) -> list[OutboxMessage]:
-        """Apply ``items`` (in stream order) and commit; returns the outbox messages to publish.
-        Raises ``LeaseLost`` (nothing committed) if another replica owns the partition now."""
+    async def apply(self, partition: int, epoch: int, items: Sequence[Input]) -> None:
+        """Apply ``items`` (in stream order), commit, and publish what they emit. Returns once the
+        commit is durable. Raises ``LeaseLost`` (nothing committed) if another replica owns the
+        partition now, or the database error that rolled the commit back."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Job(partition, epoch, items, done))
+        await done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Group commit: each committer takes every batch waiting (from any partition) and
+        commits them in one transaction, so 64 partitions with a few inputs each cost one commit,
+        not 64. Two committers overlap one transaction's round trips with the next's work; a
+        partition has one batch in flight at most, so they never touch the same partition."""
+        async with asyncio.TaskGroup() as tg:
+            for n in range(self._committers):
+                tg.create_task(self._committer(stop), name=f"committer-{n}")
+
+    async def _committer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            get = asyncio.ensure_future(self._queue.get())
+            await wait_any(stop, _done(get))
+            if not get.done():
+                get.cancel()
+                return
+            jobs = [get.result()]
+            size = len(jobs[0].items)
+            while size < self._max_group and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                size += len(jobs[-1].items)
+            await self._commit_group(jobs)
+
+    async def _commit_group(self, jobs: list[Job]) -> None:
+        try:
+            messages, lost = await self._apply_jobs(jobs)
+        except Exception as exc:  # the transaction rolled back: every batch in it retries
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(exc)
+            return
+        await self._outbox.publish(messages)
+        for job in jobs:
+            if job.done.done():
+                continue  # its worker was cancelled meanwhile
+            if job.partition in lost:
+                job.done.set_exception(
+                    LeaseLost(f"partition {job.partition} at epoch {job.epoch} is not ours")
+                )
+            else:
+                job.done.set_result(None)
+
+    async def _apply_jobs(self, jobs: list[Job]) -> tuple[list[OutboxMessage], set[int]]:
         started = time.perf_counter()
-        catalogue = self._journeys.current  # one catalogue for the whole batch
+        catalogue = self._journeys.current  # one catalogue for the whole transaction
+        now = self._clock()
+        writes = BatchWrites(self._topology, now, notify_within=self._notify_within)
         async with self._pool.acquire() as conn, conn.transaction():
-            last = await self._leases.fence(conn, partition, epoch)
-            fresh = [i for i in items if i.seq > last]
-            INPUTS.labels("any", "redelivered").inc(len(items) - len(fresh))
+            last = await self._leases.fence_many(conn, {j.partition: j.epoch for j in jobs})
+            lost = {p for p, seq in last.items() if seq is None}
+            fresh: list[tuple[Job, list[Input]]] = []
+            for job in jobs:
+                seq = last[job.partition]
+                if seq is not None:
+                    items = [i for i in job.items if i.seq > seq]
+                    INPUTS.labels("any", "redelivered").inc(len(job.items) - len(items))
+                    if items:
+                        fresh.append((job, items))
             if not fresh:
-                return []
-            now = self._clock()
-            writes = BatchWrites(partition, self._topology, now, notify_within=self._notify_within)
-            states = await self._states_for(conn, partition, epoch, fresh, catalogue)
-            for item in fresh:
-                self._apply_one(item, states, writes, catalogue, now)
+                return [], lost
+            states = await self._states_for(conn, fresh, catalogue)
+            for job, items in fresh:
+                for item in items:
+                    self._apply_one(item, job.partition, states, writes, catalogue, now)
+                writes.applied[job.partition] = max(i.seq for i in items)
             rows = await writes.commit(conn)
-            await repo.record_applied(conn, partition, max(i.seq for i in fresh))
-        self._remember(partition, epoch, writes.states)
+        epochs = {j.partition: j.epoch for j, _ in fresh}
+        self._remember(writes, epochs)
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        return [OutboxMessage(*row) for row in rows]
+        GROUP_SIZE.observe(sum(len(items) for _, items in fresh))
+        return [OutboxMessage(*row) for row in rows], lost
 
     def _apply_one(
         self,
         item: Input,
+        partition: int,
         states: dict[str, ProfileState],
         writes: BatchWrites,
         catalogue: Catalogue,
@@ -144,7 +230,7 @@ class Engine:
             self._dead_letter(item, f"interpreter failed: {type(exc).__name__}: {exc}", writes, now)
             return
         states[pid] = new_state
-        writes.add(pid, new_state, effects)
+        writes.add(pid, partition, new_state, effects)
         INPUTS.labels(kind, "applied").inc()
 
     def _traits_changed_outside(
@@ -179,25 +265,26 @@ class Engine:
     async def _states_for(
         self,
         conn: asyncpg.Connection,
-        partition: int,
-        epoch: int,
-        items: Sequence[Input],
+        batches: Sequence[tuple[Job, Sequence[Input]]],
         catalogue: Catalogue,
     ) -> dict[str, ProfileState]:
-        wanted = {
-            i.message.profile_id
-            for i in items
-            if isinstance(i.message, PROFILE_INPUTS) and catalogue.interested_in(i.message)
-        }
         states: dict[str, ProfileState] = {}
         missing: list[str] = []
-        for pid in wanted:
-            cached = self._cache.get(pid)
-            if cached is not None and cached[:2] == (partition, epoch):
-                self._cache.move_to_end(pid)
-                states[pid] = cached[2]
-            else:
-                missing.append(pid)
+        for job, items in batches:
+            for i in items:
+                if not isinstance(i.message, PROFILE_INPUTS) or not catalogue.interested_in(
+                    i.message
+                ):
+                    continue
+                pid = i.message.profile_id
+                if pid in states or pid in missing:
+                    continue
+                cached = self._cache.get(pid)
+                if cached is not None and cached[:2] == (job.partition, job.epoch):
+                    self._cache.move_to_end(pid)
+                    states[pid] = cached[2]
+                else:
+                    missing.append(pid)
         if missing:
             for pid, stored in (await repo.load_profiles(conn, missing)).items():
                 state = (
@@ -210,10 +297,11 @@ class Engine:
                 states[pid] = state
         return states
 
-    def _remember(self, partition: int, epoch: int, states: dict[str, ProfileState]) -> None:
+    def _remember(self, writes: BatchWrites, epochs: dict[int, int]) -> None:
         """After the commit only: a rolled-back batch must not leak into the cache."""
-        for pid, state in states.items():
-            self._cache[pid] = (partition, epoch, state)
+        for pid, state in writes.states.items():
+            partition = writes.partition_of[pid]
+            self._cache[pid] = (partition, epochs[partition], state)
             self._cache.move_to_end(pid)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)  # evict the actor idle the longest

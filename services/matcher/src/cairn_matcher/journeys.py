@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import structlog
+from prometheus_client import Gauge
 
 from cairn_common.waiting import setter, wait_any
 from cairn_journey.catalogue import Catalogue
@@ -27,6 +28,9 @@ from cairn_journey.model import Journey
 from cairn_matcher import repo
 
 log = structlog.get_logger(__name__)
+
+LIVE_JOURNEYS = Gauge("cairn_matcher_live_journeys", "Journeys taking new entries, as last loaded")
+LOADED_VERSIONS = Gauge("cairn_matcher_loaded_versions", "Published journey versions loaded")
 
 CHANNEL = "cairn_journeys"
 TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -65,6 +69,8 @@ class JourneyCatalogue:
         async with self._pool.acquire() as conn:
             rows = await repo.published_journeys(conn)
         self.current = build_catalogue(rows)
+        LIVE_JOURNEYS.set(len(self.current.live))
+        LOADED_VERSIONS.set(len(self.current.versions))
         log.info("journeys loaded", versions=len(self.current.versions),
                  live=sorted(self.current.live))  # fmt: skip
 

@@ -19,8 +19,11 @@ import contextlib
 
 import asyncpg
 import structlog
+from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
+
+OWNED = Gauge("cairn_matcher_owned_partitions", "Partitions this replica holds a lease on")
 
 
 class LeaseLost(Exception):
@@ -83,6 +86,7 @@ class PartitionLeases:
             log.info("partitions changed", gained=sorted(gained), lost=sorted(lost),
                      held=len(renewed), live_replicas=live)  # fmt: skip
             self.held = renewed
+            OWNED.set(len(renewed))
             self.changed.set()
 
     async def _heartbeat(self, conn: asyncpg.Connection) -> list[str]:
@@ -137,11 +141,29 @@ class PartitionLeases:
         seq: int = row["last_applied_seq"]
         return seq
 
+    async def fence_many(
+        self, conn: asyncpg.Connection, epochs: dict[int, int]
+    ) -> dict[int, int | None]:
+        """``fence`` for several partitions in one statement: partition -> the sequence applied
+        last, or ``None`` where we no longer own it at that epoch."""
+        rows = await conn.fetch(
+            "SELECT partition, owner, epoch, last_applied_seq, expires_at > now() AS live "
+            "FROM partition_leases WHERE partition = ANY($1) ORDER BY partition FOR SHARE",
+            list(epochs),
+        )
+        found: dict[int, int | None] = dict.fromkeys(epochs)
+        for r in rows:
+            p = r["partition"]
+            if r["owner"] == self.owner and r["epoch"] == epochs[p] and r["live"]:
+                found[p] = r["last_applied_seq"]
+        return found
+
     def forget(self, partition: int, epoch: int) -> None:
         """A worker found it was fenced out: stop counting the partition as ours until the next
         renewal says otherwise."""
         if self.held.get(partition) == epoch:
             del self.held[partition]
+            OWNED.set(len(self.held))
             self.changed.set()
 
     async def release_all(self) -> None:
@@ -154,4 +176,5 @@ class PartitionLeases:
             )
             await conn.execute("DELETE FROM matcher_members WHERE owner = $1", self.owner)
         self.held = {}
+        OWNED.set(0)
         self.changed.set()

@@ -5,8 +5,8 @@ epoch, ``matcher-{p}-e{epoch}``, starting right after the last sequence committe
 partition (``partition_leases.last_applied_seq``), and deletes the previous epoch's consumer. So
 whatever the previous owner fetched but never committed is delivered again, in order, and a
 fenced-out old owner cannot pull from the new consumer. Each fetched batch goes to the engine,
-which applies it in ONE transaction (group commit) fenced by the lease; the outbox is published
-after the commit and the batch acked last.
+which commits it (together with other partitions' batches: group commit) fenced by the lease and
+publishes the outbox; the batch is acked last.
 
 A database error does not nak anything: the batch is retried in place (the partition waits, which
 keeps its order) until it commits, the lease is lost, or the service stops. In the last two cases
@@ -32,7 +32,6 @@ from cairn_common.waiting import wait_any
 from cairn_matcher import repo
 from cairn_matcher.engine import Engine, Input
 from cairn_matcher.leases import LeaseLost, PartitionLeases
-from cairn_matcher.outbox import Outbox, OutboxMessage
 from cairn_matcher.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,14 +51,12 @@ class PartitionWorker:
         epoch: int,
         leases: PartitionLeases,
         engine: Engine,
-        outbox: Outbox,
     ) -> None:
         self._ctx = ctx
         self.partition = partition
         self.epoch = epoch
         self._leases = leases
         self._engine = engine
-        self._outbox = outbox
         self.stop = asyncio.Event()
 
     @property
@@ -120,8 +117,7 @@ class PartitionWorker:
         return await js.pull_subscribe_bind(durable=name, stream=stream)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        s = self._ctx.settings
-        fetch = asyncio.ensure_future(sub.fetch(s.fetch_batch, timeout=s.fetch_timeout_seconds))
+        fetch = asyncio.ensure_future(self._fetch_available(sub))
         await wait_any(self.stop, self._ctx.stopping, _done(fetch))
         if not fetch.done():
             fetch.cancel()
@@ -136,33 +132,44 @@ class PartitionWorker:
             await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
             return []
 
+    async def _fetch_available(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Wait for the first input, then take whatever else is there at once, up to a batch.
+
+        nats-py's ``fetch(n)`` on an idle consumer waits for ``n`` messages or its timeout, which
+        would hold a lone event for up to the whole timeout; this does not."""
+        s = self._ctx.settings
+        msgs: list[Msg] = await sub.fetch(1, timeout=s.fetch_timeout_seconds)
+        if s.fetch_batch > 1:
+            with contextlib.suppress(TimeoutError):
+                msgs += await sub.fetch(s.fetch_batch - 1, timeout=0.005)
+        return msgs
+
     async def _handle(self, msgs: list[Msg]) -> None:
         items = [_decoded(m) for m in msgs]
-        pending = await self._commit(items)
-        if pending is None:
+        if not await self._commit(items):
             return  # not committed: nothing is acked, the next worker replays from the commit
-        await self._outbox.publish(pending)
         with contextlib.suppress(*TRANSIENT):
             await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
 
-    async def _commit(self, items: list[Input]) -> list[OutboxMessage] | None:
+    async def _commit(self, items: list[Input]) -> bool:
         delay = 0.2
         while True:
             try:
-                return await self._engine.apply(self.partition, self.epoch, items)
+                await self._engine.apply(self.partition, self.epoch, items)
+                return True
             except LeaseLost as exc:
                 log.warning("lease lost; handing the partition over", partition=self.partition,
                             error=str(exc))  # fmt: skip
                 self._leases.forget(self.partition, self.epoch)
                 self.stop.set()
-                return None
+                return False
             except TRANSIENT as exc:
                 log.warning("batch not committed; retrying", partition=self.partition,
                             error=repr(exc))  # fmt: skip
             except Exception:
                 log.exception("batch failed; retrying", partition=self.partition)
             if self._stopping:
-                return None
+                return False
             await wait_any(self.stop, self._ctx.stopping, timeout=delay)
             delay = min(delay * 2, 5.0)
 
@@ -197,12 +204,10 @@ class PartitionSupervisor:
         ctx: ServiceContext[Settings],
         leases: PartitionLeases,
         engine: Engine,
-        outbox: Outbox,
     ) -> None:
         self._ctx = ctx
         self._leases = leases
         self._engine = engine
-        self._outbox = outbox
         self._running: dict[int, tuple[PartitionWorker, asyncio.Task[None]]] = {}
         self._finished = asyncio.Event()
 
@@ -230,9 +235,7 @@ class PartitionSupervisor:
                 worker.stop.set()
         for p, epoch in sorted(held.items()):
             if p not in self._running:
-                worker = PartitionWorker(
-                    self._ctx, p, epoch, self._leases, self._engine, self._outbox
-                )
+                worker = PartitionWorker(self._ctx, p, epoch, self._leases, self._engine)
                 task = tg.create_task(self._guarded(worker), name=f"partition-{p}")
                 self._running[p] = (worker, task)
 

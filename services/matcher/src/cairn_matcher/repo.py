@@ -39,16 +39,15 @@ async def load_profiles(
     }
 
 
-async def save_states(
-    conn: asyncpg.Connection, partition: int, states: Iterable[tuple[str, bytes]]
-) -> None:
-    ids, blobs = _columns(states, 2)
+async def save_states(conn: asyncpg.Connection, states: Iterable[tuple[str, int, bytes]]) -> None:
+    """(profile id, partition, encoded state) rows."""
+    ids, partitions, blobs = _columns(states, 3)
     if ids:
         await conn.execute(
             """INSERT INTO profile_states (profile_id, partition, state)
-               SELECT p, $3, s FROM unnest($1::text[], $2::bytea[]) AS t(p, s)
+               SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[])
                ON CONFLICT (profile_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
-            ids, blobs, partition,
+            ids, partitions, blobs,
         )  # fmt: skip
 
 
@@ -168,10 +167,14 @@ async def add_stats(conn: asyncpg.Connection, counts: dict[StatKey, int]) -> Non
         )
 
 
-async def record_applied(conn: asyncpg.Connection, partition: int, seq: int) -> None:
-    await conn.execute(
-        "UPDATE partition_leases SET last_applied_seq = $2 WHERE partition = $1", partition, seq
-    )
+async def record_applied(conn: asyncpg.Connection, applied: dict[int, int]) -> None:
+    """partition -> the INPUTS stream sequence applied last."""
+    if applied:
+        await conn.execute(
+            """UPDATE partition_leases AS pl SET last_applied_seq = t.s
+               FROM unnest($1::int[], $2::bigint[]) AS t(p, s) WHERE pl.partition = t.p""",
+            list(applied), list(applied.values()),
+        )  # fmt: skip
 
 
 async def last_applied(conn: asyncpg.Connection, partition: int) -> int:
