@@ -46,6 +46,8 @@ class Reply(msgspec.Struct):
     status: int = 200
     body: Any = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    stall: bool = False
+    """Never answer (the client times out)."""
 
 
 class HttpSink:
@@ -55,6 +57,10 @@ class HttpSink:
         self.requests: list[Recorded] = []
         self.script: deque[Reply] = deque()
         self.default = default or Reply()
+        self.routes: dict[str, Reply] = {}
+        self._stopping = asyncio.Event()
+        self.hold: asyncio.Event | None = None
+        """When set to an Event, requests are recorded but answered only once it is set."""
         self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -75,7 +81,14 @@ class HttpSink:
             )
         )
         self.arrived.set()
-        reply = self.script.popleft() if self.script else self.default
+        if self.hold is not None:
+            await self.hold.wait()
+        if request.path in self.routes:
+            reply = self.routes[request.path]
+        else:
+            reply = self.script.popleft() if self.script else self.default
+        if reply.stall:
+            await self._stopping.wait()
         text = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         return web.Response(status=reply.status, text=text, headers=reply.headers)
 
@@ -89,6 +102,9 @@ class HttpSink:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self.hold is not None:
+            self.hold.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -96,11 +112,13 @@ class HttpSink:
 class SmtpSink:
     """An aiosmtpd server recording every accepted message; ``refuse`` rejects recipients."""
 
-    def __init__(self) -> None:
+    def __init__(self, **server: Any) -> None:
+        """``server``: aiosmtpd SMTP options (tls_context, require_starttls, authenticator...)."""
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
         self.refuse: set[str] = set()
+        self.logins: list[str] = []
         self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **server)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
@@ -115,6 +133,8 @@ class SmtpSink:
         msg = message_from_bytes(content, policy=policy.default)
         assert isinstance(msg, EmailMessage)
         self.messages.append((str(envelope.mail_from), list(envelope.rcpt_tos), msg))
+        if session.authenticated:
+            self.logins.append(str(session.auth_data.login.decode()))
         return "250 Message accepted"
 
     def start(self) -> SmtpSink:
@@ -225,3 +245,44 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 async def ledger(db: asyncpg.Connection, delivery_id: str) -> dict[str, Any] | None:
     row = await db.fetchrow("SELECT * FROM delivery_ledger WHERE delivery_id = $1", delivery_id)
     return dict(row) if row is not None else None
+
+
+def self_signed_tls(directory: Any) -> Any:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1."""
+    import ssl
+    from datetime import timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context

@@ -37,8 +37,9 @@ async def _webhook_channel(db: asyncpg.Connection, sink: HttpSink) -> None:
         "Channel",
         "webhook",
         {
-            "type": "webhook",
-            "settings": {"url": f"{sink.url}/hook", "secret": {"env": "TEST_WEBHOOK_SECRET"}},
+            "provider": "webhook",
+            "endpoint": f"{sink.url}/hook",
+            "credentials": {"secret": {"env": "TEST_WEBHOOK_SECRET"}},
         },
     )
 
@@ -118,6 +119,25 @@ async def test_429_honours_retry_after_then_5xx_retries_then_sends(
     assert (row["status"], row["attempts"]) == ("sent", 3)
 
 
+async def test_provider_timeout_is_retried(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    sink.script.append(Reply(stall=True))
+    await _webhook_channel(db, sink)
+    await start_dispatcher(CAIRN_PROVIDER_TIMEOUT_SECONDS="0.5").wait_ready()
+    results = await Results.listen(nc, topology)
+    await send_requests(js, topology, delivery("d-t", channel="webhook"))
+
+    sent = await results.wait("d-t", "sent")
+    assert sent.attempts == 2
+    assert [r.headers["webhook-id"] for r in sink.requests] == ["d-t", "d-t"]
+
+
 async def test_permanent_4xx_fails_without_retry(
     db: asyncpg.Connection,
     sink: HttpSink,
@@ -177,11 +197,9 @@ async def test_send_for_an_exited_instance_is_dropped(
 ) -> None:
     await _webhook_channel(db, sink)
     await db.execute(
-        "CREATE TABLE IF NOT EXISTS journey_instances (instance_id text PRIMARY KEY, status text)"
-    )
-    await db.execute(
-        "INSERT INTO journey_instances (instance_id, status) VALUES ('gone', 'exited'),"
-        " ('done', 'completed')"
+        "INSERT INTO journey_instances (instance_id, journey, version, profile_id, status,"
+        " started_at) VALUES ('gone', 'abandoned-cart', 1, 'user-1', 'exited', now()),"
+        " ('done', 'abandoned-cart', 1, 'user-1', 'completed', now())"
     )
     await start_dispatcher().wait_ready()
     results = await Results.listen(nc, topology)

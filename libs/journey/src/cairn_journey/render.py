@@ -135,7 +135,7 @@ def _sources(doc: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
     required, optional = CHANNEL_FIELDS.get(channel, ((), ()))
     found: list[tuple[str, str, Any]] = []
     for name in (*required, *optional):
-        if name not in fields:
+        if fields.get(name) is None:
             continue
         value = fields[name]
         if name in _MAPPING_FIELDS and isinstance(value, Mapping):

@@ -7,6 +7,7 @@ from cairn_dispatcher.handlers import Dispatcher
 from cairn_dispatcher.lookup import Lookup
 from cairn_dispatcher.providers.registry import Providers
 from cairn_dispatcher.repo import DeliveryLedger, Documents, Instances, Suppressions
+from cairn_dispatcher.results import ResultPublisher
 from cairn_dispatcher.settings import Settings
 
 
@@ -21,6 +22,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         Suppressions(ctx.pool),
         Lookup(Documents(ctx.pool), ttl=ctx.settings.documents_ttl_seconds),
         providers,
+        ResultPublisher(ctx.nc, ctx.topology, ctx.settings.partitions),
     )
     try:
         await consume(ctx, ctx.topology.dispatcher_consumer, dispatcher)

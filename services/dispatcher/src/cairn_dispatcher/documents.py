@@ -6,22 +6,35 @@ level or under ``spec:``::
 
     kind: Channel
     name: email
-    type: smtp                      # smtp | twilio | fcm | webpush | webhook
-    settings:
-      host: smtp.example.com
-      port: 587
+    type: email
+    provider: smtp                  # smtp | twilio | fcm | webpush | webhook
+    endpoint: smtp://smtp.example.com:587   # smtps:// for implicit TLS
+    options:
       starttls: true
       username: mailer
-      password: {env: SMTP_PASSWORD}  # secrets only by reference: {env: NAME} or {file: PATH}
       from: "Shop <shop@example.com>"
-    marketing: true                 # consent + unsubscribe link (default true)
-    frequency_cap: {limit: 3, per: 1d}
-    quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}   # profile's timezone trait wins
+      marketing: true               # consent + unsubscribe link (default true)
+      frequency_cap: {limit: 3, per: 1d}
+      quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}  # profile's timezone wins
+    credentials:
+      password: {env: SMTP_PASSWORD}  # secrets only by reference: {env: NAME} or {file: PATH}
 
     kind: Destination
     name: braze
-    type: braze                     # braze | customerio | iterable | function
-    settings: {base_url: https://rest.iad-01.braze.com, api_key: {env: BRAZE_KEY}}
+    provider: braze                 # braze | customerio | iterable | webhook | function
+    base_url: https://rest.iad-01.braze.com
+    credentials: {api_key: {env: BRAZE_KEY}}
+
+``options``, ``credentials``, ``base_url`` and ``endpoint`` are flattened into one settings
+mapping (an older ``settings:`` mapping is read too). Provider settings by name:
+
+- smtp: host, port, tls, starttls, username, password, from, validate_certs
+- twilio: account_sid, auth_token, from or messaging_service_sid, status_callback, base_url
+- fcm: project_id, access_token or service_account (JSON key), token_uri, base_url
+- webpush: vapid_private_key (raw base64url), vapid_subject (mailto:...), ttl, urgency
+- webhook: url (= endpoint), secret (``whsec_...``, Standard Webhooks), headers
+- braze / iterable: api_key, base_url, event; customerio: site_id, api_key, base_url, event
+- function: the ``function`` source, allowed_hosts (for ``fetch``), any settings the code reads
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -71,12 +85,17 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.kind}/{self.name}"
 
     def setting(self, name: str, default: Any = None) -> Any:
-        return self.settings.get(name, default)
+        """A plain setting; ``{env: NAME}`` / ``{file: PATH}`` references are read."""
+        value = self.settings.get(name, default)
+        if is_secret_ref(value):
+            return read_secret(value, f"{self.key}: {name}")
+        return value
 
     def require(self, name: str) -> Any:
-        if name not in self.settings or self.settings[name] in (None, ""):
-            raise DocumentError(f"{self.key}: settings.{name} is required for type {self.type}")
-        return self.settings[name]
+        value = self.setting(name)
+        if value in (None, ""):
+            raise DocumentError(f"{self.key}: {name} is required for provider {self.type}")
+        return value
 
     def secret(self, name: str, *, required: bool = True) -> str | None:
         value = self.settings.get(name)
@@ -84,18 +103,27 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
             if required:
                 raise DocumentError(f"{self.key}: settings.{name} is required for type {self.type}")
             return None
-        return read_secret(value, f"{self.key}: settings.{name}")
+        return read_secret(value, f"{self.key}: {name}")
+
+
+def is_secret_ref(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and set(value) <= {"env", "file"}
+        and any(value.get(k) for k in ("env", "file"))
+    )
 
 
 def read_secret(ref: Any, where: str) -> str:
     """``{env: NAME}`` or ``{file: PATH}``; secrets are never written into documents."""
     if isinstance(ref, Mapping):
-        if "env" in ref:
+        if ref.get("env"):
             value = os.environ.get(str(ref["env"]))
             if value is None:
                 raise DocumentError(f"{where}: environment variable {ref['env']} is not set")
             return value
-        if "file" in ref:
+        if ref.get("file"):
             try:
                 return Path(str(ref["file"])).read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -123,25 +151,72 @@ def _parse_time(text: Any, where: str) -> time:
         raise DocumentError(f"{where}: {text!r} is not a time of day like 21:00") from None
 
 
+DEFAULT_PROVIDER = {"email": "smtp", "sms": "twilio", "push": "fcm", "webhook": "webhook"}
+_ALIASES = {"customer.io": "customerio", "customer_io": "customerio", "web_push": "webpush"}
+
+
+def _settings(kind: str, provider: str, doc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One flat settings mapping from either document shape: ``options`` + ``credentials`` +
+    ``base_url`` + ``endpoint`` (the journey library's), or ``settings`` (older)."""
+    settings: dict[str, Any] = {}
+    for part in ("settings", "options", "credentials"):
+        value = doc.get(part) or {}
+        if not isinstance(value, Mapping):
+            raise DocumentError(f"{where}: {part} must be a mapping")
+        settings.update(value)
+    if doc.get("base_url"):
+        settings["base_url"] = doc["base_url"]
+    endpoint = doc.get("endpoint")
+    if isinstance(endpoint, str) and endpoint:
+        if provider == "smtp":
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+                raise DocumentError(
+                    f"{where}: endpoint must be smtp://host:port or smtps://host:port"
+                )
+            settings.setdefault("host", parts.hostname)
+            settings.setdefault("tls", parts.scheme == "smtps")
+            if parts.port:
+                settings.setdefault("port", parts.port)
+            if parts.username:
+                settings.setdefault("username", parts.username)
+        elif provider in ("webhook", "function"):
+            settings.setdefault("url", endpoint)
+        else:
+            settings.setdefault("base_url", endpoint)
+    return settings
+
+
+def _policy(doc: Mapping[str, Any], name: str) -> Any:
+    options = doc.get("options")
+    if name in doc:
+        return doc[name]
+    return options.get(name) if isinstance(options, Mapping) else None
+
+
 def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> Target:
     spec = document.get("spec")
     doc: Mapping[str, Any] = spec if isinstance(spec, Mapping) else document
     where = f"{kind}/{name}"
     kind_types = CHANNEL_TYPES if kind == "Channel" else DESTINATION_TYPES
-    type_ = doc.get("type")
-    if type_ not in kind_types:
-        raise DocumentError(f"{where}: type must be one of {', '.join(sorted(kind_types))}")
-    settings = doc.get("settings") or {}
-    if not isinstance(settings, Mapping):
-        raise DocumentError(f"{where}: settings must be a mapping")
-    cap = doc.get("frequency_cap")
-    quiet = doc.get("quiet_hours")
+    provider = doc.get("provider") or doc.get("type")
+    if kind == "Channel" and provider in DEFAULT_PROVIDER and provider not in kind_types:
+        provider = DEFAULT_PROVIDER[str(provider)]
+    if kind == "Channel" and provider is None:
+        provider = DEFAULT_PROVIDER.get(name)
+    provider = _ALIASES.get(str(provider).lower(), str(provider).lower())
+    if provider not in kind_types:
+        raise DocumentError(f"{where}: provider must be one of {', '.join(sorted(kind_types))}")
+    cap = _policy(doc, "frequency_cap")
+    quiet = _policy(doc, "quiet_hours")
+    marketing = _policy(doc, "marketing")
+    code = doc.get("function") or doc.get("code")
     return Target(
         kind=kind,
         name=name,
-        type=str(type_),
-        settings=dict(settings),
-        marketing=bool(doc.get("marketing", True)),
+        type=provider,
+        settings=_settings(kind, provider, doc, where),
+        marketing=True if marketing is None else bool(marketing),
         frequency_cap=(
             FrequencyCap(
                 limit=int(cap["limit"]),
@@ -159,5 +234,5 @@ def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> T
             if isinstance(quiet, Mapping)
             else None
         ),
-        code=doc.get("code") if isinstance(doc.get("code"), str) else None,
+        code=code if isinstance(code, str) else None,
     )

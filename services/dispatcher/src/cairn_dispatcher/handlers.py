@@ -25,10 +25,8 @@ import structlog
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
-from cairn_common.bus import publish
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
 from cairn_common.messages import DeliveryRequested, DeliveryResult
-from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.lookup import Lookup
@@ -36,6 +34,7 @@ from cairn_dispatcher.policy import consent_refusal, quiet_until
 from cairn_dispatcher.providers.base import Failed, Job, SendOutcome
 from cairn_dispatcher.providers.registry import Providers
 from cairn_dispatcher.repo import TERMINAL, DeliveryLedger, Instances, LedgerEntry, Suppressions
+from cairn_dispatcher.results import ResultPublisher
 from cairn_dispatcher.settings import Settings
 from cairn_journey.render import RenderError, render
 
@@ -71,6 +70,7 @@ class Dispatcher:
         suppressions: Suppressions,
         lookup: Lookup,
         providers: Providers,
+        results: ResultPublisher,
     ) -> None:
         self.settings = settings
         self._js = js
@@ -80,8 +80,36 @@ class Dispatcher:
         self._suppressions = suppressions
         self._lookup = lookup
         self._providers = providers
+        self._results = results
 
     async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        """Handle a batch while telling JetStream it is still being worked on: the consumer's
+        effective ack wait is its first backoff step (1 s), shorter than a slow provider call,
+        and a redelivery to another replica mid-send would be a duplicate."""
+        done = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keep_alive(batch, done))
+            try:
+                return await self._dispatch(batch)
+            finally:
+                done.set()
+
+    async def _keep_alive(self, batch: Sequence[Incoming], done: asyncio.Event) -> None:
+        interval = self.settings.progress_interval_seconds
+        while True:
+            try:
+                await asyncio.wait_for(done.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            for item in batch:
+                try:
+                    await item.msg.in_progress()
+                except Exception as exc:  # nats errors share no base; never fail the batch
+                    log.warning("in-progress ack failed", error=str(exc))
+                    return
+
+    async def _dispatch(self, batch: Sequence[Incoming]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         pending: list[tuple[int, Pending]] = []
         for index, item in enumerate(batch):
@@ -224,7 +252,7 @@ class Dispatcher:
                 status="sent", settle=ACK, provider_message_id=result.provider_message_id
             )
         if result.bounced:
-            await self._suppressions.add(None, _channel(p), p.address, "bounced")
+            await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "bounced")
             return Decision(status="bounced", settle=ACK, reason=result.reason)
         if not result.retryable:
             return Decision(status="failed", settle=ACK, reason=result.reason)
@@ -264,7 +292,8 @@ class Dispatcher:
         )
 
     async def _publish_results(self, batch: list[Pending], now: datetime) -> list[Outcome]:
-        async def one(p: Pending) -> Outcome:
+        reporting: list[tuple[Pending, DeliveryResult]] = []
+        for p in batch:
             decision = p.decision
             assert decision is not None
             DELIVERIES.labels(p.req.channel or p.req.destination or "", decision.status).inc()
@@ -274,22 +303,23 @@ class Dispatcher:
                     delivery_id=p.req.delivery_id,
                     reason=decision.reason,
                 )
-            if decision.status == "retrying":
-                return decision.settle
-            try:
-                await self._publish_result(p, decision, now)
-            except (TimeoutError, OSError, Exception) as exc:  # nats errors have no common base
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return Retry(f"publishing the result failed: {exc}")
-            return decision.settle
+            if decision.status != "retrying":
+                reporting.append((p, self._result(p, decision, now)))
+        stored = await self._results.publish([result for _, result in reporting])
+        failed = {id(p) for (p, _), ok in zip(reporting, stored, strict=True) if not ok}
+        outcomes: list[Outcome] = []
+        for p in batch:
+            assert p.decision is not None
+            if id(p) in failed:
+                outcomes.append(Retry("publishing the delivery result was not acknowledged"))
+            else:
+                outcomes.append(p.decision.settle)
+        return outcomes
 
-        return list(await asyncio.gather(*(one(p) for p in batch)))
-
-    async def _publish_result(self, p: Pending, decision: Decision, now: datetime) -> None:
+    def _result(self, p: Pending, decision: Decision, now: datetime) -> DeliveryResult:
         req = p.req
-        partition = partition_for(req.profile_id, self.settings.partitions)
-        result = DeliveryResult(
+        partition, _ = self._results.subject(req.profile_id)
+        return DeliveryResult(
             delivery_id=req.delivery_id,
             profile_id=req.profile_id,
             partition=partition,
@@ -302,12 +332,6 @@ class Dispatcher:
             reason=decision.reason,
             provider_message_id=decision.provider_message_id,
             attempts=max(1, p.item.deliveries),
-        )
-        await publish(
-            self._js,
-            self._topology.input_subject(partition, "result"),
-            result,
-            msg_id=f"result:{req.delivery_id}:{decision.status}",
         )
 
 

@@ -107,6 +107,9 @@ class DeliveryLedger:
 
 
 class Suppressions:
+    """The suppression list (migration 0002): ``address = ''`` suppresses every address of the
+    profile on that channel; a bounced or complained address is suppressed for every profile."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -120,8 +123,10 @@ class Suppressions:
             """
             SELECT q.profile_id, q.channel, q.address, min(s.reason) AS reason
             FROM unnest($1::text[], $2::text[], $3::text[]) AS q(profile_id, channel, address)
-            JOIN suppressions s ON s.channel IN (q.channel, '*')
-             AND (s.profile_id = q.profile_id OR (s.address IS NOT NULL AND s.address = q.address))
+            JOIN suppressions s ON s.channel = q.channel
+             AND ((s.profile_id = q.profile_id AND s.address IN ('', coalesce(q.address, '')))
+                  OR (s.address <> '' AND s.address = q.address
+                      AND s.reason IN ('bounced', 'complained')))
             GROUP BY q.profile_id, q.channel, q.address
             """,
             [k[0] for k in keys],
@@ -130,15 +135,13 @@ class Suppressions:
         )
         return {(r["profile_id"], r["channel"], r["address"]): r["reason"] for r in records}
 
-    async def add(
-        self, profile_id: str | None, channel: str, address: str | None, reason: str
-    ) -> None:
+    async def add(self, profile_id: str, channel: str, address: str | None, reason: str) -> None:
         await self._pool.execute(
             "INSERT INTO suppressions (profile_id, channel, address, reason)"
-            " VALUES ($1, $2, $3, $4)",
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             profile_id,
             channel,
-            address,
+            address or "",
             reason,
         )
 

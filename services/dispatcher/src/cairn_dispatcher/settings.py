@@ -22,6 +22,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     function_timeout_seconds: float = 2.0
     """Wall-clock (≈ CPU) budget of one destination-function call."""
     function_memory_mb: int = 64
+    progress_interval_seconds: float = 0.4
+    """How often a batch in flight tells JetStream it is still being worked on (below the
+    consumer's effective ack wait, 1 s)."""
     documents_ttl_seconds: float = 5.0
     """How long Channel/Destination/Template documents are cached before re-reading."""
 

@@ -28,16 +28,4 @@ CREATE INDEX delivery_ledger_caps ON delivery_ledger (profile_id, channel, sent_
     WHERE status = 'sent';
 CREATE INDEX delivery_ledger_instance ON delivery_ledger (instance_id);
 
--- Unsubscribed, bounced and complained addresses. Ingest's unsubscribe endpoint writes it too
--- (its migration may have created it already, hence IF NOT EXISTS). profile_id or address may be
--- NULL: a bounce suppresses the address for everyone, an unsubscribe the profile on that channel.
-CREATE TABLE IF NOT EXISTS suppressions (
-    profile_id  text,
-    channel     text        NOT NULL,
-    address     text,
-    reason      text        NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE INDEX IF NOT EXISTS suppressions_by_profile ON suppressions (profile_id, channel);
-CREATE INDEX IF NOT EXISTS suppressions_by_address ON suppressions (address, channel);
+-- Suppressions (unsubscribed, bounced, complained) live in `suppressions` (migration 0002).

@@ -88,9 +88,10 @@ async def http_outcome(
     response: aiohttp.ClientResponse, provider: str, id_field: str | None = None
 ) -> SendOutcome:
     """429 and 5xx retry (honouring Retry-After), other 4xx are permanent, 2xx sent."""
-    text = await response.text()
+    body = await response.read()
     if 200 <= response.status < 300:
-        return Sent(_field(text, id_field) if id_field else None)
+        return Sent(_field(body.decode("utf-8", "replace"), id_field) if id_field else None)
+    text = body.decode("utf-8", "replace")
     reason = f"{provider} answered {response.status}: {text[:300]}"
     if response.status == 429 or response.status >= 500 or response.status == 408:
         return Failed(

@@ -80,7 +80,7 @@ class DestinationFunction:
         self, target: Target, *, timeout: float, memory_mb: int, http_timeout: float
     ) -> None:
         if not target.code:
-            raise DocumentError(f"{target.key}: a function destination needs `code`")
+            raise DocumentError(f"{target.key}: a function destination needs its `function` source")
         self.target = target
         self._timeout = timeout
         self._memory = memory_mb * 1024 * 1024
