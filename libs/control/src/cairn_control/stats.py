@@ -1,9 +1,11 @@
-"""Journey analytics from the matcher's exact counters (``journey_stats``, migration 0004).
+"""Journey analytics from the matcher's exact records: the interpreter's counters
+(``journey_stats``, migration 0004) and what became of each delivery (``delivery_events``,
+migration 0006: outcomes, unique opens and clicks).
 
-The matcher commits each increment with the input that caused it, so these figures are exact
-under redelivery and crashes. This module only reads and arranges them: totals, a per-step funnel
-in the journey's step order, conversion against the goal's target, and a per-day or per-hour
-series.
+The matcher commits both with the input that caused them (and ``delivery_events`` is keyed by
+delivery and kind), so these figures are exact under redelivery and crashes. This module only
+reads and arranges them: totals, a per-step funnel in the journey's step order with each send
+step's outcomes, conversion against the goal's target, and a per-day or per-hour series.
 """
 
 from __future__ import annotations
@@ -20,12 +22,43 @@ from cairn_control.preview import steps_in
 
 Period = Literal["day", "hour"]
 SERIES_COUNTERS = ("entered", "completed", "converted")
+SERIES_DELIVERIES = ("sent", "opened", "clicked")
+REASONED = ("skipped", "suppressed", "dropped")
+"""Outcomes whose reasons are few and readable, so they are broken down by reason."""
+
+
+class SendStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a send step's deliveries. Each delivery counts once per outcome it reached
+    (a deferred delivery sent later counts in both), opens and clicks once per delivery."""
+
+    requested: int
+    """Delivery requests the step emitted (the matcher's ``send_requested``)."""
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    skipped: int = 0
+    """Not sent by choice: no address (in the matcher or the dispatcher), a frequency cap..."""
+    suppressed: int = 0
+    deferred: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    opened: int = 0
+    clicked: int = 0
+    unsubscribed: int = 0
+    open_rate: float | None = None
+    """Percent of sent deliveries opened at least once."""
+    click_rate: float | None = None
+    """Percent of sent deliveries with at least one click."""
+    reasons: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """outcome -> reason -> count, for skipped, suppressed and dropped."""
 
 
 class StepStats(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     kind: str
     counters: dict[str, int]
+    sends: SendStats | None = None
+    """For a send step: its deliveries by outcome, opens and clicks."""
 
 
 class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,8 +123,28 @@ async def journey_stats(
             by,
             list(SERIES_COUNTERS),
         )
+        deliveries = await conn.fetch(
+            "SELECT de.step_id, de.kind, "
+            "CASE WHEN de.kind = ANY($3::text[]) THEN coalesce(de.reason, '') END AS reason, "
+            "count(*) AS n FROM delivery_events de "
+            "JOIN journey_instances ji ON ji.instance_id = de.instance_id "
+            "WHERE ji.journey = $1 AND ($2::int IS NULL OR ji.version = $2) GROUP BY 1, 2, 3",
+            name,
+            version,
+            list(REASONED),
+        )
+        series += await conn.fetch(
+            "SELECT date_trunc($3, de.at) AS period, de.kind AS counter, count(*) AS n "
+            "FROM delivery_events de JOIN journey_instances ji ON ji.instance_id = de.instance_id "
+            "WHERE ji.journey = $1 AND ($2::int IS NULL OR ji.version = $2) "
+            "AND de.kind = ANY($4::text[]) GROUP BY 1, 2",
+            name,
+            version,
+            by,
+            list(SERIES_DELIVERIES),
+        )
         active = await _active(conn, name, version)
-    return _arrange(name, version, definition, rows, series, active, by)
+    return _arrange(name, version, definition, rows, series, active, by, deliveries)
 
 
 async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> int | None:
@@ -107,6 +160,44 @@ async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> i
     return count
 
 
+def _sends(counters: dict[str, int], records: list[asyncpg.Record]) -> SendStats:
+    by_kind: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for r in records:
+        by_kind[r["kind"]] = by_kind.get(r["kind"], 0) + int(r["n"])
+        if r["reason"] is not None:
+            per = reasons.setdefault(r["kind"], {})
+            per[r["reason"] or "unknown"] = per.get(r["reason"] or "unknown", 0) + int(r["n"])
+    no_address = counters.get("skipped:no_address", 0)
+    if no_address:  # skipped by the matcher: the profile had no address, nothing was requested
+        by_kind["skipped"] = by_kind.get("skipped", 0) + no_address
+        per = reasons.setdefault("skipped", {})
+        per["no address"] = per.get("no address", 0) + no_address
+    sent = by_kind.get("sent", 0)
+
+    def rate(n: int) -> float | None:
+        return round(100.0 * n / sent, 2) if sent else None
+
+    fields = {f for f in SendStats.__struct_fields__ if f not in ("requested", "reasons")}
+    return SendStats(
+        requested=counters.get("send_requested", 0),
+        **{k: v for k, v in by_kind.items() if k in fields},
+        open_rate=rate(by_kind.get("opened", 0)),
+        click_rate=rate(by_kind.get("clicked", 0)),
+        reasons=reasons,
+    )
+
+
+def _percent(target: Any) -> float | None:
+    """The goal's target as published (a number) or as written (``"50%"``)."""
+    if isinstance(target, str) and target.strip().endswith("%"):
+        try:
+            return float(target.strip()[:-1])
+        except ValueError:
+            return None
+    return float(target) if isinstance(target, int | float) else None
+
+
 def _step_kind(step: dict[str, Any]) -> str:
     return next(k for k in ("send", "wait_for", "wait", "branch", "split") if k in step)
 
@@ -119,18 +210,26 @@ def _arrange(
     series: list[asyncpg.Record],
     active: int | None,
     by: Period,
+    deliveries: list[asyncpg.Record] = [],  # noqa: B006 (never mutated)
 ) -> JourneyStats:
     journey_counters: dict[str, int] = {}
     per_step: dict[str, dict[str, int]] = {}
     for r in rows:
         bucket = journey_counters if r["step_id"] == "" else per_step.setdefault(r["step_id"], {})
         bucket[r["counter"]] = int(r["n"])
-    steps = [
-        StepStats(step_id=s["id"], kind=_step_kind(s), counters=per_step.pop(s["id"], {}))
-        for s in steps_in(definition.get("steps", []))
-    ]
+    outcomes: dict[str, list[asyncpg.Record]] = {}
+    for r in deliveries:
+        outcomes.setdefault(r["step_id"], []).append(r)
+
+    def step(step_id: str, kind: str) -> StepStats:
+        counters = per_step.pop(step_id, {})
+        records = outcomes.pop(step_id, [])
+        sends = _sends(counters, records) if kind == "send" or records else None
+        return StepStats(step_id=step_id, kind=kind, counters=counters, sends=sends)
+
+    steps = [step(s["id"], _step_kind(s)) for s in steps_in(definition.get("steps", []))]
     # Steps of other versions that the version shown does not have, after its own.
-    steps += [StepStats(step_id=k, kind="", counters=v) for k, v in sorted(per_step.items())]
+    steps += [step(k, "") for k in sorted(set(per_step) | set(outcomes))]
     points: dict[datetime, dict[str, int]] = {}
     for r in series:
         points.setdefault(r["period"], {})[r["counter"]] = int(r["n"])
@@ -149,7 +248,7 @@ def _arrange(
             k.split(":", 1)[1]: v for k, v in journey_counters.items() if k.startswith("exited:")
         },
         conversion_rate=round(100.0 * converted / entered, 2) if entered else None,
-        goal_target=float(target) if isinstance(target, int | float) else None,
+        goal_target=_percent(target),
         journey_counters=journey_counters,
         steps=steps,
         series=[SeriesPoint(period=p, counters=c) for p, c in sorted(points.items())],

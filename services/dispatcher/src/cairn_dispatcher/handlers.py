@@ -23,8 +23,11 @@ from typing import Any
 import msgspec
 import structlog
 from nats.js.client import JetStreamContext
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
+from cairn_common.bus import MSG_ID
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
 from cairn_common.messages import DeliveryRequested, DeliveryResult
 from cairn_common.topology import Topology
@@ -39,6 +42,7 @@ from cairn_dispatcher.settings import Settings
 from cairn_journey.render import RenderError, render
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("cairn.dispatcher")
 DELIVERIES = Counter("cairn_deliveries_total", "Delivery outcomes", ["target", "outcome"])
 
 
@@ -57,6 +61,8 @@ class Pending(msgspec.Struct, kw_only=True):
     address: str | None = None
     decision: Decision | None = None
     job: Job | None = None
+    span: Span | None = None
+    """CONSUMER span of this request, continuing the trace of the input that caused it."""
 
 
 class Dispatcher:
@@ -125,6 +131,20 @@ class Dispatcher:
         return [o if o is not None else Retry("not handled") for o in outcomes]
 
     async def _handle(self, batch: list[Pending]) -> list[Outcome]:
+        for p in batch:
+            p.span = _consumer_span(p)
+        try:
+            return await self._handle_traced(batch)
+        finally:
+            for p in batch:
+                if p.span is not None:
+                    if p.decision is not None:
+                        p.span.set_attribute("cairn.delivery.outcome", p.decision.status)
+                        if p.decision.status in ("failed", "dead_lettered", "retrying"):
+                            p.span.set_status(Status(StatusCode.ERROR, p.decision.reason))
+                    p.span.end()
+
+    async def _handle_traced(self, batch: list[Pending]) -> list[Outcome]:
         now = datetime.now(UTC)
         await self._lookup.refresh()
         done = await self._ledger.rows([p.req.delivery_id for p in batch])
@@ -237,7 +257,10 @@ class Dispatcher:
         assert p.target is not None
         try:
             provider = await self._providers.get(p.target)
-            return await provider.send(p.job)
+            if p.span is None:
+                return await provider.send(p.job)
+            with trace.use_span(p.span, end_on_exit=False):
+                return await provider.send(p.job)
         except asyncio.CancelledError:
             raise
         except DocumentError as exc:
@@ -305,7 +328,9 @@ class Dispatcher:
                 )
             if decision.status != "retrying":
                 reporting.append((p, self._result(p, decision, now)))
-        stored = await self._results.publish([result for _, result in reporting])
+        stored = await self._results.publish(
+            [result for _, result in reporting], [_trace_headers(p) for p, _ in reporting]
+        )
         failed = {id(p) for (p, _), ok in zip(reporting, stored, strict=True) if not ok}
         outcomes: list[Outcome] = []
         for p in batch:
@@ -333,6 +358,32 @@ class Dispatcher:
             provider_message_id=decision.provider_message_id,
             attempts=max(1, p.item.deliveries),
         )
+
+
+def _consumer_span(p: Pending) -> Span:
+    return tracer.start_span(
+        f"process {p.item.subject}",
+        context=propagate.extract(p.item.headers),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": p.item.subject,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": "dispatcher",
+            "messaging.message.id": p.item.headers.get(MSG_ID, p.req.delivery_id),
+            "cairn.delivery.id": p.req.delivery_id,
+            "cairn.journey": p.req.journey,
+            "cairn.step_id": p.req.step_id,
+        },
+    )
+
+
+def _trace_headers(p: Pending) -> dict[str, str]:
+    """The result continues the delivery's trace back into the profile's partition."""
+    headers: dict[str, str] = {}
+    if p.span is not None:
+        propagate.inject(headers, context=trace.set_span_in_context(p.span))
+    return headers
 
 
 def _dead(reason: str) -> Decision:

@@ -24,6 +24,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from cairn_common.bus import MSG_ID
 from cairn_common.messages import (
     DeadLetter,
     DeliveryResult,
@@ -32,9 +33,12 @@ from cairn_common.messages import (
     Message,
     TimerFired,
 )
+from cairn_common.observability import consumer_span
+from cairn_common.publishing import current_traceparent
 from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
 from cairn_journey.catalogue import Catalogue
+from cairn_journey.effects import SendRequested
 from cairn_journey.interpreter import run_input
 from cairn_journey.state import ProfileState, decode_state
 from cairn_matcher import repo
@@ -53,6 +57,12 @@ GROUP_SIZE = Histogram(
     buckets=(1, 4, 16, 64, 256, 1024, 4096),
 )
 CACHED = Gauge("cairn_matcher_cached_profiles", "Profile actors held in memory")
+EVENT_TO_DELIVERY = Histogram(
+    "cairn_matcher_event_to_delivery_request_seconds",
+    "From an event's arrival at ingest (received_at) to the commit of the delivery request it"
+    " caused",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 Clock = Callable[[], datetime]
 PROFILE_INPUTS = (Event, TimerFired, DeliveryResult, ExitInstances)
@@ -195,10 +205,35 @@ class Engine:
         epochs = {j.partition: j.epoch for j, _ in fresh}
         self._remember(writes, epochs)
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        committed = self._clock()
+        for before_commit in writes.send_latencies:
+            EVENT_TO_DELIVERY.observe(max(0.0, before_commit + (committed - now).total_seconds()))
         GROUP_SIZE.observe(sum(len(items) for _, items in fresh))
         return [OutboxMessage(*row) for row in rows], lost
 
     def _apply_one(
+        self,
+        item: Input,
+        partition: int,
+        states: dict[str, ProfileState],
+        writes: BatchWrites,
+        catalogue: Catalogue,
+        now: datetime,
+    ) -> None:
+        """One input in a CONSUMER span that continues the trace its headers carry; what it
+        emits (delivery requests, timers) keeps that span's context with the row."""
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": item.subject,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": "matcher",
+            "messaging.message.id": item.headers.get(MSG_ID, ""),
+            "messaging.nats.stream.sequence": item.seq,
+        }
+        with consumer_span(f"process {item.subject}", item.headers, attributes):
+            self._apply_traced(item, partition, states, writes, catalogue, now)
+
+    def _apply_traced(
         self,
         item: Input,
         partition: int,
@@ -214,6 +249,7 @@ class Engine:
             return
         kind = type(message).__name__
         pid = message.profile_id
+        writes.record_delivery_event(message)
         traits = message.traits if isinstance(message, Event) and message.type == "identify" else {}
         if traits:
             writes.merge_traits(pid, traits)
@@ -230,7 +266,9 @@ class Engine:
             self._dead_letter(item, f"interpreter failed: {type(exc).__name__}: {exc}", writes, now)
             return
         states[pid] = new_state
-        writes.add(pid, partition, new_state, effects)
+        writes.add(pid, partition, new_state, effects, traceparent=current_traceparent())
+        if isinstance(message, Event) and any(isinstance(e, SendRequested) for e in effects):
+            writes.send_latencies.append((now - message.received_at).total_seconds())
         INPUTS.labels(kind, "applied").inc()
 
     def _traits_changed_outside(
