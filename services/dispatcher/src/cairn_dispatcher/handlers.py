@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,7 @@ import structlog
 from nats.js.client import JetStreamContext
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from cairn_common.bus import MSG_ID
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
@@ -44,6 +45,18 @@ from cairn_journey.render import RenderError, render
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("cairn.dispatcher")
 DELIVERIES = Counter("cairn_deliveries_total", "Delivery outcomes", ["target", "outcome"])
+PROVIDER_SECONDS = Histogram(
+    "cairn_dispatcher_provider_call_seconds",
+    "One provider call (HTTP request, SMTP transaction), by provider and result",
+    ["provider", "result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REQUEST_TO_SENT = Histogram(
+    "cairn_dispatcher_request_to_sent_seconds",
+    "From the matcher's delivery request (requested_at) to the provider accepting the message",
+    ["target"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -257,10 +270,16 @@ class Dispatcher:
         assert p.target is not None
         try:
             provider = await self._providers.get(p.target)
+            started = time.perf_counter()
             if p.span is None:
-                return await provider.send(p.job)
-            with trace.use_span(p.span, end_on_exit=False):
-                return await provider.send(p.job)
+                outcome = await provider.send(p.job)
+            else:
+                with trace.use_span(p.span, end_on_exit=False):
+                    outcome = await provider.send(p.job)
+            PROVIDER_SECONDS.labels(p.target.type, _result(outcome)).observe(
+                time.perf_counter() - started
+            )
+            return outcome
         except asyncio.CancelledError:
             raise
         except DocumentError as exc:
@@ -319,7 +338,13 @@ class Dispatcher:
         for p in batch:
             decision = p.decision
             assert decision is not None
-            DELIVERIES.labels(p.req.channel or p.req.destination or "", decision.status).inc()
+            target = p.req.channel or p.req.destination or ""
+            DELIVERIES.labels(target, decision.status).inc()
+            if decision.status == "sent":
+                sent_at = datetime.now(UTC)
+                REQUEST_TO_SENT.labels(target).observe(
+                    max(0.0, (sent_at - p.req.requested_at).total_seconds())
+                )
             if decision.status != "sent":
                 log.info(
                     "delivery " + decision.status,
@@ -358,6 +383,14 @@ class Dispatcher:
             provider_message_id=decision.provider_message_id,
             attempts=max(1, p.item.deliveries),
         )
+
+
+def _result(outcome: SendOutcome) -> str:
+    if not isinstance(outcome, Failed):
+        return "sent"
+    if outcome.bounced:
+        return "bounced"
+    return "retryable" if outcome.retryable else "failed"
 
 
 def _consumer_span(p: Pending) -> Span:

@@ -28,6 +28,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     timer_notify_within_seconds: float = 60.0
     """A commit setting a timer due within this wakes the schedulers (``NOTIFY cairn_timers``)."""
     consumer_ack_wait_seconds: float = 60.0
+    instances_gauge_seconds: float = 30.0
+    """How often the replica holding partition 0 counts journey instances by status for
+    /metrics (a scan of ``journey_instances``, so not too often)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
