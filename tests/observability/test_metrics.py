@@ -3,6 +3,7 @@ operator graphs are there, and count what happened."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cairn_common.topology import Topology
 from tests.dispatcher.support import HttpSink, Reply, apply, eventually
-from tests.observability.support import start_system
+from tests.observability.support import OtlpCollector, start_system
 from tests.support.engine import prepared, publish_journey
 from tests.support.processes import ServiceProcess
 
@@ -49,6 +50,13 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
+async def collector() -> AsyncIterator[OtlpCollector]:
+    server = await OtlpCollector().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 async def sink() -> AsyncIterator[HttpSink]:
     server = await HttpSink().start()
     yield server
@@ -56,6 +64,7 @@ async def sink() -> AsyncIterator[HttpSink]:
 
 
 async def test_every_service_exposes_the_series_an_operator_graphs(
+    collector: OtlpCollector,
     sink: HttpSink,
     spawn: Callable[..., ServiceProcess],
     js: JetStreamContext,
@@ -74,6 +83,7 @@ async def test_every_service_exposes_the_series_an_operator_graphs(
         CAIRN_METRICS_SAMPLE_SECONDS="0.2",
         CAIRN_INSTANCES_GAUGE_SECONDS="0.2",
         CAIRN_RETRY_BASE_SECONDS="0.05",
+        **collector.env(),
     )
     for user in ("u1", "u2"):
         await system.post("/v1/track", {"userId": user, "event": "Signed Up"})
@@ -111,7 +121,21 @@ async def test_every_service_exposes_the_series_an_operator_graphs(
     assert value(d, "cairn_dispatcher_provider_call_seconds_count", result="sent") == 2
     assert value(d, "cairn_dispatcher_request_to_sent_seconds_count", target="webhook") == 2
     assert value(d, "cairn_consumer_pending_messages", consumer="dispatcher") >= 0
+
+    # The dispatcher's log lines name the trace of the request that caused them.
+    requests = {s.trace_id for s in collector.find(service="cairn-ingest", kind="SERVER")}
+    dead = [
+        line
+        for line in map(json.loads, _json_lines(system.procs["dispatcher"].output()))
+        if line["event"] == "delivery dead_lettered"
+    ]
+    assert len(dead) == 2
+    assert {line["trace_id"] for line in dead} == requests
     await pool.close()
+
+
+def _json_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("{")]
 
 
 async def _at_least(proc: ServiceProcess, name: str, n: float, **labels: str) -> bool:

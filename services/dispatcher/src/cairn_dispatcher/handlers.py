@@ -350,6 +350,7 @@ class Dispatcher:
                     "delivery " + decision.status,
                     delivery_id=p.req.delivery_id,
                     reason=decision.reason,
+                    **_trace_ids(p),
                 )
             if decision.status != "retrying":
                 reporting.append((p, self._result(p, decision, now)))
@@ -409,6 +410,14 @@ def _consumer_span(p: Pending) -> Span:
             "cairn.step_id": p.req.step_id,
         },
     )
+
+
+def _trace_ids(p: Pending) -> dict[str, str]:
+    """The delivery's trace for its log line (it is logged outside the span)."""
+    ctx = p.span.get_span_context() if p.span is not None else None
+    if ctx is None or not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
 
 def _trace_headers(p: Pending) -> dict[str, str]:
