@@ -24,7 +24,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from cairn_common.bus import MSG_ID
+from cairn_common.bus import MSG_ID, trace_headers
+from cairn_common.observability import tracing_enabled
 
 tracer = trace.get_tracer("cairn.publishing")
 
@@ -87,6 +88,8 @@ async def publish_batch(
     """
     if not messages:
         return []
+    if not tracing_enabled():
+        return await _publish_untraced(js, messages, timeout)
     futures: list[asyncio.Future[api.PubAck]] = []
     spans: list[Span] = []
     results: list[api.PubAck | BaseException] = []
@@ -111,6 +114,34 @@ async def publish_batch(
             if not isinstance(result, api.PubAck):
                 span.set_status(Status(StatusCode.ERROR, "not acknowledged"))
             span.end()
+    return _acks(messages, results)
+
+
+async def _publish_untraced(
+    js: JetStreamContext, messages: Sequence[Outgoing], timeout: float
+) -> list[api.PubAck]:
+    """Tracing off: no spans; a message still carries the context it was caused in, if any."""
+    futures: list[asyncio.Future[api.PubAck]] = []
+    base = trace_headers()
+    try:
+        for m in messages:
+            headers = {**base, "traceparent": m.traceparent} if m.traceparent else dict(base)
+            headers[MSG_ID] = m.msg_id
+            futures.append(await js.publish_async(m.subject, m.payload, headers=headers))
+        async with asyncio.timeout(timeout):
+            results = await asyncio.gather(*futures, return_exceptions=True)
+    except TimeoutError:
+        raise PublishFailed(f"no acknowledgement within {timeout}s") from None
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+    return _acks(messages, results)
+
+
+def _acks(
+    messages: Sequence[Outgoing], results: Sequence[api.PubAck | BaseException]
+) -> list[api.PubAck]:
     acks: list[api.PubAck] = []
     for m, result in zip(messages, results, strict=True):
         if isinstance(result, BaseException):

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Histogram
 from cairn_common.bus import MSG_ID
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
 from cairn_common.messages import DeliveryRequested, DeliveryResult
+from cairn_common.observability import tracing_enabled
 from cairn_common.topology import Topology
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.lookup import Lookup
@@ -144,8 +145,9 @@ class Dispatcher:
         return [o if o is not None else Retry("not handled") for o in outcomes]
 
     async def _handle(self, batch: list[Pending]) -> list[Outcome]:
-        for p in batch:
-            p.span = _consumer_span(p)
+        if tracing_enabled():
+            for p in batch:
+                p.span = _consumer_span(p)
         try:
             return await self._handle_traced(batch)
         finally:
@@ -414,8 +416,11 @@ def _consumer_span(p: Pending) -> Span:
 
 def _trace_ids(p: Pending) -> dict[str, str]:
     """The delivery's trace for its log line (it is logged outside the span)."""
-    ctx = p.span.get_span_context() if p.span is not None else None
-    if ctx is None or not ctx.is_valid:
+    if p.span is None:  # tracing off: the trace the request came with, if any
+        parts = p.item.headers.get("traceparent", "").split("-")
+        return {"trace_id": parts[1]} if len(parts) == 4 else {}
+    ctx = p.span.get_span_context()
+    if not ctx.is_valid:
         return {}
     return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
@@ -425,6 +430,8 @@ def _trace_headers(p: Pending) -> dict[str, str]:
     headers: dict[str, str] = {}
     if p.span is not None:
         propagate.inject(headers, context=trace.set_span_in_context(p.span))
+    elif traceparent := p.item.headers.get("traceparent"):
+        headers["traceparent"] = traceparent
     return headers
 
 

@@ -20,7 +20,6 @@ from cairn_common.messages import (
     Message,
     encode,
 )
-from cairn_common.publishing import current_traceparent
 from cairn_common.topology import Topology
 from cairn_journey.effects import (
     Counted,
@@ -122,10 +121,10 @@ class BatchWrites:
         subject = self._topology.delivery_subject(target)
         return (subject, delivery.delivery_id, encode(delivery), traceparent)
 
-    def dead_letter(self, letter: DeadLetter, msg_id: str) -> None:
+    def dead_letter(self, letter: DeadLetter, msg_id: str, traceparent: str | None = None) -> None:
         """Committed with the batch, so a poison input is reported exactly once."""
         subject = self._topology.dead_letter_subject(letter.stream)
-        self.outbox.append((subject, msg_id, encode(letter), current_traceparent()))
+        self.outbox.append((subject, msg_id, encode(letter), traceparent))
 
     async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes, str | None]]:
         """Write everything (inside the caller's transaction); returns the new outbox rows."""

@@ -33,7 +33,7 @@ from cairn_common.messages import (
     Message,
     TimerFired,
 )
-from cairn_common.observability import consumer_span
+from cairn_common.observability import consumer_span, tracing_enabled
 from cairn_common.publishing import current_traceparent
 from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
@@ -221,7 +221,12 @@ class Engine:
         now: datetime,
     ) -> None:
         """One input in a CONSUMER span that continues the trace its headers carry; what it
-        emits (delivery requests, timers) keeps that span's context with the row."""
+        emits (delivery requests, timers) keeps that span's context with the row. With tracing
+        off, the context the input carried is kept instead, at no cost."""
+        if not tracing_enabled():
+            traceparent = item.headers.get("traceparent")
+            self._apply_traced(item, partition, states, writes, catalogue, now, traceparent)
+            return
         attributes = {
             "messaging.system": "nats",
             "messaging.destination.name": item.subject,
@@ -231,7 +236,8 @@ class Engine:
             "messaging.nats.stream.sequence": item.seq,
         }
         with consumer_span(f"process {item.subject}", item.headers, attributes):
-            self._apply_traced(item, partition, states, writes, catalogue, now)
+            traceparent = current_traceparent()
+            self._apply_traced(item, partition, states, writes, catalogue, now, traceparent)
 
     def _apply_traced(
         self,
@@ -241,11 +247,12 @@ class Engine:
         writes: BatchWrites,
         catalogue: Catalogue,
         now: datetime,
+        traceparent: str | None,
     ) -> None:
         message = item.message
         if not isinstance(message, PROFILE_INPUTS):
             reason = item.problem or f"the matcher does not handle {type(message).__name__}"
-            self._dead_letter(item, reason, writes, now)
+            self._dead_letter(item, reason, writes, now, traceparent)
             return
         kind = type(message).__name__
         pid = message.profile_id
@@ -263,10 +270,11 @@ class Engine:
             new_state, effects = run_input(state, message, catalogue=catalogue, now=now)
         except Exception as exc:
             log.exception("input failed in the interpreter", subject=item.subject, seq=item.seq)
-            self._dead_letter(item, f"interpreter failed: {type(exc).__name__}: {exc}", writes, now)
+            reason = f"interpreter failed: {type(exc).__name__}: {exc}"
+            self._dead_letter(item, reason, writes, now, traceparent)
             return
         states[pid] = new_state
-        writes.add(pid, partition, new_state, effects, traceparent=current_traceparent())
+        writes.add(pid, partition, new_state, effects, traceparent=traceparent)
         if isinstance(message, Event) and any(isinstance(e, SendRequested) for e in effects):
             writes.send_latencies.append((now - message.received_at).total_seconds())
         INPUTS.labels(kind, "applied").inc()
@@ -283,7 +291,14 @@ class Engine:
             if pid in writes.states:
                 writes.states[pid] = states[pid]
 
-    def _dead_letter(self, item: Input, reason: str, writes: BatchWrites, now: datetime) -> None:
+    def _dead_letter(
+        self,
+        item: Input,
+        reason: str,
+        writes: BatchWrites,
+        now: datetime,
+        traceparent: str | None = None,
+    ) -> None:
         INPUTS.labels("any", "dead_letter").inc()
         stream = self._topology.inputs_stream
         letter = DeadLetter(
@@ -297,7 +312,9 @@ class Engine:
             headers=item.headers,
             stream_seq=item.seq,
         )
-        writes.dead_letter(letter, msg_id=f"dlq:{stream}:matcher:{item.seq}")
+        writes.dead_letter(
+            letter, msg_id=f"dlq:{stream}:matcher:{item.seq}", traceparent=traceparent
+        )
         log.error("input dead-lettered", subject=item.subject, seq=item.seq, reason=reason)
 
     async def _states_for(
