@@ -1,11 +1,12 @@
-"""Journey analytics from the matcher's exact records: the interpreter's counters
-(``journey_stats``, migration 0004) and what became of each delivery (``delivery_events``,
-migration 0006: outcomes, unique opens and clicks).
+"""Journey analytics from the matcher's exact counters (``journey_stats``, migration 0004).
 
-The matcher commits both with the input that caused them (and ``delivery_events`` is keyed by
-delivery and kind), so these figures are exact under redelivery and crashes. This module only
-reads and arranges them: totals, a per-step funnel in the journey's step order with each send
-step's outcomes, conversion against the goal's target, and a per-day or per-hour series.
+The matcher commits each increment with the input that caused it: the interpreter's counters
+(entered, reached, matched, ...) and, per send step, each delivery's outcomes and its unique opens
+and clicks (``delivery:<kind>``, counted once per delivery and kind through the key of
+``delivery_events``, migration 0006), so these figures are exact under redelivery and crashes,
+and reading them never scans per-instance rows. This module only reads and arranges them: totals,
+a per-step funnel in the journey's step order with each send step's outcomes, conversion against
+the goal's target, and a per-day or per-hour series.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from cairn_control.preview import steps_in
 Period = Literal["day", "hour"]
 SERIES_COUNTERS = ("entered", "completed", "converted")
 SERIES_DELIVERIES = ("sent", "opened", "clicked")
-REASONED = ("skipped", "suppressed", "dropped")
-"""Outcomes whose reasons are few and readable, so they are broken down by reason."""
+DELIVERY = "delivery:"
+"""Counter prefix of delivery outcomes, opens and clicks (``delivery:sent``...): the matcher
+counts each (delivery, kind) once, when it first records it in ``delivery_events``."""
+REASON = "reason:"
+"""Counter prefix of reasons: ``reason:skipped:<reason>`` for skipped, suppressed, dropped."""
 
 
 class SendStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,34 +121,16 @@ async def journey_stats(
         series = await conn.fetch(
             "SELECT date_trunc($3, hour) AS period, counter, sum(n)::bigint AS n "
             "FROM journey_stats WHERE journey = $1 AND ($2::int IS NULL OR version = $2) "
-            "AND step_id = '' AND counter = ANY($4::text[]) GROUP BY 1, 2 ORDER BY 1",
+            "AND ((step_id = '' AND counter = ANY($4::text[])) OR counter = ANY($5::text[])) "
+            "GROUP BY 1, 2 ORDER BY 1",
             name,
             version,
             by,
             list(SERIES_COUNTERS),
-        )
-        deliveries = await conn.fetch(
-            "SELECT de.step_id, de.kind, "
-            "CASE WHEN de.kind = ANY($3::text[]) THEN coalesce(de.reason, '') END AS reason, "
-            "count(*) AS n FROM delivery_events de "
-            "JOIN journey_instances ji ON ji.instance_id = de.instance_id "
-            "WHERE ji.journey = $1 AND ($2::int IS NULL OR ji.version = $2) GROUP BY 1, 2, 3",
-            name,
-            version,
-            list(REASONED),
-        )
-        series += await conn.fetch(
-            "SELECT date_trunc($3, de.at) AS period, de.kind AS counter, count(*) AS n "
-            "FROM delivery_events de JOIN journey_instances ji ON ji.instance_id = de.instance_id "
-            "WHERE ji.journey = $1 AND ($2::int IS NULL OR ji.version = $2) "
-            "AND de.kind = ANY($4::text[]) GROUP BY 1, 2",
-            name,
-            version,
-            by,
-            list(SERIES_DELIVERIES),
+            [DELIVERY + k for k in SERIES_DELIVERIES],
         )
         active = await _active(conn, name, version)
-    return _arrange(name, version, definition, rows, series, active, by, deliveries)
+    return _arrange(name, version, definition, rows, series, active, by)
 
 
 async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> int | None:
@@ -160,14 +146,15 @@ async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> i
     return count
 
 
-def _sends(counters: dict[str, int], records: list[asyncpg.Record]) -> SendStats:
+def _sends(counters: dict[str, int], delivery: dict[str, int]) -> SendStats:
     by_kind: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
-    for r in records:
-        by_kind[r["kind"]] = by_kind.get(r["kind"], 0) + int(r["n"])
-        if r["reason"] is not None:
-            per = reasons.setdefault(r["kind"], {})
-            per[r["reason"] or "unknown"] = per.get(r["reason"] or "unknown", 0) + int(r["n"])
+    for key, n in delivery.items():
+        if key.startswith(DELIVERY):
+            by_kind[key.removeprefix(DELIVERY)] = n
+        else:
+            outcome, _, reason = key.removeprefix(REASON).partition(":")
+            reasons.setdefault(outcome, {})[reason] = n
     no_address = counters.get("skipped:no_address", 0)
     if no_address:  # skipped by the matcher: the profile had no address, nothing was requested
         by_kind["skipped"] = by_kind.get("skipped", 0) + no_address
@@ -210,29 +197,29 @@ def _arrange(
     series: list[asyncpg.Record],
     active: int | None,
     by: Period,
-    deliveries: list[asyncpg.Record] = [],  # noqa: B006 (never mutated)
 ) -> JourneyStats:
     journey_counters: dict[str, int] = {}
     per_step: dict[str, dict[str, int]] = {}
     for r in rows:
         bucket = journey_counters if r["step_id"] == "" else per_step.setdefault(r["step_id"], {})
         bucket[r["counter"]] = int(r["n"])
-    outcomes: dict[str, list[asyncpg.Record]] = {}
-    for r in deliveries:
-        outcomes.setdefault(r["step_id"], []).append(r)
 
     def step(step_id: str, kind: str) -> StepStats:
         counters = per_step.pop(step_id, {})
-        records = outcomes.pop(step_id, [])
-        sends = _sends(counters, records) if kind == "send" or records else None
+        delivery = {k: v for k, v in counters.items() if k.startswith((DELIVERY, REASON))}
+        for k in delivery:
+            del counters[k]
+        sends = _sends(counters, delivery) if kind == "send" or delivery else None
         return StepStats(step_id=step_id, kind=kind, counters=counters, sends=sends)
 
     steps = [step(s["id"], _step_kind(s)) for s in steps_in(definition.get("steps", []))]
     # Steps of other versions that the version shown does not have, after its own.
-    steps += [step(k, "") for k in sorted(set(per_step) | set(outcomes))]
+    steps += [step(k, "") for k in sorted(per_step)]
     points: dict[datetime, dict[str, int]] = {}
     for r in series:
-        points.setdefault(r["period"], {})[r["counter"]] = int(r["n"])
+        counter = r["counter"].removeprefix(DELIVERY)
+        point = points.setdefault(r["period"], {})
+        point[counter] = point.get(counter, 0) + int(r["n"])
     entered = journey_counters.get("entered", 0)
     converted = journey_counters.get("converted", 0)
     goal: dict[str, Any] = definition.get("goal") or {}

@@ -113,14 +113,34 @@ DeliveryEventRow = tuple[str, str, str, str, str | None, str | None, datetime]
 
 
 async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryEventRow]) -> None:
-    """Once per (delivery, kind): a redelivered result or a second open changes nothing."""
+    """Once per (delivery, kind): a redelivered result or a second open changes nothing.
+
+    Each row actually inserted also increments the analytics counters of its journey, version
+    and step (``delivery:<kind>``, and ``reason:<kind>:<reason>`` for skipped, suppressed and
+    dropped) in the hour of its ``at``, so the stats read only ``journey_stats``."""
     if rows:
         await conn.execute(
-            """INSERT INTO delivery_events
-                   (delivery_id, kind, instance_id, step_id, channel, reason, at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[])
-               ON CONFLICT (delivery_id, kind) DO NOTHING""",
+            """WITH added AS (
+                   INSERT INTO delivery_events
+                       (delivery_id, kind, instance_id, step_id, channel, reason, at)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                        $5::text[], $6::text[], $7::timestamptz[])
+                   ON CONFLICT (delivery_id, kind) DO NOTHING
+                   RETURNING instance_id, step_id, kind, reason, at
+               ), counted AS (
+                   SELECT instance_id, step_id, 'delivery:' || kind AS counter, at FROM added
+                   UNION ALL
+                   SELECT instance_id, step_id,
+                          'reason:' || kind || ':' || coalesce(reason, 'unknown'), at
+                   FROM added WHERE kind IN ('skipped', 'suppressed', 'dropped')
+               )
+               INSERT INTO journey_stats (journey, version, step_id, counter, hour, n)
+               SELECT ji.journey, ji.version, c.step_id, c.counter,
+                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)
+               FROM counted c JOIN journey_instances ji ON ji.instance_id = c.instance_id
+               GROUP BY 1, 2, 3, 4, 5
+               ON CONFLICT (journey, version, step_id, counter, hour)
+               DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
             *_columns(rows, 7),
         )
 
