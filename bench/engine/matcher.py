@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 import nats
 from rig import Rig, percentile, rig, rss_mb  # type: ignore[import-not-found]
@@ -49,8 +50,11 @@ JOURNEY = {
 }
 
 
+PROFILES = [50_000]
+
+
 def trigger(topology: Topology, n: int, run: str) -> tuple[str, bytes, str]:
-    pid = f"user-{n % 50_000}"
+    pid = f"user-{n % PROFILES[0]}"
     cart = f"{run}-{n}"
     now = datetime.now(UTC)
     partition = partition_for(pid, PARTITIONS)
@@ -122,13 +126,14 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
         start = time.monotonic()
         n = 0
         while n < total:
-            batch = [trigger(topology, backlog + n + k, "steady") for k in range(per_tick)]
+            count = min(per_tick, total - n)
+            batch = [trigger(topology, backlog + n + k, "steady") for k in range(count)]
             for _, data, _ in batch:
                 ev = decode(data)
                 assert isinstance(ev, Event)
                 sent_at[ev.properties["cart_id"]] = ev.received_at
             await publish_many(js, batch)
-            n += per_tick
+            n += count
             await asyncio.sleep(max(0.0, start + (n / rate) - time.monotonic()))
 
     results, _ = await asyncio.gather(drain(sub, total, timeout=seconds + 120), produce())
@@ -137,6 +142,18 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
           f"p50 {percentile(latency, 50):.1f} ms  p99 {percentile(latency, 99):.1f} ms  "
           f"max {max(latency):.1f} ms")  # fmt: skip
 
+    async with aiohttp.ClientSession() as http, http.get(f"{proc.health_url}/metrics") as resp:
+        text = await resp.text()
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("cairn_matcher_batch_seconds_", "cairn_matcher_commit_inputs_"))
+    }
+    commits = values.get("cairn_matcher_batch_seconds_count", 0.0)
+    if commits:
+        mean = values["cairn_matcher_batch_seconds_sum"] / commits
+        inputs = values["cairn_matcher_commit_inputs_sum"] / commits
+        print(f"  {commits:,.0f} group commits, {mean * 1000:.1f} ms and {inputs:.1f} inputs each")
     waiting = await pool.fetchval("SELECT count(*) FROM journey_instances WHERE status='active'")
     sizes = await pool.fetchrow(
         """SELECT pg_total_relation_size('profile_states') AS states,
@@ -158,6 +175,9 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
+    parser.add_argument("--profiles", type=int, default=50_000, help="distinct profiles")
     args = parser.parse_args()
-    with rig() as r:
+    PROFILES[0] = args.profiles
+    with rig(fsync=not args.no_fsync) as r:
         asyncio.run(main(r, args.backlog, args.rate, args.seconds))

@@ -418,3 +418,40 @@ async def test_smtp_with_starttls_and_auth(
         assert msg.get_content().startswith("Hello")
     finally:
         smtp.stop()
+
+
+async def test_sms_to_a_number_that_replied_stop_suppresses_it(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    sink.script.append(
+        Reply(400, {"code": 21610, "message": "Attempt to send to unsubscribed recipient"})
+    )
+    await apply(
+        db,
+        "Channel",
+        "sms",
+        {
+            "provider": "twilio",
+            "base_url": sink.url,
+            "options": {"account_sid": "AC42", "from": "+15550001"},
+            "credentials": {"auth_token": {"env": "TEST_API_KEY"}},
+        },
+    )
+    await apply(db, "Template", "hi-sms", {"channel": "sms", "body": "hi"})
+    await start_dispatcher().wait_ready()
+    results = await Results.listen(nc, topology)
+    await send_requests(
+        js, topology, delivery("stop-1", channel="sms", template="hi-sms", address="+1555")
+    )
+    opted_out = await results.wait("stop-1", "suppressed")
+    assert opted_out.reason == "twilio 21610: recipient opted out"
+    await send_requests(
+        js, topology, delivery("stop-2", channel="sms", template="hi-sms", address="+1555")
+    )
+    assert (await results.wait("stop-2", "suppressed")).reason == "unsubscribed"
+    assert len(sink.requests) == 1

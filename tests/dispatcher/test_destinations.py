@@ -169,6 +169,12 @@ async def test_runaway_functions_are_contained_and_the_dispatcher_keeps_running(
         "broken": "async function onTrack(e, s) { this is not javascript",
         "identify-only": "async function onIdentify(e, s) { return 1; }",
     }
+    # An endless loop in a promise continuation, after a fetch that settles at once (a refused
+    # host): it runs on after the call returned, so only throwing the isolate away stops it.
+    functions["loop-after-fetch"] = (
+        "async function onTrack(e, s) {"
+        " await fetch('http://refused.invalid/').catch(() => 0); while (true) {} }"
+    )
     for name, code in functions.items():
         await apply(db, "Destination", name, {"provider": "function", "function": code})
     await apply(
@@ -187,6 +193,8 @@ async def test_runaway_functions_are_contained_and_the_dispatcher_keeps_running(
     broken = await results.wait("x-broken", "failed")
     assert broken.reason is not None
     assert broken.reason.startswith("function error: ")
+    stuck = await results.wait("x-loop-after-fetch", "failed")
+    assert stuck.reason == "function exceeded its 1s time limit"
     unsupported = await results.wait("x-identify-only", "failed")
     assert unsupported.reason == "function EventNotSupported: onTrack is not defined"
     # The same process still sends, and the looping function can run again on a fresh isolate.

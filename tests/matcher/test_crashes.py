@@ -25,7 +25,7 @@ from tests.support.engine import Deliveries, Inputs, metric, prepared, publish_j
 from tests.support.processes import ServiceProcess
 
 P = 6
-PROFILES = 30
+PROFILES = 24
 MATCHER_ENV = {
     "CAIRN_PARTITIONS": str(P),
     "CAIRN_LEASE_TTL_SECONDS": "2",

@@ -298,6 +298,9 @@ class Dispatcher:
         if result.bounced:
             await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "bounced")
             return Decision(status="bounced", settle=ACK, reason=result.reason)
+        if result.unsubscribed:
+            await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "unsubscribed")
+            return Decision(status="suppressed", settle=ACK, reason=result.reason)
         if not result.retryable:
             return Decision(status="failed", settle=ACK, reason=result.reason)
         attempts = p.item.deliveries

@@ -38,6 +38,8 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         outbox=outbox,
         max_cached_profiles=s.max_cached_profiles,
         notify_within=s.timer_notify_within_seconds,
+        committers=s.committers,
+        max_group=s.max_commit_inputs,
     )
     supervisor = PartitionSupervisor(ctx, leases, engine)
     background = asyncio.Event()

@@ -1,11 +1,11 @@
-"""Applies a batch of one partition's inputs: the actors, the interpreter, and one commit.
+"""Applies the partitions' fetched batches: the actors, the interpreter, and group commit.
 
 Inputs are applied one at a time in stream order (so per profile in arrival order); each profile's
 state is its actor, held in a bounded LRU cache and loaded from PostgreSQL on a miss. Everything
-the batch changes — profile states, traits, timers, outbox messages, instances, analytics
-counters, and the partition's last applied stream sequence — is written in ONE transaction fenced
-by the partition lease. An input at or below the last applied sequence was applied already and is
-skipped, so effects happen exactly once over at-least-once delivery.
+the batches waiting at one moment change — profile states, traits, timers, outbox messages,
+instances, analytics counters, and each partition's last applied stream sequence — is written in
+ONE transaction, fenced by each partition's lease. An input at or below the last applied sequence
+was applied already and is skipped, so effects happen exactly once over at-least-once delivery.
 
 An input the interpreter cannot handle (it raised) is a poison input: it is dead-lettered with the
 reason in the same transaction, leaves its profile's state as it was, and the batch goes on.
@@ -139,7 +139,7 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Group commit: each committer takes every batch waiting (from any partition) and
         commits them in one transaction, so 64 partitions with a few inputs each cost one commit,
-        not 64. Two committers overlap one transaction's round trips with the next's work; a
+        not 64. Several committers overlap one transaction's WAL flush with the next's work; a
         partition has one batch in flight at most, so they never touch the same partition."""
         async with asyncio.TaskGroup() as tg:
             for n in range(self._committers):
@@ -160,14 +160,17 @@ class Engine:
             await self._commit_group(jobs)
 
     async def _commit_group(self, jobs: list[Job]) -> None:
+        # One pooled connection for the commit and the outbox delete after the publish: asyncpg
+        # resets a connection on every release, which costs as much as a statement.
         try:
-            messages, lost = await self._apply_jobs(jobs)
+            async with self._pool.acquire() as conn:
+                messages, lost = await self._apply_jobs(conn, jobs)
+                await self._outbox.publish(messages, conn)
         except Exception as exc:  # the transaction rolled back: every batch in it retries
             for job in jobs:
                 if not job.done.done():
                     job.done.set_exception(exc)
             return
-        await self._outbox.publish(messages)
         for job in jobs:
             if job.done.done():
                 continue  # its worker was cancelled meanwhile
@@ -178,12 +181,14 @@ class Engine:
             else:
                 job.done.set_result(None)
 
-    async def _apply_jobs(self, jobs: list[Job]) -> tuple[list[OutboxMessage], set[int]]:
+    async def _apply_jobs(
+        self, conn: asyncpg.Connection, jobs: list[Job]
+    ) -> tuple[list[OutboxMessage], set[int]]:
         started = time.perf_counter()
         catalogue = self._journeys.current  # one catalogue for the whole transaction
         now = self._clock()
         writes = BatchWrites(self._topology, now, notify_within=self._notify_within)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             last = await self._leases.fence_many(conn, {j.partition: j.epoch for j in jobs})
             lost = {p for p, seq in last.items() if seq is None}
             fresh: list[tuple[Job, list[Input]]] = []
@@ -324,7 +329,7 @@ class Engine:
         catalogue: Catalogue,
     ) -> dict[str, ProfileState]:
         states: dict[str, ProfileState] = {}
-        missing: list[str] = []
+        missing: dict[str, None] = {}  # ordered set
         for job, items in batches:
             for i in items:
                 if not isinstance(i.message, PROFILE_INPUTS) or not catalogue.interested_in(
@@ -339,9 +344,9 @@ class Engine:
                     self._cache.move_to_end(pid)
                     states[pid] = cached[2]
                 else:
-                    missing.append(pid)
+                    missing[pid] = None
         if missing:
-            for pid, stored in (await repo.load_profiles(conn, missing)).items():
+            for pid, stored in (await repo.load_profiles(conn, list(missing))).items():
                 state = (
                     decode_state(stored.state)
                     if stored.state is not None

@@ -49,14 +49,16 @@ class Outbox:
         self._pool = pool
         self._relay_after = relay_after
 
-    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
-        """Right after the commit that wrote them: publish, then delete. A failure leaves them
-        to the relay; the commit stands either way."""
+    async def publish(
+        self, messages: Sequence[OutboxMessage], conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Right after the commit that wrote them: publish, then delete (on ``conn`` if given).
+        A failure leaves them to the relay; the commit stands either way."""
         if not messages:
             return
         try:
             await publish_batch(self._js, _outgoing(messages))
-            await self._pool.execute(
+            await (conn or self._pool).execute(
                 "DELETE FROM outbox WHERE id = ANY($1)", [m.id for m in messages]
             )
         except TRANSIENT as exc:

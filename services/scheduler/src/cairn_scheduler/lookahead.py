@@ -191,14 +191,15 @@ class Lookahead:
         return due
 
     async def fire(self, timers: Sequence[DueTimer]) -> None:
-        """Publish each timer that still exists, then delete them all."""
+        """Publish each timer that still exists, then delete them all. One pooled connection for
+        the whole batch: asyncpg resets a connection on every release, which costs as much as a
+        query."""
         ids = [t.timer_id for t in timers]
         async with self._pool.acquire() as conn:
             alive = await repo.still_set(conn, ids)
-        fired_at = datetime.now(UTC)
-        outgoing = [self._message(t, fired_at) for t in timers if t.timer_id in alive]
-        await publish_batch(self._js, outgoing)
-        async with self._pool.acquire() as conn:
+            fired_at = datetime.now(UTC)
+            outgoing = [self._message(t, fired_at) for t in timers if t.timer_id in alive]
+            await publish_batch(self._js, outgoing)
             await repo.delete_fired(conn, ids)
         was_full = len(self._held) >= self._s.max_held_timers
         self._held.difference_update(ids)

@@ -79,6 +79,9 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
     retryable: bool
     retry_after: float | None = None
     bounced: bool = False
+    """The address is dead (hard bounce, uninstalled app): suppress it, outcome ``bounced``."""
+    unsubscribed: bool = False
+    """The provider says the person opted out (e.g. replied STOP): suppress, ``suppressed``."""
 
 
 SendOutcome = Sent | Failed

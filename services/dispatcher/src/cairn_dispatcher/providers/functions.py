@@ -21,16 +21,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from py_mini_racer import (
-    JSEvalException,
-    JSOOMException,
-    JSPromiseError,
-    JSTimeoutException,
-    MiniRacer,
-)
+import structlog
+from py_mini_racer import JSEvalException, JSOOMException, JSTimeoutException, MiniRacer
 
-from cairn_dispatcher.documents import DocumentError, Target, read_secret
+from cairn_dispatcher.documents import DocumentError, Target, is_secret_ref, read_secret
 from cairn_dispatcher.providers.base import Failed, Job, SendOutcome, Sent
+
+log = structlog.get_logger(__name__)
 
 PRELUDE = r"""
 class EventNotSupported extends Error {
@@ -90,32 +87,48 @@ class DestinationFunction:
         self._isolate: MiniRacer | None = None
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
+        self._result: asyncio.Future[str] | None = None
 
     async def _ensure(self) -> MiniRacer:
         if self._isolate is None:
             mr = MiniRacer()
             mr.set_hard_memory_limit(self._memory)
             fetch = await self._stack.enter_async_context(mr.wrap_py_function(self._fetch))
-            mr.eval("(f) => { globalThis.__cairn_fetch = f; }")(fetch)  # type: ignore[operator,misc]
+            done = await self._stack.enter_async_context(mr.wrap_py_function(self._done))
+            install = mr.eval(
+                "(f, d) => { globalThis.__cairn_fetch = f; globalThis.__cairn_done = d; }"
+            )
+            install(fetch, done)  # type: ignore[operator,misc]
             mr.eval(PRELUDE)
             mr.eval(self.target.code or "")
             self._isolate = mr
         return self._isolate
 
+    async def _done(self, *args: Any) -> None:
+        """Called from JavaScript when a handler settles (never a blocking call into V8)."""
+        if self._result is not None and not self._result.done():
+            self._result.set_result(str(args[0]) if args else "")
+
     async def _discard(self) -> None:
+        """Throw the isolate away. Closing terminates any script still running in it, even one
+        looping in a promise continuation; it runs in a thread so it can never stall the loop."""
+        mr, self._isolate = self._isolate, None
         await self._stack.aclose()
         self._stack = contextlib.AsyncExitStack()
-        if self._isolate is not None:
-            self._isolate.close()
-        self._isolate = None
+        if mr is not None:
+            closing = asyncio.get_running_loop().run_in_executor(None, mr.close)
+            try:
+                await asyncio.wait_for(asyncio.shield(closing), timeout=5)
+            except TimeoutError:
+                log.error(
+                    "a function isolate did not close; it is abandoned", target=self.target.key
+                )
 
     def _settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in self.target.settings.items():
-            is_ref = isinstance(value, dict) and (
-                {"env"} <= value.keys() or {"file"} <= value.keys()
-            )
-            out[key] = read_secret(value, f"{self.target.key}: settings.{key}") if is_ref else value
+            ref = is_secret_ref(value)
+            out[key] = read_secret(value, f"{self.target.key}: {key}") if ref else value
         return out
 
     @staticmethod
@@ -147,21 +160,24 @@ class DestinationFunction:
                 raw = await asyncio.wait_for(self._run(mr, call), timeout=self._timeout)
             except (TimeoutError, JSTimeoutException):
                 await self._discard()
-                return Failed(
-                    reason=f"function exceeded its {self._timeout:g}s time limit", retryable=False
-                )
+                limit = f"{self._timeout:g}s"
+                return Failed(reason=f"function exceeded its {limit} time limit", retryable=False)
             except JSOOMException:
                 await self._discard()
                 return Failed(reason="function exceeded its memory limit", retryable=False)
-            except (JSEvalException, JSPromiseError) as exc:
+            except JSEvalException as exc:
                 await self._discard()
                 return Failed(reason=f"function error: {str(exc).splitlines()[0]}", retryable=False)
+            finally:
+                self._result = None
         return _outcome(raw)
 
-    @staticmethod
-    async def _run(mr: MiniRacer, call: str) -> str:
-        promise = await mr.eval_cancelable(call)
-        return str(await promise)  # type: ignore[misc]
+    async def _run(self, mr: MiniRacer, call: str) -> str:
+        """Start the handler with a cancelable eval (a synchronous endless loop is terminated by
+        cancelling it) and wait for ``__cairn_done``; nothing here blocks on the isolate."""
+        self._result = asyncio.get_running_loop().create_future()
+        await mr.eval_cancelable(f"{call}.then(__cairn_done); 0")
+        return await self._result
 
     async def _fetch(self, *args: Any) -> str:
         url = str(args[0]) if args else ""

@@ -155,10 +155,24 @@ class Webhook(HttpProvider):
         }
 
 
+def _twilio_code(reason: str) -> int | None:
+    """Twilio's error ``code`` from the body quoted in ``reason``."""
+    _, _, body = reason.partition(": ")
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
 def sign_webhook(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+TWILIO_OPTED_OUT = frozenset({21610})  # the recipient replied STOP
+TWILIO_DEAD_NUMBER = frozenset({21211, 21614})  # not a valid / not a mobile number
 
 
 class Twilio(HttpProvider):
@@ -166,6 +180,18 @@ class Twilio(HttpProvider):
 
     name = "twilio"
     id_field = "sid"
+
+    async def outcome(self, response: aiohttp.ClientResponse) -> SendOutcome:
+        result = await http_outcome(response, self.name, self.id_field)
+        if isinstance(result, Failed) and response.status == 400:
+            code = _twilio_code(result.reason)
+            if code in TWILIO_OPTED_OUT:
+                return Failed(
+                    reason=f"twilio {code}: recipient opted out", retryable=False, unsubscribed=True
+                )
+            if code in TWILIO_DEAD_NUMBER:
+                return Failed(reason=result.reason, retryable=False, bounced=True)
+        return result
 
     async def build(self, job: Job) -> HttpRequest:
         sid = str(self.target.require("account_sid"))
@@ -186,5 +212,4 @@ class Twilio(HttpProvider):
             url=url,
             data=form,
             auth=(sid, token),
-            headers={"I-Twilio-Idempotency-Token": job.idempotency_key},
         )
