@@ -129,12 +129,27 @@ class System:
     """Ingest, matcher, scheduler and dispatcher as real processes of one deployment."""
 
     def __init__(
-        self, procs: dict[str, ServiceProcess], http_port: int, admin_port: int, write_key: str
+        self,
+        procs: dict[str, ServiceProcess],
+        http_port: int,
+        admin_port: int,
+        write_key: str,
+        restart: Callable[[str], ServiceProcess] | None = None,
     ) -> None:
         self.procs = procs
+        self._restart = restart
         self.http_port = http_port
         self.admin_port = admin_port
         self.write_key = write_key
+
+    async def kill_and_restart(self, name: str) -> None:
+        """SIGKILL the service (no shutdown at all), then start it again with the same settings."""
+        assert self._restart is not None
+        old = self.procs[name]
+        old.kill()
+        await old.wait_exit()
+        self.procs[name] = self._restart(name)
+        await self.procs[name].wait_ready()
 
     @property
     def admin_url(self) -> str:
@@ -196,6 +211,10 @@ async def start_system(
             "CAIRN_ADMIN_TOKEN": ADMIN_TOKEN,
         },
     }
-    procs = {name: spawn(f"cairn_{name}", **common, **own.get(name, {})) for name in services}
+
+    def start(name: str) -> ServiceProcess:
+        return spawn(f"cairn_{name}", **common, **own.get(name, {}))
+
+    procs = {name: start(name) for name in services}
     await asyncio.gather(*(p.wait_ready() for p in procs.values()))
-    return System(procs, http_port, admin_port, write_key)
+    return System(procs, http_port, admin_port, write_key, start)
