@@ -7,9 +7,11 @@ fire, which links back to the trace that set the timer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
@@ -118,4 +120,35 @@ async def test_one_trace_runs_from_the_tracking_request_to_the_provider_call(
     timer = _child(spans, fire, service="cairn-matcher", kind="CONSUMER")
     _delivery_chain(spans, timer)
     assert sink.requests[1].headers["traceparent"].split("-")[1] == fire.trace_id
+    await pool.close()
+
+
+async def test_an_event_ingested_over_nats_continues_the_requesters_trace(
+    collector: OtlpCollector,
+    spawn: Callable[..., ServiceProcess],
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    pool = await prepared(database_url, js, topology)
+    await publish_journey(pool, TRACED)
+    system = await start_system(spawn, pool, services=("ingest", "matcher"), **collector.env())
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    reply = await nc.request(
+        f"{topology.namespace}.ingest.track",
+        json.dumps(
+            {"userId": "ann", "event": "Page Viewed", "writeKey": system.write_key}
+        ).encode(),
+        headers={"traceparent": f"00-{trace_id}-{parent}-01"},
+        timeout=10,
+    )
+    assert json.loads(reply.data) == {"success": True}
+
+    (processed,) = await collector.until(1, service="cairn-matcher", kind="CONSUMER")
+    (request,) = collector.find(service="cairn-ingest", kind="CONSUMER")
+    assert (request.trace_id, request.parent_span_id) == (trace_id, parent)
+    assert request.destination == f"{topology.namespace}.ingest.track"
+    publish = _child(collector.spans, request, service="cairn-ingest", kind="PRODUCER")
+    assert (processed.trace_id, processed.parent_span_id) == (trace_id, publish.span_id)
     await pool.close()
