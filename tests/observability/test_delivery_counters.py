@@ -3,12 +3,13 @@ outcome, open and click, whatever is delivered again, with the reasons of skips 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from cairn_common.db import apply_migrations
 from cairn_control.stats import journey_stats
+from cairn_matcher.housekeeping import prune_delivery_events
 from cairn_matcher.repo import DeliveryEventRow, add_delivery_events
 
 AT = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
@@ -65,4 +66,29 @@ async def test_outcomes_opens_and_clicks_count_once_per_delivery_with_reasons(
     (hour,) = stats.series
     assert hour.period == AT.replace(minute=0)
     assert hour.counters == {"sent": 2, "opened": 1, "clicked": 1}
+    await pool.close()
+
+
+async def test_retention_deletes_old_delivery_events_and_keeps_the_counters(
+    database_url: str,
+) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+        await conn.execute(
+            "INSERT INTO journey_instances (instance_id, journey, version, profile_id, status, "
+            "started_at) VALUES ('i1', 'cart', 1, 'p1', 'completed', $1)",
+            AT,
+        )
+        old, recent = AT - timedelta(days=500), datetime.now(UTC)
+        rows = [(f"d{n}", "sent", "i1", "mail", "email", None, old) for n in range(25)]
+        rows.append(("d-new", "sent", "i1", "mail", "email", None, recent))
+        await add_delivery_events(conn, rows)
+
+    assert await prune_delivery_events(pool, days=400, chunk=10) == 25
+    assert await pool.fetchval("SELECT array_agg(delivery_id) FROM delivery_events") == ["d-new"]
+    assert (
+        await pool.fetchval("SELECT sum(n) FROM journey_stats WHERE counter = 'delivery:sent'")
+        == 26
+    )
     await pool.close()

@@ -14,7 +14,7 @@ import contextlib
 from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext
 from cairn_matcher.engine import Engine
-from cairn_matcher.gauges import sample_instances
+from cairn_matcher.housekeeping import prune_regularly, sample_instances
 from cairn_matcher.journeys import TRANSIENT, JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
 from cairn_matcher.outbox import Outbox
@@ -62,6 +62,12 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             tg.create_task(
                 sample_instances(ctx.pool, leases, background, interval=s.instances_gauge_seconds),
                 name="instances-gauge",
+            )
+            tg.create_task(
+                prune_regularly(
+                    ctx.pool, leases, background, days=s.delivery_events_retention_days
+                ),
+                name="prune-delivery-events",
             )
             await supervisor.run()  # returns once stopping and every worker has finished
             background.set()
