@@ -100,6 +100,7 @@ async def test_one_trace_runs_from_the_tracking_request_to_the_provider_call(
 
     # The request's trace: HTTP server -> ingest publish -> matcher -> outbox -> dispatcher -> call
     (request,) = collector.find(service="cairn-ingest", kind="SERVER", name="POST /v1/{kind}")
+    assert request.attributes["http.route"] == "/v1/{kind}"
     publish = _child(spans, request, service="cairn-ingest", kind="PRODUCER")
     assert publish.attributes["messaging.system"] == "nats"
     assert publish.destination.endswith(".event")

@@ -151,7 +151,11 @@ async def traced(
         f"{request.method} {name}",
         context=propagate.extract(request.headers),
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "url.path": request.path},
+        attributes={
+            "http.request.method": request.method,
+            "http.route": name,
+            "url.path": request.path,
+        },
     ) as span:
         try:
             response = await handler(request)
