@@ -196,6 +196,32 @@ async def test_republishing_freezes_version_n_plus_1_and_leaves_older_versions_a
         )
 
 
+async def test_a_version_sends_the_templates_it_was_published_with(admin: Admin) -> None:
+    await admin.apply_text(documents())
+    await admin.ready_all_templates()
+    status, v1 = await admin.call("POST", "/v1/journeys/welcome/publish")
+    assert (status, v1["version"]) == (200, 1)
+    frozen = json.loads(
+        await admin.pool.fetchval("SELECT templates FROM journey_versions WHERE version = 1")
+    )
+    assert frozen["hello-sms"]["body"] == "Hello {{ profile.first_name }}"
+
+    # Editing the template leaves v1 as published; publishing again freezes v2 with the edit.
+    edited = TEMPLATE_SMS.replace("Hello", "Hi there")
+    status, body = await admin.apply_text(edited + "---\n" + JOURNEY + "---\n" + CHANNEL_SMS)
+    assert status == 200, body
+    frozen = json.loads(
+        await admin.pool.fetchval("SELECT templates FROM journey_versions WHERE version = 1")
+    )
+    assert frozen["hello-sms"]["body"] == "Hello {{ profile.first_name }}"
+    status, v2 = await admin.call("POST", "/v1/journeys/welcome/publish")
+    assert (status, v2["version"], v2["outcome"]) == (200, 2, "published"), v2
+    frozen = json.loads(
+        await admin.pool.fetchval("SELECT templates FROM journey_versions WHERE version = 2")
+    )
+    assert frozen["hello-sms"]["body"] == "Hi there {{ profile.first_name }}"
+
+
 async def test_publishing_an_unchanged_draft_again_is_a_no_op_that_says_so(admin: Admin) -> None:
     await admin.apply_text(documents())
     await admin.ready_all_templates()

@@ -147,8 +147,10 @@ async def test_handled_messages_are_acked_once_in_order(
         await asyncio.wait_for(done.wait(), 10)
         await asyncio.wait_for(consumer.idle.wait(), 5)
     assert seen == list(range(20))
-    info = await js.consumer_info(spec.stream, spec.durable)
-    assert info.num_ack_pending == 0
+    # Acks are fire-and-forget publishes that the server applies asynchronously; wait for them.
+    async with asyncio.timeout(10):
+        while (info := await js.consumer_info(spec.stream, spec.durable)).num_ack_pending:
+            await asyncio.sleep(0.05)
     assert info.num_pending == 0
     assert info.num_redelivered == 0
 

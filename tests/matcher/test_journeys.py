@@ -305,3 +305,34 @@ async def test_a_stopped_journey_takes_no_new_entries_and_running_instances_drai
         engine.pool, "SELECT count(*) FROM journey_instances WHERE status = 'completed'", expect=1
     )
     assert await engine.instances("welcome") == 1, "no entry after the stop"
+
+
+async def test_a_new_version_takes_new_entries_while_running_instances_finish_on_theirs(
+    engine: Engine,
+) -> None:
+    def version(send_step: str) -> dict[str, Any]:
+        return {
+            **welcome(repeat="always", unique_by="signup_id"),
+            "steps": [
+                {"id": "pause", "wait": "2s"},
+                {"id": send_step, "send": {"channel": "email", "template": "hi",
+                                           "to": "profile.email"}},
+            ],
+        }  # fmt: skip
+
+    await engine.publish(version("hello-v1"))
+    await engine.customer("jo")
+    await engine.inputs.send("jo", "Signed Up", properties={"signup_id": "s1"})
+    await wait_for_rows(engine.pool, "SELECT count(*) FROM journey_instances", expect=1)
+    await publish_journey(engine.pool, version("hello-v2"), version=2)
+    engine.versions += 1
+    async with asyncio.timeout(15):
+        while await metric(engine.matcher.health_url, "cairn_matcher_loaded_versions") < 2:
+            await asyncio.sleep(0.05)
+    await engine.inputs.send("jo", "Signed Up", properties={"signup_id": "s2"})
+
+    seen = await engine.deliveries.until(2)
+    assert sorted((d.unique_value, d.version, d.step_id) for d in seen) == [
+        ("s1", 1, "hello-v1"),
+        ("s2", 2, "hello-v2"),
+    ]

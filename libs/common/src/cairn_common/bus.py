@@ -69,7 +69,9 @@ def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=spec.ack_wait.total_seconds(),
         max_deliver=spec.max_deliver,
-        backoff=[b.total_seconds() for b in spec.backoff] or None,
+        # spec.backoff is the ladder of nak delays our consume loop applies. It is deliberately not
+        # given to the server: with a BackOff list, JetStream takes its first step as the ack wait
+        # (1 s), and every batch that runs longer would be redelivered while still in flight.
         filter_subject=spec.filter_subject,
         max_ack_pending=spec.max_ack_pending,
     )

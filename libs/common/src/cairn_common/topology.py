@@ -36,7 +36,9 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     filter_subject: str | None
     max_deliver: int
     ack_wait: timedelta
+    """How long a delivered, unacknowledged message waits before JetStream redelivers it."""
     backoff: tuple[timedelta, ...]
+    """Delays for ``nak`` by delivery count, applied by the consume loop (not by the server)."""
     max_ack_pending: int = 10_000
     description: str = ""
 

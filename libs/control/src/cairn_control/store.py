@@ -23,6 +23,7 @@ from cairn_control.validation import (
     ResourceSet,
     StoredResource,
     check_journey_draft,
+    templates_used,
 )
 
 log = structlog.get_logger(__name__)
@@ -200,12 +201,17 @@ async def publish(pool: asyncpg.Pool, name: str, *, dry_run: bool = False) -> Pu
             "SELECT state, live_version FROM journeys WHERE name = $1 FOR UPDATE", name
         )
         assert journey is not None  # apply creates the row with the draft
-        problems = check_journey_draft(draft, await load_resources(conn))
+        stored = await load_stored(conn)
+        problems = check_journey_draft(draft, ResourceSet.of(stored))
         if problems:
             raise Invalid(
                 f"journey {name!r} cannot be published: {len(problems)} problem(s)", problems
             )
-        checksum = checksum_of(draft.document)
+        # The templates are frozen with the version: what was published is what is sent, even if
+        # a template is edited later (a changed template makes the next publish a new version).
+        used = set(templates_used(draft.document))
+        templates = {r.name: r.document for r in stored if r.kind == "Template" and r.name in used}
+        checksum = checksum_of({"journey": draft.document, "templates": templates})
         latest = await conn.fetchrow(
             "SELECT version, checksum FROM journey_versions WHERE journey = $1 "
             "ORDER BY version DESC LIMIT 1",
@@ -239,12 +245,13 @@ async def publish(pool: asyncpg.Pool, name: str, *, dry_run: bool = False) -> Pu
             )
         if outcome == "published":
             await conn.execute(
-                "INSERT INTO journey_versions (journey, version, definition, checksum) "
-                "VALUES ($1, $2, $3::jsonb, $4)",
+                "INSERT INTO journey_versions (journey, version, definition, checksum, templates) "
+                "VALUES ($1, $2, $3::jsonb, $4, $5::jsonb)",
                 name,
                 version,
                 json.dumps(draft.document),
                 checksum,
+                json.dumps(templates),
             )
             message = f"{name} v{version} published; new entries go to v{version}"
             if latest is not None:

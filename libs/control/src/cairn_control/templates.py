@@ -4,7 +4,7 @@ is ``ready``; a template a live journey sends cannot go back to ``draft``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,7 +13,7 @@ import msgspec
 
 from cairn_control.errors import Conflict, Invalid, NotFound, ProblemOut
 from cairn_control.store import audit
-from cairn_control.validation import ParsedDocument, line_of, path_lines
+from cairn_control.validation import ParsedDocument, line_of, path_lines, templates_used
 from cairn_journey.render import template_problems
 
 TemplateStatus = Literal["draft", "ready"]
@@ -28,19 +28,6 @@ class TemplateInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Live journeys whose live version sends this template."""
     source: str | None = None
     document: dict[str, Any] | None = None
-
-
-def templates_used(definition: Any) -> Iterator[str]:
-    """Every template a journey document sends, at any depth of branches."""
-    if isinstance(definition, dict):
-        send = definition.get("send")
-        if isinstance(send, dict) and isinstance(send.get("template"), str):
-            yield send["template"]
-        for value in definition.values():
-            yield from templates_used(value)
-    elif isinstance(definition, list):
-        for item in definition:
-            yield from templates_used(item)
 
 
 async def _live_users(conn: asyncpg.Connection) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ draft later still reports problems with the line the operator wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -271,3 +271,16 @@ def line_of(path: str, lines: Mapping[str, int]) -> int | None:
             return None
         cut = max(path.rfind("."), path.rfind("["))
         path = path[:cut] if cut > 0 else ""
+
+
+def templates_used(definition: Any) -> Iterator[str]:
+    """Every template a journey document sends, at any depth of branches."""
+    if isinstance(definition, dict):
+        send = definition.get("send")
+        if isinstance(send, dict) and isinstance(send.get("template"), str):
+            yield send["template"]
+        for value in definition.values():
+            yield from templates_used(value)
+    elif isinstance(definition, list):
+        for item in definition:
+            yield from templates_used(item)

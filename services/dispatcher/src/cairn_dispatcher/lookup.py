@@ -2,7 +2,7 @@
 
 Template precedence, so that what is sent is what the journey was published with:
 1. ``DeliveryRequested.template_document`` (the matcher may carry the frozen template);
-2. ``journey_versions.definition.templates[<name>]`` (templates frozen into the published version);
+2. ``journey_versions.templates[<name>]`` (templates frozen into the published version);
 3. the current ``resources(kind='Template', name)`` document.
 """
 
@@ -76,9 +76,8 @@ class Lookup:
             return None
         key = (req.journey, req.version)
         if key not in self._frozen:
-            definition = await self._documents.version_definition(req.journey, req.version) or {}
-            frozen = definition.get("templates")
-            self._frozen[key] = frozen if isinstance(frozen, dict) else {}
+            frozen = await self._documents.version_templates(req.journey, req.version)
+            self._frozen[key] = frozen or {}
         doc = self._frozen[key].get(req.template) or self._templates.get(req.template)
         if not isinstance(doc, dict):
             raise DocumentError(f"no Template document named {req.template!r}")

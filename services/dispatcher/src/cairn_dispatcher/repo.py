@@ -179,9 +179,10 @@ class Documents:
         )
         return [(r["kind"], r["name"], _json(r["document"])) for r in records]
 
-    async def version_definition(self, journey: str, version: int) -> dict[str, Any] | None:
+    async def version_templates(self, journey: str, version: int) -> dict[str, Any] | None:
+        """The templates frozen with a published version (name -> Template document)."""
         value = await self._pool.fetchval(
-            "SELECT definition FROM journey_versions WHERE journey = $1 AND version = $2",
+            "SELECT templates FROM journey_versions WHERE journey = $1 AND version = $2",
             journey,
             version,
         )

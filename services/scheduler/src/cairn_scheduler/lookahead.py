@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -60,6 +61,10 @@ class Lookahead:
         self._s = settings
         self._heap: list[tuple[datetime, str, DueTimer]] = []
         self._held: set[str] = set()
+        self._cursor: datetime | None = None
+        """Every timer due up to here was claimed (by some replica) at the last scan."""
+        self._last_full = 0.0
+        self._full_needed = True
         self._claimed = asyncio.Event()
         """Set when new timers entered the heap, so the firing loop re-reads its earliest."""
         self._scan = asyncio.Event()
@@ -86,28 +91,54 @@ class Lookahead:
             try:
                 await self.claim()
             except TRANSIENT as exc:
+                self._full_needed = True
                 log.warning("claiming timers failed; will retry", error=repr(exc))
             await wait_any(stop, self._scan, timeout=self._s.rescan_seconds)
 
     async def claim(self) -> int:
-        """Claim every unclaimed timer due within the lookahead, up to ``max_held_timers``."""
+        """Claim every unclaimed timer due within the lookahead, up to ``max_held_timers``.
+
+        A scan that claimed everything due up to its horizon moves the cursor there, and the next
+        scan starts after it. A full scan (from the start of time) runs when a timer is committed
+        behind the cursor (its NOTIFY says so), when the LISTEN connection (re)starts, and every
+        ``full_scan_seconds`` (claims left by a dead replica, a NOTIFY lost)."""
         s = self._s
+        now = time.monotonic()
+        full = (
+            self._full_needed
+            or self._cursor is None
+            or now - self._last_full >= s.full_scan_seconds
+        )
+        self._full_needed = False  # a NOTIFY arriving from here on asks for the next one
+        after = None if full else self._cursor
+        until = datetime.now(UTC) + timedelta(seconds=s.lookahead_seconds)
         total = 0
+        complete = False
         while (room := s.max_held_timers - len(self._held)) > 0:
             limit = min(s.claim_batch, room)
             async with self._pool.acquire() as conn:
                 timers = await repo.claim_due(
-                    conn,
-                    s.replica_id,
-                    within=s.lookahead_seconds,
-                    grace=s.claim_grace_seconds,
-                    limit=limit,
-                )
+                    conn, s.replica_id, after=after, until=until,
+                    grace=s.claim_grace_seconds, limit=limit,
+                )  # fmt: skip
             self._hold(timers)
             total += len(timers)
             if len(timers) < limit:
+                complete = True
                 break
+        if not complete:  # memory full: the rest of the window waits, the cursor stays
+            self._full_needed = self._full_needed or full
+        elif full:
+            self._cursor = until
+            self._last_full = now
+        else:
+            self._cursor = until if self._cursor is None else max(self._cursor, until)
         return total
+
+    def _claim_behind_cursor(self, due: datetime | None) -> None:
+        """A timer was committed that the next cursor scan would not see: scan in full."""
+        if due is None or self._cursor is None or due <= self._cursor:
+            self._full_needed = True
 
     def _hold(self, timers: Sequence[DueTimer]) -> None:
         for t in timers:
@@ -132,6 +163,7 @@ class Lookahead:
                 due = None
             horizon = datetime.now(UTC) + timedelta(seconds=self._s.lookahead_seconds)
             if due is None or due <= horizon:
+                self._claim_behind_cursor(due)
                 self._scan.set()
 
         while not stop.is_set():
@@ -145,7 +177,8 @@ class Lookahead:
             try:
                 conn.add_termination_listener(setter(lost))
                 await conn.add_listener(NOTIFY_CHANNEL, on_notify)
-                self._scan.set()  # anything committed while we were not listening
+                self._full_needed = True  # anything committed while we were not listening
+                self._scan.set()
                 await wait_any(stop, lost)
             finally:
                 with contextlib.suppress(*TRANSIENT):

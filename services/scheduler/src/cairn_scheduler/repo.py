@@ -28,22 +28,32 @@ class DueTimer(msgspec.Struct, frozen=True):
 
 
 async def claim_due(
-    conn: asyncpg.Connection, replica: str, *, within: float, grace: float, limit: int
+    conn: asyncpg.Connection,
+    replica: str,
+    *,
+    after: datetime | None,
+    until: datetime,
+    grace: float,
+    limit: int,
 ) -> list[DueTimer]:
+    """Claim unclaimed (or abandoned) timers due in ``(after, until]``, earliest first.
+
+    ``after`` lets a scan skip the part of the window already claimed, whose rows the index walk
+    would otherwise step over one by one (up to every timer held in memory)."""
     rows = await conn.fetch(
         """UPDATE timers AS t
            SET claimed_by = $1,
-               claimed_until = greatest(t.due_at, now()) + make_interval(secs => $3)
+               claimed_until = greatest(t.due_at, now()) + make_interval(secs => $4)
            FROM (SELECT timer_id FROM timers
-                 WHERE due_at <= now() + make_interval(secs => $2)
+                 WHERE due_at > coalesce($2::timestamptz, '-infinity') AND due_at <= $3
                    AND (claimed_until IS NULL OR claimed_until < now())
                  ORDER BY due_at
-                 LIMIT $4
+                 LIMIT $5
                  FOR UPDATE SKIP LOCKED) AS due
            WHERE t.timer_id = due.timer_id
            RETURNING t.timer_id, t.profile_id, t.partition, t.instance_id, t.step_id, t.kind,
                      t.due_at, t.traceparent""",
-        replica, within, grace, limit,
+        replica, after, until, grace, limit,
     )  # fmt: skip
     return [DueTimer(*r) for r in rows]
 

@@ -29,6 +29,8 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     rescan_seconds: float = 1.0
     """Fallback scan period; a timer set within the lookahead wakes the scheduler at once
     through ``NOTIFY cairn_timers``."""
+    full_scan_seconds: float = 2.0
+    """Between scans of the whole lookahead window (the others start where the last ended)."""
     pending_gauge_seconds: float = 15.0
     """How often ``cairn_scheduler_timers_pending`` is refreshed from the database."""
     replica_id: str = msgspec.field(default_factory=_default_replica)

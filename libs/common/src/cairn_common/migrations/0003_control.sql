@@ -15,3 +15,7 @@ CREATE TABLE control_audit (
     detail  jsonb       NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX control_audit_by_resource ON control_audit (kind, name, id);
+
+-- The templates a published version sends, frozen with it (name -> Template document), so an edit
+-- to a template after publishing changes nothing until the journey is published again.
+ALTER TABLE journey_versions ADD COLUMN templates jsonb NOT NULL DEFAULT '{}'::jsonb;
