@@ -149,7 +149,7 @@ class Dispatcher:
             for p in batch:
                 p.span = _consumer_span(p)
         try:
-            return await self._handle_traced(batch)
+            return await self._handle_batch(batch)
         finally:
             for p in batch:
                 if p.span is not None:
@@ -159,7 +159,7 @@ class Dispatcher:
                             p.span.set_status(Status(StatusCode.ERROR, p.decision.reason))
                     p.span.end()
 
-    async def _handle_traced(self, batch: list[Pending]) -> list[Outcome]:
+    async def _handle_batch(self, batch: list[Pending]) -> list[Outcome]:
         now = datetime.now(UTC)
         await self._lookup.refresh()
         done = await self._ledger.rows([p.req.delivery_id for p in batch])
@@ -345,7 +345,7 @@ class Dispatcher:
             assert decision is not None
             target = p.req.channel or p.req.destination or ""
             DELIVERIES.labels(target, decision.status).inc()
-            if decision.status == "sent":
+            if decision.status == "sent" and p.job is not None:  # not a replay
                 sent_at = datetime.now(UTC)
                 REQUEST_TO_SENT.labels(target).observe(
                     max(0.0, (sent_at - p.req.requested_at).total_seconds())

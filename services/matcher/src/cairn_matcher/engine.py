@@ -230,7 +230,7 @@ class Engine:
         off, the context the input carried is kept instead, at no cost."""
         if not tracing_enabled():
             traceparent = item.headers.get("traceparent")
-            self._apply_traced(item, partition, states, writes, catalogue, now, traceparent)
+            self._apply_input(item, partition, states, writes, catalogue, now, traceparent)
             return
         attributes = {
             "messaging.system": "nats",
@@ -242,9 +242,9 @@ class Engine:
         }
         with consumer_span(f"process {item.subject}", item.headers, attributes):
             traceparent = current_traceparent()
-            self._apply_traced(item, partition, states, writes, catalogue, now, traceparent)
+            self._apply_input(item, partition, states, writes, catalogue, now, traceparent)
 
-    def _apply_traced(
+    def _apply_input(
         self,
         item: Input,
         partition: int,
