@@ -142,6 +142,12 @@ class System:
         self.admin_port = admin_port
         self.write_key = write_key
 
+    async def start(self, name: str) -> None:
+        """Start a service this system was started without."""
+        assert self._restart is not None
+        self.procs[name] = self._restart(name)
+        await self.procs[name].wait_ready()
+
     async def kill_and_restart(self, name: str) -> None:
         """SIGKILL the service (no shutdown at all), then start it again with the same settings."""
         assert self._restart is not None

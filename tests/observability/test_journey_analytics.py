@@ -115,7 +115,10 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
 ) -> None:
     pool = await prepared(database_url, js, topology)
     await _resources(pool, smtp, twilio)
-    system = await start_system(spawn, pool, TEST_TWILIO_TOKEN="token-1")
+    # No scheduler yet: no wait can time out before ann's open is in, however slow the machine.
+    system = await start_system(
+        spawn, pool, services=("ingest", "matcher", "dispatcher"), TEST_TWILIO_TOKEN="token-1"
+    )
 
     # ann opens the email; bob does not (SMS, then no push token: skipped); cy has no email
     # address (skipped) and orders at once (exit + conversion).
@@ -134,6 +137,8 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     (pixel,) = re.findall(r'src="(http://127\.0\.0\.1:\d+/t/o/[^"]+)"', html.get_content())
     assert await system.get(pixel) == 200
     assert await system.get(pixel) == 200  # a second mail client loads it too: one unique open
+    await eventually(lambda: _status(pool, "c1", "completed"))  # ann's wait_for matched
+    await system.start("scheduler")  # bob's and cy's waits time out now
 
     stats = await _settled(system)
     assert (stats["entered"], stats["completed"], stats["converted"]) == (3, 2, 1)
@@ -185,6 +190,13 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     assert "initial-email skipped: no address 1" in lines
     assert "final-push skipped: no address 1" in lines
     await pool.close()
+
+
+async def _status(pool: asyncpg.Pool, cart: str, status: str) -> bool:
+    found = await pool.fetchval(
+        "SELECT status FROM journey_instances WHERE unique_value = $1", cart
+    )
+    return bool(found == status)
 
 
 async def _applied(pool: asyncpg.Pool, partition: int, seq: int) -> bool:

@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from cairn_common.bus import MSG_ID, trace_headers
 from cairn_common.messages import Event, encode
+from cairn_common.observability import tracing_enabled
 from cairn_common.topology import Topology
 from cairn_ingest import repo
 from cairn_ingest.jetstream import BatchPublisher, PublishError
@@ -79,6 +80,9 @@ class EventPublisher:
     async def _publish_all(self, events: list[Event]) -> None:
         """One PRODUCER span for the publish (a batch is one send operation); every event
         carries its context, so the matcher's span for each is its child."""
+        if not tracing_enabled():
+            await self._publish_events(events)
+            return
         subject = self._topology.input_subject
         destination = (
             subject(events[0].partition, "event")
@@ -97,9 +101,9 @@ class EventPublisher:
         with tracer.start_as_current_span(
             f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
         ):
-            await self._publish_traced(events)
+            await self._publish_events(events)
 
-    async def _publish_traced(self, events: list[Event]) -> None:
+    async def _publish_events(self, events: list[Event]) -> None:
         base = trace_headers()
         subject = self._topology.input_subject
         messages = [
