@@ -123,7 +123,8 @@ async def test_every_service_exposes_the_series_an_operator_graphs(
     assert value(d, "cairn_consumer_pending_messages", consumer="dispatcher") >= 0
 
     # The dispatcher's log lines name the trace of the request that caused them.
-    requests = {s.trace_id for s in collector.find(service="cairn-ingest", kind="SERVER")}
+    servers = await collector.until(2, service="cairn-ingest", kind="SERVER")
+    requests = {s.trace_id for s in servers}
     dead = [
         line
         for line in map(json.loads, _json_lines(system.procs["dispatcher"].output()))

@@ -94,8 +94,17 @@ async def test_one_trace_runs_from_the_tracking_request_to_the_provider_call(
 
     await system.post("/v1/track", {"userId": "ann", "event": "Cart Abandoned"})
     await eventually(lambda: len(sink.requests) == 2)
-    await collector.until(2, service="cairn-dispatcher", kind="CLIENT")
-    await collector.until(2, service="cairn-matcher", destination_suffix=".result")
+    # Every process exports on its own schedule: wait for each span the chain needs.
+    for count, where in [
+        (1, {"service": "cairn-ingest", "kind": "SERVER"}),
+        (1, {"service": "cairn-ingest", "kind": "PRODUCER"}),
+        (4, {"service": "cairn-matcher", "kind": "CONSUMER"}),  # event, timer, two results
+        (2, {"service": "cairn-matcher", "kind": "PRODUCER"}),
+        (1, {"service": "cairn-scheduler", "kind": "PRODUCER"}),
+        (2, {"service": "cairn-dispatcher", "kind": "CONSUMER"}),
+        (2, {"service": "cairn-dispatcher", "kind": "CLIENT"}),
+    ]:
+        await collector.until(count, **where)
     spans = collector.spans
 
     # The request's trace: HTTP server -> ingest publish -> matcher -> outbox -> dispatcher -> call
@@ -147,7 +156,8 @@ async def test_an_event_ingested_over_nats_continues_the_requesters_trace(
     assert json.loads(reply.data) == {"success": True}
 
     (processed,) = await collector.until(1, service="cairn-matcher", kind="CONSUMER")
-    (request,) = collector.find(service="cairn-ingest", kind="CONSUMER")
+    (request,) = await collector.until(1, service="cairn-ingest", kind="CONSUMER")
+    await collector.until(1, service="cairn-ingest", kind="PRODUCER")
     assert (request.trace_id, request.parent_span_id) == (trace_id, parent)
     assert request.destination == f"{topology.namespace}.ingest.track"
     publish = _child(collector.spans, request, service="cairn-ingest", kind="PRODUCER")
