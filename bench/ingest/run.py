@@ -29,7 +29,7 @@ import msgspec
 
 from cairn_cli.local import LocalNats, LocalPostgres, free_port
 from cairn_common.db import migrate
-from cairn_ingest.keys import create_key
+from cairn_control.keys import create_key
 
 BATCH = 100
 
@@ -167,9 +167,8 @@ async def main(args: argparse.Namespace) -> None:
         pg.create_database("bench")
         db = pg.url("bench")
         await migrate(db)
-        conn = await asyncpg.connect(db)
-        _, key = await create_key(conn, "bench")
-        await conn.close()
+        async with asyncpg.create_pool(db, min_size=1, max_size=1) as pool:
+            key = (await create_key(pool, "bench")).secret
         port, health = free_port(), free_port()
         env = {
             **os.environ,

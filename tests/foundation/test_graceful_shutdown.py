@@ -12,6 +12,7 @@ from nats.js.client import JetStreamContext
 from cairn_common.bus import provision_topology, publish
 from cairn_common.topology import Topology
 from tests.foundation.test_bus import make_event
+from tests.support.counting_worker import counting_consumer
 from tests.support.processes import ServiceProcess
 
 WORKER = "tests.support.counting_worker"
@@ -50,7 +51,7 @@ async def test_sigterm_finishes_the_batch_in_flight_and_a_restart_handles_the_re
     after_stop = await handled(database_url)
     assert 0 < len(after_stop) < total, "the stop should land mid-way through the work"
     assert len(after_stop) % batch == 0, "the batch in flight is finished, not abandoned"
-    consumer = await js.consumer_info(topology.inputs_stream, topology.matcher_consumer)
+    consumer = await js.consumer_info(topology.inputs_stream, counting_consumer(topology).durable)
     assert consumer.num_ack_pending == 0, "everything handled was acked before exit"
 
     second = spawn(WORKER, **env)

@@ -13,10 +13,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from cairn_common.bus import provision_topology, publish
+from cairn_common.bus import provision, provision_topology, publish
 from cairn_common.consume import ACK, Incoming, Outcome, PullConsumer, one_at_a_time
 from cairn_common.topology import Topology
 from tests.foundation.test_bus import Running, make_event
+from tests.support.counting_worker import counting_consumer
 
 EXPORTER = InMemorySpanExporter()
 
@@ -54,7 +55,8 @@ async def test_consumer_span_continues_the_publishers_trace(
         await publish(js, subject, make_event(1), msg_id="m-1")
     request_trace = request_span.get_span_context().trace_id
 
-    spec = next(c for c in topology.consumers() if c.durable == topology.matcher_consumer)
+    spec = counting_consumer(topology)
+    await provision(js, [], [spec])
     async with Running(PullConsumer(js, topology, spec, one_at_a_time(handle, "matcher"))):
         await asyncio.wait_for(done.wait(), 10)
 

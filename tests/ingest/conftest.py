@@ -28,9 +28,9 @@ from cairn_ingest.app import TriggerCache
 from cairn_ingest.email_links import EmailLinks
 from cairn_ingest.http_api import build_app
 from cairn_ingest.intake import Ingestor
-from cairn_ingest.keys import create_key
 from cairn_ingest.publisher import EventPublisher
 from cairn_ingest.settings import Settings
+from tests.support.keys import new_write_key
 from tests.support.processes import ServiceProcess
 
 TRACKING_SECRET = "test-tracking-secret"
@@ -61,11 +61,7 @@ class Ingest(msgspec.Struct, kw_only=True):
             return 0
 
     async def new_key(self, name: str = "other", rate_limit: int | None = None) -> str:
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            return (await create_key(conn, name, rate_limit))[1]
-        finally:
-            await conn.close()
+        return (await new_write_key(self.database_url, name, rate_limit))[1]
 
 
 async def stored_events(
@@ -147,7 +143,7 @@ async def in_process(
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)
-        key_id, secret = await create_key(pool, "test")
+        key_id, secret = await new_write_key(database_url, "test")
         return Ingest(
             url=f"http://127.0.0.1:{port}",
             write_key=secret,
@@ -186,11 +182,7 @@ def ingest_process(
             **env,
         )
         await proc.wait_ready()
-        conn = await asyncpg.connect(database_url)
-        try:
-            key_id, secret = await create_key(conn, "test")
-        finally:
-            await conn.close()
+        key_id, secret = await new_write_key(database_url, "test")
         return Ingest(
             url=f"http://127.0.0.1:{port}",
             write_key=secret,

@@ -13,9 +13,9 @@ from nats.js.client import JetStreamContext
 
 from cairn_cli.local import free_port
 from cairn_common.topology import Topology
-from cairn_ingest.keys import create_key
 from tests.matcher.test_journeys import CART
 from tests.support.engine import Deliveries, prepared, publish_journey
+from tests.support.keys import new_write_key
 from tests.support.processes import ServiceProcess
 
 P = "4"
@@ -29,8 +29,7 @@ async def test_tracked_cart_abandonment_walks_the_journey_to_the_final_push(
 ) -> None:
     pool = await prepared(database_url, js, topology)
     await publish_journey(pool, CART)
-    async with pool.acquire() as conn:
-        _, write_key = await create_key(conn, "shop")
+    _, write_key = await new_write_key(database_url, "shop")
     port = free_port()
     procs = [
         spawn(

@@ -4,11 +4,14 @@ handled each profile input, slowly, so a test can stop it with work in flight.""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
+from cairn_common.bus import provision
 from cairn_common.consume import ACK, Incoming, Outcome, one_at_a_time
 from cairn_common.messages import Event
 from cairn_common.runtime import ServiceContext, consume, run_service
 from cairn_common.settings import CommonSettings
+from cairn_common.topology import ConsumerSpec, Topology
 
 
 class Settings(CommonSettings, frozen=True, kw_only=True):
@@ -30,7 +33,21 @@ async def work(ctx: ServiceContext[Settings]) -> None:
         )
         return ACK
 
-    await consume(ctx, ctx.topology.matcher_consumer, one_at_a_time(handle, "counting"))
+    spec = counting_consumer(ctx.topology)
+    await provision(ctx.js, [], [spec])
+    await consume(ctx, spec, one_at_a_time(handle, "counting"))
+
+
+def counting_consumer(topology: Topology) -> ConsumerSpec:
+    """A durable over every profile input, as a service of its own would declare it."""
+    return ConsumerSpec(
+        stream=topology.inputs_stream,
+        durable="counting",
+        filter_subject=None,
+        max_deliver=8,
+        ack_wait=timedelta(seconds=30),
+        backoff=(timedelta(seconds=1),),
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Each message arrives on the console as ``sink | ...`` and is kept (the newest 1,
 
 from __future__ import annotations
 
+import html as html_lib
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +37,14 @@ class SinkLog:
         self.say(f"{kind:<7} {summary}")
 
 
+_OPEN_PIXEL = re.compile(r'<img[^>]+src="([^"]+/t/o/[^"]+)"')
+
+
+def _part(msg: EmailMessage, subtype: str) -> str:
+    body = msg.get_body(preferencelist=(subtype,))
+    return str(body.get_content()) if body is not None else ""
+
+
 class _EmailHandler:
     def __init__(self, log: SinkLog) -> None:
         self._log = log
@@ -43,16 +53,20 @@ class _EmailHandler:
         raw = envelope.content if isinstance(envelope.content, bytes) else b""
         msg = message_from_bytes(raw, policy=policy.default)
         assert isinstance(msg, EmailMessage)
-        body = msg.get_body(preferencelist=("plain", "html"))
-        text = body.get_content() if body is not None else ""
+        text, html = _part(msg, "plain"), _part(msg, "html")
+        pixel = _OPEN_PIXEL.search(html)
+        open_url = html_lib.unescape(pixel[1]) if pixel else None
         self._log.record(
             "email",
-            f"to {', '.join(envelope.rcpt_tos)}: {msg['Subject']!s}",
+            f"to {', '.join(envelope.rcpt_tos)}: {msg['Subject']!s}"
+            + (f"  (open it: curl -s {open_url} >/dev/null)" if open_url else ""),
             {
                 "from": envelope.mail_from,
                 "to": list(envelope.rcpt_tos),
                 "subject": str(msg["Subject"] or ""),
                 "text": text,
+                "html": html,
+                "open_url": open_url,
                 "headers": {k: str(v) for k, v in msg.items()},
             },
         )

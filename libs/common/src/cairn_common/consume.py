@@ -17,6 +17,7 @@ so a bug costs a few redeliveries and then a dead letter, never a stuck stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -102,6 +103,19 @@ def one_at_a_time(handler: MessageHandler, consumer: str) -> BatchHandler:
     return handle_batch
 
 
+async def fetch_available(
+    sub: JetStreamContext.PullSubscription, batch: int, timeout: float
+) -> list[Msg]:
+    """Wait up to ``timeout`` for the first message, then take whatever else is there at once, up
+    to ``batch``. nats-py's ``fetch(n)`` on a caught-up consumer waits for ``n`` messages or the
+    whole timeout, which would hold a lone message for up to that long; this does not."""
+    msgs: list[Msg] = await sub.fetch(1, timeout=timeout)
+    if batch > 1:
+        with contextlib.suppress(TimeoutError):
+            msgs += await sub.fetch(batch - 1, timeout=0.005)
+    return msgs
+
+
 class PullConsumer:
     """Runs one durable pull consumer until ``stop`` is set; in-flight work always finishes."""
 
@@ -143,7 +157,7 @@ class PullConsumer:
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> list[Msg]:
-        fetch = asyncio.ensure_future(sub.fetch(self._batch, timeout=self._fetch_timeout))
+        fetch = asyncio.ensure_future(fetch_available(sub, self._batch, self._fetch_timeout))
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)

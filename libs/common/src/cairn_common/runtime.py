@@ -31,7 +31,7 @@ from cairn_common.consume import BatchHandler, PullConsumer
 from cairn_common.db import apply_migrations, create_pool
 from cairn_common.observability import configure_logging, configure_tracing
 from cairn_common.settings import CommonSettings, SettingsError, load_settings
-from cairn_common.topology import Topology
+from cairn_common.topology import ConsumerSpec, Topology
 
 log = structlog.get_logger(__name__)
 
@@ -213,9 +213,12 @@ async def _readiness_problems(ctx: ServiceContext[S]) -> list[str]:
     return problems
 
 
-async def consume(ctx: ServiceContext[S], durable: str, handler: BatchHandler) -> None:
-    """Run the named durable consumer of the topology until the service is stopping."""
-    spec = next(c for c in ctx.topology.consumers() if c.durable == durable)
+async def consume(
+    ctx: ServiceContext[S], consumer_: ConsumerSpec | str, handler: BatchHandler
+) -> None:
+    """Run a durable consumer (a spec, or the name of one in the topology) until the service is
+    stopping."""
+    spec = ctx.topology.consumer(consumer_) if isinstance(consumer_, str) else consumer_
     consumer = PullConsumer(
         ctx.js,
         ctx.topology,

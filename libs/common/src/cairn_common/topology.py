@@ -78,10 +78,6 @@ class Topology(msgspec.Struct, frozen=True):
 
     # ---- consumers -----------------------------------------------------------------------------
     @property
-    def matcher_consumer(self) -> str:
-        return "matcher"
-
-    @property
     def dispatcher_consumer(self) -> str:
         return "dispatcher"
 
@@ -114,7 +110,12 @@ class Topology(msgspec.Struct, frozen=True):
             ),
         ]
 
+    def consumer(self, durable: str) -> ConsumerSpec:
+        return next(c for c in self.consumers() if c.durable == durable)
+
     def consumers(self) -> list[ConsumerSpec]:
+        """The shared durable consumers. The matcher makes its own per partition and epoch
+        (``matcher-{p}-e{epoch}``, see cairn_matcher.partitions), so it has none here."""
         backoff = (
             timedelta(seconds=1),
             timedelta(seconds=5),
@@ -122,15 +123,6 @@ class Topology(msgspec.Struct, frozen=True):
             timedelta(minutes=2),
         )
         return [
-            ConsumerSpec(
-                stream=self.inputs_stream,
-                durable=self.matcher_consumer,
-                filter_subject=None,
-                max_deliver=8,
-                ack_wait=timedelta(seconds=30),
-                backoff=backoff,
-                description="The matcher's view of every profile input",
-            ),
             ConsumerSpec(
                 stream=self.deliveries_stream,
                 durable=self.dispatcher_consumer,

@@ -26,6 +26,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cairn_common.consume import fetch_available
 from cairn_common.messages import decode
 from cairn_common.runtime import ServiceContext
 from cairn_common.waiting import wait_any
@@ -117,7 +118,8 @@ class PartitionWorker:
         return await js.pull_subscribe_bind(durable=name, stream=stream)
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        fetch = asyncio.ensure_future(self._fetch_available(sub))
+        s = self._ctx.settings
+        fetch = asyncio.ensure_future(fetch_available(sub, s.fetch_batch, s.fetch_timeout_seconds))
         await wait_any(self.stop, self._ctx.stopping, _done(fetch))
         if not fetch.done():
             fetch.cancel()
@@ -131,18 +133,6 @@ class PartitionWorker:
             log.warning("fetch failed", partition=self.partition, error=repr(exc))
             await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
             return []
-
-    async def _fetch_available(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Wait for the first input, then take whatever else is there at once, up to a batch.
-
-        nats-py's ``fetch(n)`` on an idle consumer waits for ``n`` messages or its timeout, which
-        would hold a lone event for up to the whole timeout; this does not."""
-        s = self._ctx.settings
-        msgs: list[Msg] = await sub.fetch(1, timeout=s.fetch_timeout_seconds)
-        if s.fetch_batch > 1:
-            with contextlib.suppress(TimeoutError):
-                msgs += await sub.fetch(s.fetch_batch - 1, timeout=0.005)
-        return msgs
 
     async def _handle(self, msgs: list[Msg]) -> None:
         items = [_decoded(m) for m in msgs]
