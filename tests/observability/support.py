@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from cairn_cli.local import free_port
-from cairn_ingest.keys import create_key
+from cairn_control.keys import create_key
 from tests.support.processes import ServiceProcess
 
 PARTITIONS = "4"
@@ -199,8 +199,7 @@ async def start_system(
     services: Sequence[str] = ("ingest", "matcher", "scheduler", "dispatcher"),
     **env: str,
 ) -> System:
-    async with pool.acquire() as conn:
-        _, write_key = await create_key(conn, "shop")
+    write_key = (await create_key(pool, "shop")).secret
     http_port, admin_port = free_port(), free_port()
     common = {
         "CAIRN_PARTITIONS": PARTITIONS,
