@@ -53,6 +53,10 @@ async def test_stats_show_totals_conversion_against_target_and_the_funnel(admin:
     assert body["steps"][0]["counters"] == {
         "reached": 10, "send_requested": 9, "skipped:no_address": 1,
     }  # fmt: skip
+    sends = body["steps"][0]["sends"]
+    assert (sends["requested"], sends["sent"], sends["skipped"]) == (9, 0, 1)
+    assert sends["reasons"] == {"skipped": {"no address": 1}}
+    assert body["steps"][1]["sends"] is None  # a wait_for step sends nothing
     assert [(p["period"][:10], p["counters"]) for p in body["series"]] == [
         ("2026-11-20", {"entered": 6, "converted": 3}),
         ("2026-11-21", {"entered": 4, "converted": 1, "completed": 2}),
@@ -68,5 +72,7 @@ async def test_cli_stats_prints_a_readable_funnel(admin: Admin) -> None:
     assert "exited:  Order Completed 4" in result.out
     lines = result.out.splitlines()
     email = next(line for line in lines if line.startswith("initial-email"))
-    assert email.split()[:5] == ["initial-email", "send", "10", "9", "1"]
+    # step, kind, reached, requested, sent, opened, clicked, skipped (no address)
+    assert email.split()[:8] == ["initial-email", "send", "10", "9", "0", "0", "0", "1"]
+    assert "initial-email skipped: no address 1" in lines
     assert any(line.startswith("2026-11-21") for line in lines)

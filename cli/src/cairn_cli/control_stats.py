@@ -5,13 +5,42 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-STEP_COLUMNS = (
-    ("reached", "reached"),
-    ("send_requested", "sent"),
-    ("skipped:no_address", "no address"),
-    ("matched", "matched"),
-    ("timed_out", "timed out"),
+STEP_COUNTERS = (("reached", "reached"), ("matched", "matched"), ("timed_out", "timed out"))
+SEND_COLUMNS = (
+    ("requested", "requested"),
+    ("sent", "sent"),
+    ("opened", "opened"),
+    ("clicked", "clicked"),
+    ("skipped", "skipped"),
+    ("failed", "failed"),
 )
+SEND_OTHER = ("bounced", "suppressed", "deferred", "dropped", "dead_lettered", "unsubscribed")
+HIDDEN = {"send_requested", "skipped:no_address"}
+"""Step counters the send columns already show."""
+SERIES = ("entered", "completed", "converted", "sent", "opened", "clicked")
+
+
+def _with_rate(n: int, rate: float | None) -> str:
+    return f"{n} ({rate:g}%)" if rate is not None and n else str(n)
+
+
+def _step_row(step: dict[str, Any]) -> list[Any]:
+    counters = step["counters"]
+    sends = step.get("sends")
+    row: list[Any] = [step["step_id"], step["kind"] or "(other version)", counters.get("reached")]
+    if sends is None:
+        row += [None] * len(SEND_COLUMNS)
+    else:
+        values = {key: sends.get(key, 0) for key, _ in SEND_COLUMNS}
+        values["opened"] = _with_rate(values["opened"], sends.get("open_rate"))
+        values["clicked"] = _with_rate(values["clicked"], sends.get("click_rate"))
+        row += [values[key] for key, _ in SEND_COLUMNS]
+    row += [counters.get(key) for key, _ in STEP_COUNTERS[1:]]
+    known = {key for key, _ in STEP_COUNTERS} | HIDDEN
+    other = [f"{k} {v}" for k, v in sorted(counters.items()) if k not in known]
+    if sends is not None:
+        other += [f"{k.replace('_', ' ')} {sends[k]}" for k in SEND_OTHER if sends.get(k)]
+    return [*row, ", ".join(other) or None]
 
 
 def print_stats(
@@ -43,23 +72,19 @@ def print_stats(
         print("not entered:  " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
     if answer["steps"]:
         print()
-        known = {key for key, _ in STEP_COLUMNS}
-        rows = []
+        rows = [_step_row(step) for step in answer["steps"]]
+        headers = ["step", "kind", "reached", *(t for _, t in SEND_COLUMNS)]
+        table(rows, [*headers, *(t for _, t in STEP_COUNTERS[1:]), "other"])
         for step in answer["steps"]:
-            counters = step["counters"]
-            other = ", ".join(f"{k} {v}" for k, v in sorted(counters.items()) if k not in known)
-            rows.append(
-                [step["step_id"], step["kind"]]
-                + [counters.get(key) for key, _ in STEP_COLUMNS]
-                + [other or None]
-            )
-        table(rows, ["step", "kind", *(title for _, title in STEP_COLUMNS), "other"])
+            for outcome, reasons in sorted((step.get("sends") or {}).get("reasons", {}).items()):
+                listed = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
+                print(f"{step['step_id']} {outcome}: {listed}")
     if answer["series"]:
         print()
         width = 10 if answer["by"] == "day" else 16
         rows = [
             [point["period"].replace("T", " ")[:width]]
-            + [point["counters"].get(c, 0) for c in ("entered", "completed", "converted")]
+            + [point["counters"].get(c, 0) for c in SERIES]
             for point in answer["series"]
         ]
-        table(rows, [answer["by"], "entered", "completed", "converted"])
+        table(rows, [answer["by"], *SERIES])

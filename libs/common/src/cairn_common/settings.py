@@ -44,6 +44,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     service_name: str = ""
     """Set by each service; appears in logs, traces and metrics."""
+    metrics_sample_seconds: float = 5.0
+    """How often gauges read from NATS or PostgreSQL (consumer lag, instances) are refreshed."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 4096:

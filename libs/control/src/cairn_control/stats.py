@@ -1,9 +1,12 @@
 """Journey analytics from the matcher's exact counters (``journey_stats``, migration 0004).
 
-The matcher commits each increment with the input that caused it, so these figures are exact
-under redelivery and crashes. This module only reads and arranges them: totals, a per-step funnel
-in the journey's step order, conversion against the goal's target, and a per-day or per-hour
-series.
+The matcher commits each increment with the input that caused it: the interpreter's counters
+(entered, reached, matched, ...) and, per send step, each delivery's outcomes and its unique opens
+and clicks (``delivery:<kind>``, counted once per delivery and kind through the key of
+``delivery_events``, migration 0006), so these figures are exact under redelivery and crashes,
+and reading them never scans per-instance rows. This module only reads and arranges them: totals,
+a per-step funnel in the journey's step order with each send step's outcomes, conversion against
+the goal's target, and a per-day or per-hour series.
 """
 
 from __future__ import annotations
@@ -20,12 +23,46 @@ from cairn_control.preview import steps_in
 
 Period = Literal["day", "hour"]
 SERIES_COUNTERS = ("entered", "completed", "converted")
+SERIES_DELIVERIES = ("sent", "opened", "clicked")
+DELIVERY = "delivery:"
+"""Counter prefix of delivery outcomes, opens and clicks (``delivery:sent``...): the matcher
+counts each (delivery, kind) once, when it first records it in ``delivery_events``."""
+REASON = "reason:"
+"""Counter prefix of reasons: ``reason:skipped:<reason>`` for skipped, suppressed, dropped."""
+
+
+class SendStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of a send step's deliveries. Each delivery counts once per outcome it reached
+    (a deferred delivery sent later counts in both), opens and clicks once per delivery."""
+
+    requested: int
+    """Delivery requests the step emitted (the matcher's ``send_requested``)."""
+    sent: int = 0
+    failed: int = 0
+    bounced: int = 0
+    skipped: int = 0
+    """Not sent by choice: no address (in the matcher or the dispatcher), a frequency cap..."""
+    suppressed: int = 0
+    deferred: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    opened: int = 0
+    clicked: int = 0
+    unsubscribed: int = 0
+    open_rate: float | None = None
+    """Percent of sent deliveries opened at least once."""
+    click_rate: float | None = None
+    """Percent of sent deliveries with at least one click."""
+    reasons: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """outcome -> reason -> count, for skipped, suppressed and dropped."""
 
 
 class StepStats(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     kind: str
     counters: dict[str, int]
+    sends: SendStats | None = None
+    """For a send step: its deliveries by outcome, opens and clicks."""
 
 
 class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,11 +121,13 @@ async def journey_stats(
         series = await conn.fetch(
             "SELECT date_trunc($3, hour) AS period, counter, sum(n)::bigint AS n "
             "FROM journey_stats WHERE journey = $1 AND ($2::int IS NULL OR version = $2) "
-            "AND step_id = '' AND counter = ANY($4::text[]) GROUP BY 1, 2 ORDER BY 1",
+            "AND ((step_id = '' AND counter = ANY($4::text[])) OR counter = ANY($5::text[])) "
+            "GROUP BY 1, 2 ORDER BY 1",
             name,
             version,
             by,
             list(SERIES_COUNTERS),
+            [DELIVERY + k for k in SERIES_DELIVERIES],
         )
         active = await _active(conn, name, version)
     return _arrange(name, version, definition, rows, series, active, by)
@@ -105,6 +144,45 @@ async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> i
     except asyncpg.UndefinedTableError:
         return None
     return count
+
+
+def _sends(counters: dict[str, int], delivery: dict[str, int]) -> SendStats:
+    by_kind: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for key, n in delivery.items():
+        if key.startswith(DELIVERY):
+            by_kind[key.removeprefix(DELIVERY)] = n
+        else:
+            outcome, _, reason = key.removeprefix(REASON).partition(":")
+            reasons.setdefault(outcome, {})[reason] = n
+    no_address = counters.get("skipped:no_address", 0)
+    if no_address:  # skipped by the matcher: the profile had no address, nothing was requested
+        by_kind["skipped"] = by_kind.get("skipped", 0) + no_address
+        per = reasons.setdefault("skipped", {})
+        per["no address"] = per.get("no address", 0) + no_address
+    sent = by_kind.get("sent", 0)
+
+    def rate(n: int) -> float | None:
+        return round(100.0 * n / sent, 2) if sent else None
+
+    fields = {f for f in SendStats.__struct_fields__ if f not in ("requested", "reasons")}
+    return SendStats(
+        requested=counters.get("send_requested", 0),
+        **{k: v for k, v in by_kind.items() if k in fields},
+        open_rate=rate(by_kind.get("opened", 0)),
+        click_rate=rate(by_kind.get("clicked", 0)),
+        reasons=reasons,
+    )
+
+
+def _percent(target: Any) -> float | None:
+    """The goal's target as published (a number) or as written (``"50%"``)."""
+    if isinstance(target, str) and target.strip().endswith("%"):
+        try:
+            return float(target.strip()[:-1])
+        except ValueError:
+            return None
+    return float(target) if isinstance(target, int | float) else None
 
 
 def _step_kind(step: dict[str, Any]) -> str:
@@ -125,15 +203,23 @@ def _arrange(
     for r in rows:
         bucket = journey_counters if r["step_id"] == "" else per_step.setdefault(r["step_id"], {})
         bucket[r["counter"]] = int(r["n"])
-    steps = [
-        StepStats(step_id=s["id"], kind=_step_kind(s), counters=per_step.pop(s["id"], {}))
-        for s in steps_in(definition.get("steps", []))
-    ]
+
+    def step(step_id: str, kind: str) -> StepStats:
+        counters = per_step.pop(step_id, {})
+        delivery = {k: v for k, v in counters.items() if k.startswith((DELIVERY, REASON))}
+        for k in delivery:
+            del counters[k]
+        sends = _sends(counters, delivery) if kind == "send" or delivery else None
+        return StepStats(step_id=step_id, kind=kind, counters=counters, sends=sends)
+
+    steps = [step(s["id"], _step_kind(s)) for s in steps_in(definition.get("steps", []))]
     # Steps of other versions that the version shown does not have, after its own.
-    steps += [StepStats(step_id=k, kind="", counters=v) for k, v in sorted(per_step.items())]
+    steps += [step(k, "") for k in sorted(per_step)]
     points: dict[datetime, dict[str, int]] = {}
     for r in series:
-        points.setdefault(r["period"], {})[r["counter"]] = int(r["n"])
+        counter = r["counter"].removeprefix(DELIVERY)
+        point = points.setdefault(r["period"], {})
+        point[counter] = point.get(counter, 0) + int(r["n"])
     entered = journey_counters.get("entered", 0)
     converted = journey_counters.get("converted", 0)
     goal: dict[str, Any] = definition.get("goal") or {}
@@ -149,7 +235,7 @@ def _arrange(
             k.split(":", 1)[1]: v for k, v in journey_counters.items() if k.startswith("exited:")
         },
         conversion_rate=round(100.0 * converted / entered, 2) if entered else None,
-        goal_target=float(target) if isinstance(target, int | float) else None,
+        goal_target=_percent(target),
         journey_counters=journey_counters,
         steps=steps,
         series=[SeriesPoint(period=p, counters=c) for p, c in sorted(points.items())],

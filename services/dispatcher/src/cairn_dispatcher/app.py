@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext, consume
 from cairn_dispatcher.handlers import Dispatcher
 from cairn_dispatcher.lookup import Lookup
@@ -24,7 +27,19 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         providers,
         ResultPublisher(ctx.nc, ctx.topology, ctx.settings.partitions),
     )
+    durable = ctx.topology.dispatcher_consumer
     try:
-        await consume(ctx, ctx.topology.dispatcher_consumer, dispatcher)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                sample_consumer_lag(
+                    ctx.js,
+                    ctx.topology.deliveries_stream,
+                    lambda: {durable: durable},
+                    ctx.stopping,
+                    interval=ctx.settings.metrics_sample_seconds,
+                ),
+                name="consumer-lag",
+            )
+            await consume(ctx, durable, dispatcher)
     finally:
         await providers.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +24,14 @@ from typing import Any
 import msgspec
 import structlog
 from nats.js.client import JetStreamContext
-from prometheus_client import Counter
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from prometheus_client import Counter, Histogram
 
+from cairn_common.bus import MSG_ID
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
 from cairn_common.messages import DeliveryRequested, DeliveryResult
+from cairn_common.observability import tracing_enabled
 from cairn_common.topology import Topology
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.lookup import Lookup
@@ -39,7 +44,20 @@ from cairn_dispatcher.settings import Settings
 from cairn_journey.render import RenderError, render
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("cairn.dispatcher")
 DELIVERIES = Counter("cairn_deliveries_total", "Delivery outcomes", ["target", "outcome"])
+PROVIDER_SECONDS = Histogram(
+    "cairn_dispatcher_provider_call_seconds",
+    "One provider call (HTTP request, SMTP transaction), by provider and result",
+    ["provider", "result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REQUEST_TO_SENT = Histogram(
+    "cairn_dispatcher_request_to_sent_seconds",
+    "From the matcher's delivery request (requested_at) to the provider accepting the message",
+    ["target"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +75,8 @@ class Pending(msgspec.Struct, kw_only=True):
     address: str | None = None
     decision: Decision | None = None
     job: Job | None = None
+    span: Span | None = None
+    """CONSUMER span of this request, continuing the trace of the input that caused it."""
 
 
 class Dispatcher:
@@ -125,6 +145,21 @@ class Dispatcher:
         return [o if o is not None else Retry("not handled") for o in outcomes]
 
     async def _handle(self, batch: list[Pending]) -> list[Outcome]:
+        if tracing_enabled():
+            for p in batch:
+                p.span = _consumer_span(p)
+        try:
+            return await self._handle_batch(batch)
+        finally:
+            for p in batch:
+                if p.span is not None:
+                    if p.decision is not None:
+                        p.span.set_attribute("cairn.delivery.outcome", p.decision.status)
+                        if p.decision.status in ("failed", "dead_lettered", "retrying"):
+                            p.span.set_status(Status(StatusCode.ERROR, p.decision.reason))
+                    p.span.end()
+
+    async def _handle_batch(self, batch: list[Pending]) -> list[Outcome]:
         now = datetime.now(UTC)
         await self._lookup.refresh()
         done = await self._ledger.rows([p.req.delivery_id for p in batch])
@@ -237,7 +272,16 @@ class Dispatcher:
         assert p.target is not None
         try:
             provider = await self._providers.get(p.target)
-            return await provider.send(p.job)
+            started = time.perf_counter()
+            if p.span is None:
+                outcome = await provider.send(p.job)
+            else:
+                with trace.use_span(p.span, end_on_exit=False):
+                    outcome = await provider.send(p.job)
+            PROVIDER_SECONDS.labels(p.target.type, _result(outcome)).observe(
+                time.perf_counter() - started
+            )
+            return outcome
         except asyncio.CancelledError:
             raise
         except DocumentError as exc:
@@ -299,16 +343,25 @@ class Dispatcher:
         for p in batch:
             decision = p.decision
             assert decision is not None
-            DELIVERIES.labels(p.req.channel or p.req.destination or "", decision.status).inc()
+            target = p.req.channel or p.req.destination or ""
+            DELIVERIES.labels(target, decision.status).inc()
+            if decision.status == "sent" and p.job is not None:  # not a replay
+                sent_at = datetime.now(UTC)
+                REQUEST_TO_SENT.labels(target).observe(
+                    max(0.0, (sent_at - p.req.requested_at).total_seconds())
+                )
             if decision.status != "sent":
                 log.info(
                     "delivery " + decision.status,
                     delivery_id=p.req.delivery_id,
                     reason=decision.reason,
+                    **_trace_ids(p),
                 )
             if decision.status != "retrying":
                 reporting.append((p, self._result(p, decision, now)))
-        stored = await self._results.publish([result for _, result in reporting])
+        stored = await self._results.publish(
+            [result for _, result in reporting], [_trace_headers(p) for p, _ in reporting]
+        )
         failed = {id(p) for (p, _), ok in zip(reporting, stored, strict=True) if not ok}
         outcomes: list[Outcome] = []
         for p in batch:
@@ -336,6 +389,53 @@ class Dispatcher:
             provider_message_id=decision.provider_message_id,
             attempts=max(1, p.item.deliveries),
         )
+
+
+def _result(outcome: SendOutcome) -> str:
+    if not isinstance(outcome, Failed):
+        return "sent"
+    if outcome.bounced:
+        return "bounced"
+    return "retryable" if outcome.retryable else "failed"
+
+
+def _consumer_span(p: Pending) -> Span:
+    return tracer.start_span(
+        f"process {p.item.subject}",
+        context=propagate.extract(p.item.headers),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": p.item.subject,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": "dispatcher",
+            "messaging.message.id": p.item.headers.get(MSG_ID, p.req.delivery_id),
+            "cairn.delivery.id": p.req.delivery_id,
+            "cairn.journey": p.req.journey,
+            "cairn.step_id": p.req.step_id,
+        },
+    )
+
+
+def _trace_ids(p: Pending) -> dict[str, str]:
+    """The delivery's trace for its log line (it is logged outside the span)."""
+    if p.span is None:  # tracing off: the trace the request came with, if any
+        parts = p.item.headers.get("traceparent", "").split("-")
+        return {"trace_id": parts[1]} if len(parts) == 4 else {}
+    ctx = p.span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+def _trace_headers(p: Pending) -> dict[str, str]:
+    """The result continues the delivery's trace back into the profile's partition."""
+    headers: dict[str, str] = {}
+    if p.span is not None:
+        propagate.inject(headers, context=trace.set_span_in_context(p.span))
+    elif traceparent := p.item.headers.get("traceparent"):
+        headers["traceparent"] = traceparent
+    return headers
 
 
 def _dead(reason: str) -> Decision:

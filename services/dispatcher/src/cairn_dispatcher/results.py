@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -72,8 +72,14 @@ class ResultPublisher:
             # A PubAck is {"stream":..,"seq":..}; a failure carries "error" or is a bare status.
             pending.settle(int(index), bool(msg.data) and b'"error"' not in msg.data)
 
-    async def publish(self, results: Sequence[DeliveryResult]) -> list[bool]:
-        """Whether JetStream stored each result (``Nats-Msg-Id = result:{id}:{outcome}``)."""
+    async def publish(
+        self,
+        results: Sequence[DeliveryResult],
+        headers: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[bool]:
+        """Whether JetStream stored each result (``Nats-Msg-Id = result:{id}:{outcome}``).
+
+        ``headers[i]`` (trace context of result ``i``) replaces the current span's context."""
         inbox = await self._ensure_inbox()
         self._seq += 1
         seq = self._seq
@@ -82,12 +88,13 @@ class ResultPublisher:
         base_headers = trace_headers()
         try:
             for index, result in enumerate(results):
-                headers = {**base_headers, MSG_ID: f"result:{result.delivery_id}:{result.outcome}"}
+                own = headers[index] if headers is not None and headers[index] else base_headers
+                sent = {**own, MSG_ID: f"result:{result.delivery_id}:{result.outcome}"}
                 await self._nc.publish(
                     self._topology.input_subject(result.partition, "result"),
                     encode(result),
                     reply=f"{inbox}.{seq}.{index}",
-                    headers=headers,
+                    headers=sent,
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(batch.future), timeout=self._timeout)

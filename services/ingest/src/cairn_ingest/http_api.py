@@ -10,13 +10,16 @@ import base64
 import binascii
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from prometheus_client import Counter, Histogram
 
+from cairn_common.observability import tracing_enabled
 from cairn_ingest.email_links import EmailLinks
 from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
 
@@ -136,6 +139,33 @@ async def cloudevents_call(request: web.Request) -> web.Response:
     return respond(reply)
 
 
+def _server_span(request: web.Request, name: str) -> AbstractContextManager[Span | None]:
+    return tracer.start_as_current_span(
+        f"{request.method} {name}",
+        context=propagate.extract(request.headers),
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": request.method,
+            "http.route": name,
+            "url.path": request.path,
+        },
+    )
+
+
+@contextmanager
+def _passed_on(request: web.Request) -> Iterator[None]:
+    """Tracing off: no span (it would cost more than a small request's own work), but a
+    ``traceparent`` the client sent still travels on with its events."""
+    if "traceparent" not in request.headers:
+        yield None
+        return
+    token = otel_context.attach(propagate.extract(request.headers))
+    try:
+        yield None
+    finally:
+        otel_context.detach(token)
+
+
 @web.middleware
 async def traced(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,12 +177,8 @@ async def traced(
     name = route.canonical if route is not None else "unmatched"
     status = 500
     started = time.perf_counter()
-    with tracer.start_as_current_span(
-        f"{request.method} {name}",
-        context=propagate.extract(request.headers),
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "url.path": request.path},
-    ) as span:
+    scope = _server_span(request, name) if tracing_enabled() else _passed_on(request)
+    with scope as span:
         try:
             response = await handler(request)
         except web.HTTPException as exc:  # redirects (the click links) travel as exceptions
@@ -162,7 +188,8 @@ async def traced(
             status = response.status
             return response
         finally:
-            span.set_attribute("http.response.status_code", status)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
             REQUESTS.labels(name, str(status)).inc()
             REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
 

@@ -16,6 +16,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from cairn_common.observability import consumer_span, tracing_enabled
 from cairn_common.topology import Topology
 from cairn_ingest.intake import SINGLE_TYPES, Ingestor, Reply, error
 
@@ -52,6 +53,23 @@ async def handle(ingestor: Ingestor, msg: Msg, prefix: str) -> Reply:
     return error(404, "not_found", f"no such subject: {msg.subject}")
 
 
+async def _traced(ingestor: Ingestor, msg: Msg, prefix: str) -> Reply:
+    """A CONSUMER span continuing the requester's ``traceparent``, so events ingested over NATS
+    start their trace there as HTTP ones do at the request."""
+    if not tracing_enabled():
+        return await handle(ingestor, msg, prefix)
+    attributes = {
+        "messaging.system": "nats",
+        "messaging.destination.name": msg.subject,
+        "messaging.operation.type": "process",
+        "messaging.consumer.group.name": QUEUE,
+    }
+    with consumer_span(f"process {msg.subject}", msg.headers, attributes) as span:
+        reply = await handle(ingestor, msg, prefix)
+        span.set_attribute("cairn.ingest.status", reply.status)
+        return reply
+
+
 async def serve(
     nc: NATS,
     topology: Topology,
@@ -71,7 +89,7 @@ async def serve(
     async def answer(msg: Msg) -> None:
         try:
             try:
-                reply = await handle(ingestor, msg, prefix)
+                reply = await _traced(ingestor, msg, prefix)
             except Exception:  # a bug must not take the listener down; the client gets a 500
                 log.exception("nats ingestion failed", subject=msg.subject)
                 reply = error(500, "internal", "internal error; the events were not accepted")

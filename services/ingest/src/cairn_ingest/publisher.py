@@ -20,10 +20,12 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from cairn_common.bus import MSG_ID, trace_headers
 from cairn_common.messages import Event, encode
+from cairn_common.observability import tracing_enabled
 from cairn_common.topology import Topology
 from cairn_ingest import repo
 from cairn_ingest.jetstream import BatchPublisher, PublishError
@@ -76,6 +78,32 @@ class EventPublisher:
         return duplicates
 
     async def _publish_all(self, events: list[Event]) -> None:
+        """One PRODUCER span for the publish (a batch is one send operation); every event
+        carries its context, so the matcher's span for each is its child."""
+        if not tracing_enabled():
+            await self._publish_events(events)
+            return
+        subject = self._topology.input_subject
+        destination = (
+            subject(events[0].partition, "event")
+            if len(events) == 1
+            else f"{self._topology.namespace}.inputs.{{partition}}.event"
+        )
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.destination.name": destination,
+            "messaging.operation.type": "send",
+        }
+        if len(events) == 1:
+            attributes["messaging.message.id"] = events[0].message_id
+        else:
+            attributes["messaging.batch.message_count"] = len(events)
+        with tracer.start_as_current_span(
+            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            await self._publish_events(events)
+
+    async def _publish_events(self, events: list[Event]) -> None:
         base = trace_headers()
         subject = self._topology.input_subject
         messages = [

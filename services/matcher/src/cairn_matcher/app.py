@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext
 from cairn_matcher.engine import Engine
+from cairn_matcher.housekeeping import prune_regularly, sample_instances
 from cairn_matcher.journeys import TRANSIENT, JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
 from cairn_matcher.outbox import Outbox
@@ -47,6 +49,26 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             tg.create_task(journeys.watch(background, s.journeys_reload_seconds), name="journeys")
             tg.create_task(outbox.relay(background), name="outbox-relay")
             tg.create_task(engine.run(background), name="group-commit")
+            tg.create_task(
+                sample_consumer_lag(
+                    ctx.js,
+                    ctx.topology.inputs_stream,
+                    supervisor.consumers,
+                    background,
+                    interval=s.metrics_sample_seconds,
+                ),
+                name="consumer-lag",
+            )
+            tg.create_task(
+                sample_instances(ctx.pool, leases, background, interval=s.instances_gauge_seconds),
+                name="instances-gauge",
+            )
+            tg.create_task(
+                prune_regularly(
+                    ctx.pool, leases, background, days=s.delivery_events_retention_days
+                ),
+                name="prune-delivery-events",
+            )
             await supervisor.run()  # returns once stopping and every worker has finished
             background.set()
     finally:

@@ -12,7 +12,14 @@ from typing import Any
 
 import structlog
 
-from cairn_common.messages import DeadLetter, DeliveryRequested, encode
+from cairn_common.messages import (
+    DeadLetter,
+    DeliveryRequested,
+    DeliveryResult,
+    Event,
+    Message,
+    encode,
+)
 from cairn_common.topology import Topology
 from cairn_journey.effects import (
     Counted,
@@ -48,6 +55,9 @@ class BatchWrites:
         self.ended: list[repo.InstanceEnd] = []
         self.converted: list[tuple[str, datetime]] = []
         self.stats: dict[repo.StatKey, int] = {}
+        self.delivery_events: dict[tuple[str, str], repo.DeliveryEventRow] = {}
+        self.send_latencies: list[float] = []
+        """Seconds from an event's received_at to now, for each event that requested a send."""
 
     @property
     def dirty_profiles(self) -> set[str]:
@@ -57,14 +67,30 @@ class BatchWrites:
         self.traits[profile_id] = {**self.traits.get(profile_id, {}), **traits}
 
     def add(
-        self, profile_id: str, partition: int, state: ProfileState, effects: list[Effect]
+        self,
+        profile_id: str,
+        partition: int,
+        state: ProfileState,
+        effects: list[Effect],
+        *,
+        traceparent: str | None = None,
     ) -> None:
+        """``traceparent``: the context of the input's span, kept with the outbox and timer rows
+        it causes so their messages continue (or link to) its trace."""
         self.states[profile_id] = state
         self.partition_of[profile_id] = partition
         for effect in effects:
-            self._fold(profile_id, partition, effect)
+            self._fold(profile_id, partition, effect, traceparent)
 
-    def _fold(self, profile_id: str, partition: int, effect: Effect) -> None:
+    def record_delivery_event(self, message: Message) -> None:
+        """A delivery's outcome or a tracking hit (open, click, unsubscribe), for analytics."""
+        row = delivery_event_row(message)
+        if row is not None:
+            self.delivery_events.setdefault((row[0], row[1]), row)
+
+    def _fold(
+        self, profile_id: str, partition: int, effect: Effect, traceparent: str | None
+    ) -> None:
         match effect:
             case InstanceStarted():
                 self.started.append(
@@ -79,28 +105,28 @@ class BatchWrites:
             case TimerSet():
                 self.timers[effect.timer_id] = (
                     effect.timer_id, profile_id, partition, effect.instance_id,
-                    effect.step_id, effect.kind, effect.due_at,
+                    effect.step_id, effect.kind, effect.due_at, traceparent,
                 )  # fmt: skip
             case TimerCancelled():
                 if self.timers.pop(effect.timer_id, None) is None:
                     self.cancelled.add(effect.timer_id)
             case SendRequested():
-                self.outbox.append(self._delivery(effect.delivery))
+                self.outbox.append(self._delivery(effect.delivery, traceparent))
             case Counted():
                 key = (effect.journey, effect.version, effect.step_id, effect.counter, self._hour)
                 self.stats[key] = self.stats.get(key, 0) + effect.amount
 
-    def _delivery(self, delivery: DeliveryRequested) -> repo.OutboxRow:
+    def _delivery(self, delivery: DeliveryRequested, traceparent: str | None) -> repo.OutboxRow:
         target = delivery.channel or delivery.destination or "unknown"
         subject = self._topology.delivery_subject(target)
-        return (subject, delivery.delivery_id, encode(delivery))
+        return (subject, delivery.delivery_id, encode(delivery), traceparent)
 
-    def dead_letter(self, letter: DeadLetter, msg_id: str) -> None:
+    def dead_letter(self, letter: DeadLetter, msg_id: str, traceparent: str | None = None) -> None:
         """Committed with the batch, so a poison input is reported exactly once."""
         subject = self._topology.dead_letter_subject(letter.stream)
-        self.outbox.append((subject, msg_id, encode(letter)))
+        self.outbox.append((subject, msg_id, encode(letter), traceparent))
 
-    async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes]]:
+    async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes, str | None]]:
         """Write everything (inside the caller's transaction); returns the new outbox rows."""
         await repo.save_states(
             conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
@@ -116,5 +142,34 @@ class BatchWrites:
             if earliest <= self._notify_before:
                 await repo.wake_scheduler(conn, earliest.astimezone(UTC))
         await repo.add_stats(conn, self.stats)
+        await repo.add_delivery_events(conn, list(self.delivery_events.values()))
         await repo.record_applied(conn, self.applied)
         return await repo.add_to_outbox(conn, self.outbox)
+
+
+TRACKING_KINDS = {
+    "Email Opened": "opened",
+    "Email Link Clicked": "clicked",
+    "Unsubscribed": "unsubscribed",
+}
+
+
+def delivery_event_row(message: Message) -> repo.DeliveryEventRow | None:
+    """The analytics row for a delivery result or a tracking event; ``None`` for anything else
+    (including a tracking event that does not name its delivery, instance and step)."""
+    if isinstance(message, DeliveryResult):
+        return (
+            message.delivery_id, message.outcome, message.instance_id, message.step_id,
+            message.channel or message.destination, message.reason, message.at,
+        )  # fmt: skip
+    if isinstance(message, Event) and message.type == "track" and message.event in TRACKING_KINDS:
+        props = message.properties
+        ids = [props.get(k) for k in ("delivery_id", "instance_id", "step_id")]
+        if not all(isinstance(v, str) and v for v in ids):
+            return None
+        channel = props.get("channel")
+        return (
+            str(ids[0]), TRACKING_KINDS[message.event], str(ids[1]), str(ids[2]),
+            channel if isinstance(channel, str) else None, None, message.received_at,
+        )  # fmt: skip
+    return None

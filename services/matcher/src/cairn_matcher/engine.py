@@ -24,6 +24,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from cairn_common.bus import MSG_ID
 from cairn_common.messages import (
     DeadLetter,
     DeliveryResult,
@@ -32,9 +33,12 @@ from cairn_common.messages import (
     Message,
     TimerFired,
 )
+from cairn_common.observability import consumer_span, tracing_enabled
+from cairn_common.publishing import current_traceparent
 from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
 from cairn_journey.catalogue import Catalogue
+from cairn_journey.effects import SendRequested
 from cairn_journey.interpreter import run_input
 from cairn_journey.state import ProfileState, decode_state
 from cairn_matcher import repo
@@ -53,6 +57,12 @@ GROUP_SIZE = Histogram(
     buckets=(1, 4, 16, 64, 256, 1024, 4096),
 )
 CACHED = Gauge("cairn_matcher_cached_profiles", "Profile actors held in memory")
+EVENT_TO_DELIVERY = Histogram(
+    "cairn_matcher_event_to_delivery_request_seconds",
+    "From an event's arrival at ingest (received_at) to the commit of the delivery request it"
+    " caused",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 Clock = Callable[[], datetime]
 PROFILE_INPUTS = (Event, TimerFired, DeliveryResult, ExitInstances)
@@ -200,6 +210,9 @@ class Engine:
         epochs = {j.partition: j.epoch for j, _ in fresh}
         self._remember(writes, epochs)
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        committed = self._clock()
+        for before_commit in writes.send_latencies:
+            EVENT_TO_DELIVERY.observe(max(0.0, before_commit + (committed - now).total_seconds()))
         GROUP_SIZE.observe(sum(len(items) for _, items in fresh))
         return [OutboxMessage(*row) for row in rows], lost
 
@@ -212,13 +225,43 @@ class Engine:
         catalogue: Catalogue,
         now: datetime,
     ) -> None:
+        """One input in a CONSUMER span that continues the trace its headers carry; what it
+        emits (delivery requests, timers) keeps that span's context with the row. With tracing
+        off, the context the input carried is kept instead, at no cost."""
+        if not tracing_enabled():
+            traceparent = item.headers.get("traceparent")
+            self._apply_input(item, partition, states, writes, catalogue, now, traceparent)
+            return
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": item.subject,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": "matcher",
+            "messaging.message.id": item.headers.get(MSG_ID, ""),
+            "messaging.nats.stream.sequence": item.seq,
+        }
+        with consumer_span(f"process {item.subject}", item.headers, attributes):
+            traceparent = current_traceparent()
+            self._apply_input(item, partition, states, writes, catalogue, now, traceparent)
+
+    def _apply_input(
+        self,
+        item: Input,
+        partition: int,
+        states: dict[str, ProfileState],
+        writes: BatchWrites,
+        catalogue: Catalogue,
+        now: datetime,
+        traceparent: str | None,
+    ) -> None:
         message = item.message
         if not isinstance(message, PROFILE_INPUTS):
             reason = item.problem or f"the matcher does not handle {type(message).__name__}"
-            self._dead_letter(item, reason, writes, now)
+            self._dead_letter(item, reason, writes, now, traceparent)
             return
         kind = type(message).__name__
         pid = message.profile_id
+        writes.record_delivery_event(message)
         traits = message.traits if isinstance(message, Event) and message.type == "identify" else {}
         if traits:
             writes.merge_traits(pid, traits)
@@ -232,10 +275,13 @@ class Engine:
             new_state, effects = run_input(state, message, catalogue=catalogue, now=now)
         except Exception as exc:
             log.exception("input failed in the interpreter", subject=item.subject, seq=item.seq)
-            self._dead_letter(item, f"interpreter failed: {type(exc).__name__}: {exc}", writes, now)
+            reason = f"interpreter failed: {type(exc).__name__}: {exc}"
+            self._dead_letter(item, reason, writes, now, traceparent)
             return
         states[pid] = new_state
-        writes.add(pid, partition, new_state, effects)
+        writes.add(pid, partition, new_state, effects, traceparent=traceparent)
+        if isinstance(message, Event) and any(isinstance(e, SendRequested) for e in effects):
+            writes.send_latencies.append((now - message.received_at).total_seconds())
         INPUTS.labels(kind, "applied").inc()
 
     def _traits_changed_outside(
@@ -250,7 +296,14 @@ class Engine:
             if pid in writes.states:
                 writes.states[pid] = states[pid]
 
-    def _dead_letter(self, item: Input, reason: str, writes: BatchWrites, now: datetime) -> None:
+    def _dead_letter(
+        self,
+        item: Input,
+        reason: str,
+        writes: BatchWrites,
+        now: datetime,
+        traceparent: str | None = None,
+    ) -> None:
         INPUTS.labels("any", "dead_letter").inc()
         stream = self._topology.inputs_stream
         letter = DeadLetter(
@@ -264,7 +317,9 @@ class Engine:
             headers=item.headers,
             stream_seq=item.seq,
         )
-        writes.dead_letter(letter, msg_id=f"dlq:{stream}:matcher:{item.seq}")
+        writes.dead_letter(
+            letter, msg_id=f"dlq:{stream}:matcher:{item.seq}", traceparent=traceparent
+        )
         log.error("input dead-lettered", subject=item.subject, seq=item.seq, reason=reason)
 
     async def _states_for(

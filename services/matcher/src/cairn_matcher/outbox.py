@@ -35,10 +35,12 @@ class OutboxMessage(msgspec.Struct, frozen=True):
     subject: str
     msg_id: str
     payload: bytes
+    traceparent: str | None = None
 
 
 def _outgoing(messages: Sequence[OutboxMessage]) -> list[Outgoing]:
-    return [Outgoing(subject=m.subject, payload=m.payload, msg_id=m.msg_id) for m in messages]
+    """Each message is sent in the trace of the input that emitted it (kept with the row)."""
+    return [Outgoing(m.subject, m.payload, m.msg_id, traceparent=m.traceparent) for m in messages]
 
 
 class Outbox:
@@ -78,7 +80,7 @@ class Outbox:
     async def relay_once(self, limit: int = 1000) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, subject, msg_id, payload FROM outbox "
+                "SELECT id, subject, msg_id, payload, traceparent FROM outbox "
                 "WHERE created_at < now() - make_interval(secs => $1) "
                 "ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
                 self._relay_after,

@@ -205,6 +205,10 @@ class PartitionSupervisor:
     def partitions(self) -> list[int]:
         return sorted(self._running)
 
+    def consumers(self) -> dict[str, str]:
+        """The partition consumers read now: ``matcher-{p}`` (stable metric label) -> durable."""
+        return {f"matcher-{p}": consumer_name(p, w.epoch) for p, (w, _) in self._running.items()}
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             while not self._ctx.stopping.is_set():

@@ -63,19 +63,19 @@ async def merge_traits(conn: asyncpg.Connection, traits: dict[str, dict[str, Any
         )  # fmt: skip
 
 
-TimerRow = tuple[str, str, int, str, str, str, datetime]
-"""timer_id, profile_id, partition, instance_id, step_id, kind, due_at"""
+TimerRow = tuple[str, str, int, str, str, str, datetime, str | None]
+"""timer_id, profile_id, partition, instance_id, step_id, kind, due_at, traceparent"""
 
 
 async def set_timers(conn: asyncpg.Connection, rows: Sequence[TimerRow]) -> None:
     if rows:
         await conn.execute(
             """INSERT INTO timers (timer_id, profile_id, partition, instance_id, step_id, kind,
-                                   due_at)
+                                   due_at, traceparent)
                SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[])
+                                    $6::text[], $7::timestamptz[], $8::text[])
                ON CONFLICT (timer_id) DO NOTHING""",
-            *_columns(rows, 7),
+            *_columns(rows, 8),
         )
 
 
@@ -89,23 +89,60 @@ async def wake_scheduler(conn: asyncpg.Connection, earliest: datetime) -> None:
     await conn.execute("SELECT pg_notify('cairn_timers', $1)", earliest.isoformat())
 
 
-OutboxRow = tuple[str, str, bytes]
-"""subject, msg_id, payload"""
+OutboxRow = tuple[str, str, bytes, str | None]
+"""subject, msg_id, payload, traceparent (of the input that emitted it)"""
 
 
 async def add_to_outbox(
     conn: asyncpg.Connection, rows: Sequence[OutboxRow]
-) -> list[tuple[int, str, str, bytes]]:
+) -> list[tuple[int, str, str, bytes, str | None]]:
     if not rows:
         return []
     result = await conn.fetch(
-        """INSERT INTO outbox (subject, msg_id, payload)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+        """INSERT INTO outbox (subject, msg_id, payload, traceparent)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
            ON CONFLICT (msg_id) DO NOTHING
-           RETURNING id, subject, msg_id, payload""",
-        *_columns(rows, 3),
+           RETURNING id, subject, msg_id, payload, traceparent""",
+        *_columns(rows, 4),
     )
-    return [(r["id"], r["subject"], r["msg_id"], r["payload"]) for r in result]
+    return [(r["id"], r["subject"], r["msg_id"], r["payload"], r["traceparent"]) for r in result]
+
+
+DeliveryEventRow = tuple[str, str, str, str, str | None, str | None, datetime]
+"""delivery_id, kind, instance_id, step_id, channel, reason, at"""
+
+
+async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryEventRow]) -> None:
+    """Once per (delivery, kind): a redelivered result or a second open changes nothing.
+
+    Each row actually inserted also increments the analytics counters of its journey, version
+    and step (``delivery:<kind>``, and ``reason:<kind>:<reason>`` for skipped, suppressed and
+    dropped) in the hour of its ``at``, so the stats read only ``journey_stats``."""
+    if rows:
+        await conn.execute(
+            """WITH added AS (
+                   INSERT INTO delivery_events
+                       (delivery_id, kind, instance_id, step_id, channel, reason, at)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                        $5::text[], $6::text[], $7::timestamptz[])
+                   ON CONFLICT (delivery_id, kind) DO NOTHING
+                   RETURNING instance_id, step_id, kind, reason, at
+               ), counted AS (
+                   SELECT instance_id, step_id, 'delivery:' || kind AS counter, at FROM added
+                   UNION ALL
+                   SELECT instance_id, step_id,
+                          'reason:' || kind || ':' || coalesce(reason, 'unknown'), at
+                   FROM added WHERE kind IN ('skipped', 'suppressed', 'dropped')
+               )
+               INSERT INTO journey_stats (journey, version, step_id, counter, hour, n)
+               SELECT ji.journey, ji.version, c.step_id, c.counter,
+                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)
+               FROM counted c JOIN journey_instances ji ON ji.instance_id = c.instance_id
+               GROUP BY 1, 2, 3, 4, 5
+               ON CONFLICT (journey, version, step_id, counter, hour)
+               DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
+            *_columns(rows, 7),
+        )
 
 
 InstanceStart = tuple[str, str, int, str, str | None, datetime]

@@ -29,6 +29,12 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     timer_notify_within_seconds: float = 60.0
     """A commit setting a timer due within this wakes the schedulers (``NOTIFY cairn_timers``)."""
     consumer_ack_wait_seconds: float = 60.0
+    instances_gauge_seconds: float = 30.0
+    """How often the replica holding partition 0 counts journey instances by status for
+    /metrics (a scan of ``journey_instances``, so not too often)."""
+    delivery_events_retention_days: float = 400.0
+    """``delivery_events`` (which make delivery outcomes, opens and clicks count once) are kept
+    this long; the analytics counters are kept regardless."""
     committers: int = 4
     """Transactions in flight at once (group commit); each takes every batch waiting."""
     max_commit_inputs: int = 2_000
@@ -39,6 +45,11 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
         if not 0 < self.lease_renew_seconds < self.lease_ttl_seconds:
             raise SettingsError(
                 "CAIRN_LEASE_RENEW_SECONDS must be positive and below CAIRN_LEASE_TTL_SECONDS"
+            )
+        if self.delivery_events_retention_days < 8:
+            raise SettingsError(
+                "CAIRN_DELIVERY_EVENTS_RETENTION_DAYS must be at least 8 (longer than a"
+                " redelivery can come late)"
             )
         if self.committers < 1 or self.max_commit_inputs < 1:
             raise SettingsError("CAIRN_COMMITTERS and CAIRN_MAX_COMMIT_INPUTS must be at least 1")

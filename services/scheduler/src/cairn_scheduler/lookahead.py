@@ -257,7 +257,9 @@ class Lookahead:
             kind=t.kind,
         )
         subject = self._topology.input_subject(t.partition, "timer")
-        return Outgoing(subject=subject, payload=encode(fired), msg_id=t.timer_id)
+        # A fire starts a trace of its own (the wait may have lasted days) that links to the
+        # trace of the input that set the timer.
+        return Outgoing(subject, encode(fired), t.timer_id, link=t.traceparent)
 
     async def _release(self) -> None:
         if not self._held:

@@ -23,6 +23,8 @@ class DueTimer(msgspec.Struct, frozen=True):
     step_id: str
     kind: str
     due_at: datetime
+    traceparent: str | None = None
+    """The trace that set the timer; its fire links to it."""
 
 
 async def claim_due(
@@ -50,7 +52,7 @@ async def claim_due(
                  FOR UPDATE SKIP LOCKED) AS due
            WHERE t.timer_id = due.timer_id
            RETURNING t.timer_id, t.profile_id, t.partition, t.instance_id, t.step_id, t.kind,
-                     t.due_at""",
+                     t.due_at, t.traceparent""",
         replica, after, until, grace, limit,
     )  # fmt: skip
     return [DueTimer(*r) for r in rows]

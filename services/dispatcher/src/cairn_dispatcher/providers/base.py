@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
 import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from cairn_common.messages import DeliveryRequested
 from cairn_dispatcher.documents import Target
 from cairn_journey.render import Rendered
+
+tracer = trace.get_tracer("cairn.dispatcher.providers")
+
+
+@contextmanager
+def client_span(
+    name: str, provider: str, host: str | None, port: int | None, **attributes: str | int
+) -> Iterator[Span]:
+    """A CLIENT span around one provider call (OpenTelemetry HTTP/network conventions), child of
+    the delivery's span. Only the host and port are recorded: URLs and addresses can carry keys
+    and personal data."""
+    attrs: dict[str, str | int] = {"cairn.provider": provider, **attributes}
+    if host:
+        attrs["server.address"] = host
+    if port:
+        attrs["server.port"] = port
+    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as span:
+        yield span
+
+
+def mark_outcome(span: Span, outcome: SendOutcome) -> None:
+    if isinstance(outcome, Failed):
+        span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.reason[:200]))
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):

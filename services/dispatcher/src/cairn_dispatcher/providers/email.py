@@ -23,7 +23,15 @@ import msgspec
 
 from cairn_common import tracking
 from cairn_dispatcher.documents import DocumentError, Target
-from cairn_dispatcher.providers.base import Failed, Job, PermanentError, SendOutcome, Sent
+from cairn_dispatcher.providers.base import (
+    Failed,
+    Job,
+    PermanentError,
+    SendOutcome,
+    Sent,
+    client_span,
+    mark_outcome,
+)
 
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 _UNFOLDED = compat32.clone(max_line_length=0)  # tracking URLs stay on one header line
@@ -171,6 +179,18 @@ class Smtp:
         except (PermanentError, DocumentError) as exc:
             return Failed(reason=f"smtp: {exc}", retryable=False)
         conn = await self._idle.get()
+        with client_span(
+            "smtp sendmail",
+            self.name,
+            conn.hostname,
+            conn.port,
+            **{"network.protocol.name": "smtp"},
+        ) as span:
+            outcome = await self._sendmail(conn, email)
+            mark_outcome(span, outcome)
+            return outcome
+
+    async def _sendmail(self, conn: aiosmtplib.SMTP, email: OutgoingEmail) -> SendOutcome:
         try:
             if not conn.is_connected:
                 await conn.connect()

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from opentelemetry import propagate
+from yarl import URL
 
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.providers.base import (
@@ -20,8 +22,10 @@ from cairn_dispatcher.providers.base import (
     Job,
     PermanentError,
     SendOutcome,
+    client_span,
     connection_failed,
     http_outcome,
+    mark_outcome,
 )
 
 
@@ -65,19 +69,33 @@ class HttpProvider(ABC):
         except (PermanentError, DocumentError) as exc:
             return Failed(reason=f"{self.name}: {exc}", retryable=False)
         auth = aiohttp.BasicAuth(*request.auth) if request.auth else None
+        url = URL(request.url)
         async with self._limit:
-            try:
-                async with self._client().request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    json=request.json,
-                    data=request.data,
-                    auth=auth,
-                ) as response:
-                    return await self.outcome(response)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                return connection_failed(self.name, exc)
+            with client_span(
+                request.method,
+                self.name,
+                url.host,
+                url.port,
+                **{"http.request.method": request.method, "url.scheme": url.scheme or ""},
+            ) as span:
+                headers = dict(request.headers)
+                propagate.inject(headers)  # the provider (or a webhook receiver) may trace on
+                try:
+                    async with self._client().request(
+                        request.method,
+                        request.url,
+                        headers=headers,
+                        json=request.json,
+                        data=request.data,
+                        auth=auth,
+                    ) as response:
+                        span.set_attribute("http.response.status_code", response.status)
+                        outcome = await self.outcome(response)
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    span.set_attribute("error.type", type(exc).__name__)
+                    outcome = connection_failed(self.name, exc)
+                mark_outcome(span, outcome)
+                return outcome
 
     async def outcome(self, response: aiohttp.ClientResponse) -> SendOutcome:
         return await http_outcome(response, self.name, self.id_field)

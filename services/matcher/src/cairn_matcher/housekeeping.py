@@ -1,0 +1,96 @@
+"""Work one matcher replica does for all: the one that holds partition 0.
+
+- ``cairn_journey_instances{journey, status}`` counts journey instances by status (active,
+  completed, exited), sampled from PostgreSQL for /metrics. Every replica reads the same table, so
+  only one reports it (a dashboard can sum over replicas); the others clear it.
+- ``delivery_events`` rows older than ``CAIRN_DELIVERY_EVENTS_RETENTION_DAYS`` are deleted, a
+  chunk at a time. They only dedupe: the funnel's counters stay. After that many days a repeated
+  result or a first open of a very old email would count again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+import structlog
+from prometheus_client import Gauge
+
+from cairn_common.waiting import wait_any
+from cairn_matcher.leases import PartitionLeases
+
+log = structlog.get_logger(__name__)
+
+INSTANCES = Gauge(
+    "cairn_journey_instances",
+    "Journey instances by journey and status, sampled (reported by one matcher replica)",
+    ["journey", "status"],
+)
+TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+async def count_instances(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
+    rows = await pool.fetch(
+        "SELECT journey, status, count(*) AS n FROM journey_instances GROUP BY 1, 2"
+    )
+    return {(r["journey"], r["status"]): int(r["n"]) for r in rows}
+
+
+async def sample_instances(
+    pool: asyncpg.Pool, leases: PartitionLeases, stop: asyncio.Event, *, interval: float
+) -> None:
+    shown: set[tuple[str, str]] = set()
+    while not stop.is_set():
+        try:
+            counts = await count_instances(pool) if 0 in leases.held else {}
+        except TRANSIENT as exc:
+            log.warning("cannot count journey instances", error=repr(exc))
+        else:
+            for (journey, status), n in counts.items():
+                INSTANCES.labels(journey, status).set(n)
+            for key in shown - set(counts):
+                with contextlib.suppress(KeyError):
+                    INSTANCES.remove(*key)
+            shown = set(counts)
+        await wait_any(stop, timeout=interval)
+
+
+PRUNED = Gauge(
+    "cairn_matcher_delivery_events_pruned",
+    "delivery_events rows deleted by the last retention pass (past their dedupe window)",
+)
+
+
+async def prune_delivery_events(pool: asyncpg.Pool, *, days: float, chunk: int = 10_000) -> int:
+    """Delete rows older than ``days``, ``chunk`` rows per transaction; returns how many."""
+    total = 0
+    while True:
+        status: str = await pool.execute(
+            """DELETE FROM delivery_events WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM delivery_events
+                   WHERE at < now() - make_interval(secs => $1) LIMIT $2))""",
+            days * 86400.0,
+            chunk,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < chunk:
+            return total
+
+
+async def prune_regularly(
+    pool: asyncpg.Pool,
+    leases: PartitionLeases,
+    stop: asyncio.Event,
+    *,
+    days: float,
+    interval: float = 3600.0,
+) -> None:
+    while not stop.is_set():
+        if 0 in leases.held:
+            try:
+                PRUNED.set(await prune_delivery_events(pool, days=days))
+            except TRANSIENT as exc:
+                log.warning("cannot prune delivery_events", error=repr(exc))
+        await wait_any(stop, timeout=interval)
