@@ -66,11 +66,14 @@ async def sample_consumer_lag(
     *,
     interval: float,
 ) -> None:
-    """Sample until ``stop``; NATS being away only pauses the figures."""
+    """Sample until ``stop``; NATS being away only pauses the figures, and no failure here ever
+    stops the service."""
     shown: set[str] = set()
     while not stop.is_set():
         try:
             shown = await sample_once(js, stream, consumers(), shown)
         except (NatsError, OSError, TimeoutError) as exc:
             log.debug("consumer lag not sampled", error=repr(exc))
+        except Exception:  # a gauge must never take its service down
+            log.exception("consumer lag sampling failed")
         await wait_any(stop, timeout=interval)

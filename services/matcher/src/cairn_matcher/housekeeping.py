@@ -46,6 +46,8 @@ async def sample_instances(
             counts = await count_instances(pool) if 0 in leases.held else {}
         except TRANSIENT as exc:
             log.warning("cannot count journey instances", error=repr(exc))
+        except Exception:  # a gauge must never take the matcher down
+            log.exception("counting journey instances failed")
         else:
             for (journey, status), n in counts.items():
                 INSTANCES.labels(journey, status).set(n)
@@ -93,4 +95,6 @@ async def prune_regularly(
                 PRUNED.set(await prune_delivery_events(pool, days=days))
             except TRANSIENT as exc:
                 log.warning("cannot prune delivery_events", error=repr(exc))
+            except Exception:  # housekeeping must never take the matcher down
+                log.exception("pruning delivery_events failed")
         await wait_any(stop, timeout=interval)
