@@ -22,6 +22,9 @@ class ServiceProcess:
         self.module = module
         self.health_port = free_port()
         self.env = {**os.environ, **env, "CAIRN_HEALTH_PORT": str(self.health_port)}
+        # Never the default 8080/8090: a developer's `cairn up` may hold them.
+        for port_var in ("CAIRN_HTTP_PORT", "CAIRN_ADMIN_PORT"):
+            self.env.setdefault(port_var, str(free_port()))
         self.env.setdefault("CAIRN_LOG_FORMAT", "json")
         self.log_path = log_dir / f"{module}-{self.health_port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
