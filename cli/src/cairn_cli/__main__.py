@@ -4,6 +4,7 @@ register themselves on the sub-command parser."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = int(args.func(args))
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # `cairn stats | head`: the reader left; say nothing more (and nothing at interpreter exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code)
 
 

@@ -110,10 +110,15 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
         print(f"cairn up: {exc} (logs in {logs})", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C while we stop must not abandon the servers half-way.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: _say("still stopping, one moment"))
         clear_state(home)
         pg.stop()
         nats_server.stop()
         _say("stopped")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # nothing left to stop; exit with our own code
 
 
 async def _prepare(nats_url: str, database_url: str) -> None:
