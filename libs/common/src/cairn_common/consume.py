@@ -116,6 +116,30 @@ async def fetch_available(
     return msgs
 
 
+async def fetch_unless_stopped(
+    sub: JetStreamContext.PullSubscription, batch: int, timeout: float, *stops: asyncio.Event
+) -> list[Msg]:
+    """``fetch_available``, abandoned as soon as one of ``stops`` is set. ``[]`` when stopped or
+    when nothing arrived within ``timeout``; any other fetch error propagates."""
+    fetch = asyncio.ensure_future(fetch_available(sub, batch, timeout))
+    stopped = [asyncio.ensure_future(stop.wait()) for stop in stops]
+    try:
+        await asyncio.wait({fetch, *stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in stopped:
+            waiter.cancel()
+    if not fetch.done():
+        # Stopping: abandon the pending pull. Nothing was handed to us yet, so nothing is lost;
+        # any message the server sent in the meantime is redelivered after ack_wait.
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        return []
+    try:
+        return fetch.result()
+    except TimeoutError:
+        return []
+
+
 class PullConsumer:
     """Runs one durable pull consumer until ``stop`` is set; in-flight work always finishes."""
 
@@ -157,22 +181,7 @@ class PullConsumer:
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> list[Msg]:
-        fetch = asyncio.ensure_future(fetch_available(sub, self._batch, self._fetch_timeout))
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if not fetch.done():
-            # Stopping: abandon the pending pull. Nothing was handed to us yet, so nothing is lost;
-            # any message the server sent in the meantime is redelivered after ack_wait.
-            fetch.cancel()
-            await asyncio.gather(fetch, return_exceptions=True)
-            return []
-        try:
-            return fetch.result()
-        except TimeoutError:
-            return []
+        return await fetch_unless_stopped(sub, self._batch, self._fetch_timeout, stop)
 
     async def _handle(self, msgs: list[Msg]) -> None:
         started = time.perf_counter()

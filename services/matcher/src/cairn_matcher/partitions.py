@@ -26,7 +26,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from cairn_common.consume import fetch_available
+from cairn_common.consume import fetch_unless_stopped
 from cairn_common.messages import decode
 from cairn_common.runtime import ServiceContext
 from cairn_common.waiting import wait_any
@@ -119,16 +119,10 @@ class PartitionWorker:
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         s = self._ctx.settings
-        fetch = asyncio.ensure_future(fetch_available(sub, s.fetch_batch, s.fetch_timeout_seconds))
-        await wait_any(self.stop, self._ctx.stopping, _done(fetch))
-        if not fetch.done():
-            fetch.cancel()
-            await asyncio.gather(fetch, return_exceptions=True)
-            return []
         try:
-            return fetch.result()
-        except TimeoutError:
-            return []
+            return await fetch_unless_stopped(
+                sub, s.fetch_batch, s.fetch_timeout_seconds, self.stop, self._ctx.stopping
+            )
         except TRANSIENT as exc:
             log.warning("fetch failed", partition=self.partition, error=repr(exc))
             await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
@@ -174,12 +168,6 @@ def _decoded(msg: Msg) -> Input:
     except Exception as exc:  # undecodable bytes: dead-lettered in the batch's commit
         item.problem = f"undecodable message: {exc}"
     return item
-
-
-def _done(future: asyncio.Future[list[Msg]]) -> asyncio.Event:
-    done = asyncio.Event()
-    future.add_done_callback(lambda _: done.set())
-    return done
 
 
 class PartitionSupervisor:
