@@ -21,7 +21,8 @@ from urllib.parse import unquote
 
 import msgspec
 
-from cairn_ingest.segment import Problem, SegmentMessage
+from cairn_ingest.segment import Problem, SegmentMessage, not_json
+from cairn_ingest.storable import MAX_DEPTH, split_array
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
@@ -38,10 +39,15 @@ _any = msgspec.json.Decoder()
 def decode_batch(body: bytes) -> list[msgspec.Raw]:
     try:
         return _batch.decode(body)
+    except RecursionError:  # one item nests too deep: split, so only that one is refused
+        try:
+            return [msgspec.Raw(item) for item in split_array(body, None)[0]]
+        except ValueError:
+            raise Problem("invalid_batch", f"JSON nests deeper than {MAX_DEPTH} levels") from None
     except msgspec.ValidationError:
         raise Problem("invalid_batch", "a CloudEvents batch must be a JSON array") from None
     except msgspec.DecodeError as exc:
-        raise Problem("malformed_json", f"body is not valid JSON: {exc}") from None
+        raise not_json(body, exc, "invalid_batch") from None
 
 
 def from_structured(raw: bytes | msgspec.Raw) -> SegmentMessage:
@@ -50,7 +56,7 @@ def from_structured(raw: bytes | msgspec.Raw) -> SegmentMessage:
     except msgspec.ValidationError:
         raise Problem("invalid_event", "a structured CloudEvent must be a JSON object") from None
     except msgspec.DecodeError as exc:
-        raise Problem("malformed_json", f"not valid JSON: {exc}") from None
+        raise not_json(raw, exc, "invalid_event") from None
     if "data_base64" in attributes and "data" not in attributes:
         attributes["data"] = _data_from_base64(attributes)
     return to_message(attributes)

@@ -15,8 +15,9 @@ from typing import Any
 
 import msgspec
 
-from cairn_common.messages import Event, EventSource, EventType
+from cairn_common.messages import Event, EventSource, EventType, encode
 from cairn_common.partitioning import partition_for
+from cairn_ingest.storable import MAX_DEPTH, Unstorable, check_storable, lone_surrogate, split_array
 
 EVENT_TYPES: frozenset[str] = frozenset(("track", "identify", "page", "screen", "group", "alias"))
 Id = str | int | float
@@ -96,17 +97,42 @@ def decode_batch(body: bytes) -> BatchEnvelope:
     """``/v1/batch`` body; ``Problem`` (400) when it is not a JSON object with a ``batch`` list."""
     try:
         return _batch_decoder.decode(body)
+    except RecursionError:
+        return _decode_deep_batch(body)
     except msgspec.ValidationError as exc:
         raise Problem("invalid_batch", f"body is not a batch: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise Problem("malformed_json", f"body is not valid JSON: {exc}") from None
+        raise not_json(body, exc, "invalid_batch") from None
+
+
+def _decode_deep_batch(body: bytes) -> BatchEnvelope:
+    """A batch some item of which nests too deep for the decoder: split the items with an
+    iterative scan so that item alone is refused (in ``normalise``) and its neighbours are kept."""
+    try:
+        items, rest = split_array(body, b"batch")
+        envelope = _batch_decoder.decode(rest)
+    except (ValueError, RecursionError):  # msgspec's errors are ValueErrors too
+        raise Problem("invalid_batch", f"JSON nests deeper than {MAX_DEPTH} levels") from None
+    envelope.batch = [msgspec.Raw(item) for item in items]
+    return envelope
+
+
+def not_json(raw: bytes | msgspec.Raw, exc: msgspec.DecodeError, code: str) -> Problem:
+    """A decode failure as a ``Problem``; an unpaired surrogate escape is named, since the
+    decoder's own message for it ("truncated") would mislead."""
+    surrogate = lone_surrogate(bytes(raw))
+    if surrogate:
+        return Problem(
+            code, f"a JSON string holds {surrogate}, an unpaired UTF-16 surrogate (not Unicode)"
+        )
+    return Problem("malformed_json", f"not valid JSON: {exc}")
 
 
 def body_write_key(body: bytes) -> str | None:
     """The ``writeKey`` field of a JSON object body, if any (for a single call)."""
     try:
         return _write_key_decoder.decode(body).write_key
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -134,19 +160,55 @@ def normalise(
                 )
             message = decode(raw)
             event = to_event(message, intake, forced_type, sent_at, context, integrations)
+            _check_as_stored(event, intake)
             events.append(event if check is None else check(event))
         except Problem as problem:
             rejections.append(Rejection(index, problem.code, problem.message))
+        except RecursionError:  # any decoder on the way (CloudEvents too)
+            too_deep = f"JSON nests deeper than {MAX_DEPTH} levels"
+            rejections.append(Rejection(index, "invalid_event", too_deep))
     return events, rejections
+
+
+_STORED_FIELDS = (
+    "message_id", "user_id", "anonymous_id", "previous_id", "group_id", "event",
+    "name", "properties", "traits", "context", "integrations",
+)  # fmt: skip
+
+
+def _check_as_stored(event: Event, intake: Intake) -> None:
+    """The event as it will be stored (batch-level ``context`` and ``integrations`` merged in)
+    holds only storable values and fits the per-event limit."""
+    for field in _STORED_FIELDS:
+        value = getattr(event, field)
+        if value is not None:
+            try:
+                check_storable(_json_name(field), value)
+            except Unstorable as exc:
+                raise Problem("invalid_event", str(exc)) from None
+    size = len(encode(event))
+    if size > intake.max_event_bytes:
+        raise Problem(
+            "event_too_large",
+            f"event is {size} bytes as stored (with the batch's context and integrations "
+            f"merged in); the limit is {intake.max_event_bytes}",
+        )
+
+
+def _json_name(field: str) -> str:
+    head, *rest = field.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def decode_message(raw: msgspec.Raw | bytes) -> SegmentMessage:
     try:
         return _message_decoder.decode(raw)
+    except RecursionError:
+        raise Problem("invalid_event", f"JSON nests deeper than {MAX_DEPTH} levels") from None
     except msgspec.ValidationError as exc:
         raise Problem("invalid_event", str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise Problem("malformed_json", f"not valid JSON: {exc}") from None
+        raise not_json(raw, exc, "invalid_event") from None
 
 
 def _id(value: Id | None, field: str, limit: int) -> str | None:
