@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 
 S = TypeVar("S", bound=CommonSettings)
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
-ReadyCheck = Callable[[], Awaitable[bool]]
+ReadyCheck = Callable[[], Awaitable[list[str]]]
+"""A readiness check of the work: the problems it sees now (none: ready). Each problem is a
+sentence for a person; ``/readyz`` lists them and ``cairn status`` shows them."""
 
 
 class ServiceContext(Generic[SettingsT]):
@@ -204,12 +206,8 @@ async def _readiness_problems(ctx: ServiceContext[S]) -> list[str]:
         problems.append(f"database unreachable: {exc or type(exc).__name__}")
     if not ctx.started.is_set():
         problems.append("starting")
-    results = [await check() for check in ctx.ready_checks]
-    problems.extend(
-        f"{getattr(check, '__name__', 'check')} failed"
-        for check, ok in zip(ctx.ready_checks, results, strict=True)
-        if not ok
-    )
+    for check in ctx.ready_checks:
+        problems.extend(await check())
     return problems
 
 
