@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 from nats.js.client import JetStreamContext
 
+from cairn_cli.local_system import LocalState, write_state
 from cairn_common.bus import publish
 from cairn_common.messages import DeadLetter, DeliveryRequested, Event, encode
 from cairn_common.topology import Topology
-from tests.control.conftest import Admin, run_cli
+from tests.conftest import Servers
+from tests.control.conftest import TOKEN, Admin, run_cli
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -336,3 +339,33 @@ async def test_cli_lists_shows_redrives_and_discards_dead_letters(
     assert discarded.code == 0, discarded
     left = await run_cli("dead-letters", "list", "-o", "json", api=admin.url)
     assert [i["id"] for i in json.loads(left.out)["dead_letters"]] == [2]
+
+
+async def test_cairn_status_says_how_many_dead_letters_wait_and_the_newest_reason(
+    admin: Admin, js: JetStreamContext, topology: Topology, servers: Servers, tmp_path: Path
+) -> None:
+    """A state.json as `cairn up` writes it, pointing at this test's servers and admin API."""
+    state = LocalState(
+        pid=0, nats_url=servers.nats_url, nats_monitor_url=servers.nats.monitor_url,
+        database_url=servers.pg.url(), tracking_url="http://127.0.0.1:1", admin_url=admin.url,
+        services={},
+    )  # fmt: skip
+    write_state(tmp_path, state, TOKEN)
+    quiet = await run_cli("status", "--data-dir", str(tmp_path))
+    assert quiet.code == 0, quiet
+    assert "dead letters" not in quiet.out
+    assert "admin API" in quiet.out  # the existing output is kept
+
+    await _three_dead_letters(js, topology)
+    told = await run_cli("status", "--data-dir", str(tmp_path))
+    assert told.code == 0, told  # the system goes on around its dead letters
+    assert told.out.splitlines()[-1] == (
+        "dead letters  3 (newest: undecodable message: invalid JSON); see `cairn dead-letters list`"
+    )
+    as_json = await run_cli("status", "--data-dir", str(tmp_path), "-o", "json")
+    report = json.loads(as_json.out)
+    assert report["dead_letters"] == {
+        "count": 3,
+        "newest_reason": "undecodable message: invalid JSON",
+    }
+    assert {c["component"] for c in report["components"]} == {"nats", "postgres"}
