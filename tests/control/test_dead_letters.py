@@ -10,12 +10,14 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from nats.js.client import JetStreamContext
 
 from cairn_cli.local_system import LocalState, write_state
 from cairn_common.bus import publish
 from cairn_common.messages import DeadLetter, DeliveryRequested, Event, encode
 from cairn_common.topology import Topology
+from cairn_control import deadletters
 from tests.conftest import Servers
 from tests.control.conftest import TOKEN, Admin, run_cli
 
@@ -134,6 +136,24 @@ async def test_dead_letters_page_with_a_cursor_in_both_orders(
     )
     assert [i["id"] for i in rest["dead_letters"]] == [3]
     assert rest["next_cursor"] is None
+
+
+async def test_a_page_reads_a_bounded_part_of_the_stream_and_says_where_to_go_on(
+    admin: Admin, js: JetStreamContext, topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter that matches little must not read the whole stream in one request."""
+    await _three_dead_letters(js, topology)
+    monkeypatch.setattr(deadletters, "MAX_SCAN", 1)
+    pages = []
+    cursor = ""
+    while True:
+        status, page = await admin.call("GET", f"/v1/dead-letters?consumer=dispatcher{cursor}")
+        assert status == 200, page
+        pages.append(([i["id"] for i in page["dead_letters"]], page["next_cursor"]))
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert pages == [([], 3), ([2], 2), ([], None)]
 
 
 async def test_dead_letters_filter_by_stream_consumer_and_subject(

@@ -15,7 +15,7 @@ dead letter gone (404). A re-driven message that fails again comes back as a new
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -52,6 +52,10 @@ READ_AHEAD = 50
 MAX_ORIGINAL_TEXT = 64 * 1024
 REDRIVE_HEADER = "Cairn-Redrive"
 """Set on a re-driven message: the id of the dead letter it came from."""
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+NO_MESSAGE = 10037
+"""JetStream's "no message found": the sequence was deleted (or never was)."""
+NO_STREAM = 10059
 
 
 class DeadLetterItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,7 +299,9 @@ async def _oldest_first(
 async def _get_or_none(js: JetStreamContext, stream: str, seq: int) -> api.RawStreamMsg | None:
     try:
         return await js.get_msg(stream, seq=seq)
-    except NotFoundError:
+    except NotFoundError as exc:
+        if exc.err_code not in (NO_MESSAGE, None):
+            raise  # the stream itself is missing: not "no such dead letter"
         return None
 
 
@@ -313,7 +319,7 @@ async def _nats(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (NatsError, TimeoutError) as exc:
-        if isinstance(exc, NotFoundError) and exc.err_code == 10059:
+        if isinstance(exc, NotFoundError) and exc.err_code == NO_STREAM:
             raise Unavailable(f"cannot {what}: the dead-letter stream does not exist") from None
         if is_transient(exc):
             raise Unavailable(f"cannot {what}: NATS is not answering ({describe(exc)})") from None
@@ -354,15 +360,12 @@ def redrive_headers(letter: DeadLetter, envelope: dict[str, str], letter_id: int
     deduplicated, ``Nats-Expected-*`` refused), its trace context (from the dead letter's own
     headers when the original had none), and the re-drive's id."""
     headers = {k: v for k, v in letter.headers.items() if not k.lower().startswith("nats-")}
-    for key in _TRACE_HEADERS:
+    for key in TRACE_HEADERS:
         if key not in headers and key in envelope:
             headers[key] = envelope[key]
     headers[MSG_ID] = f"redrive-{letter_id}"
     headers[REDRIVE_HEADER] = str(letter_id)
     return headers
-
-
-_TRACE_HEADERS: Iterable[str] = ("traceparent", "tracestate", "baggage")
 
 
 async def discard(js: JetStreamContext, topology: Topology, letter_id: int) -> Discarded:
