@@ -14,7 +14,7 @@ import pytest
 from nats.js.client import JetStreamContext
 
 from cairn_cli.local_system import LocalState, write_state
-from cairn_common.bus import publish
+from cairn_common.bus import provision_topology, publish
 from cairn_common.messages import DeadLetter, DeliveryRequested, Event, encode
 from cairn_common.topology import Topology
 from cairn_control import deadletters
@@ -229,9 +229,10 @@ async def test_redrive_republishes_the_original_once_and_removes_the_dead_letter
     subject = topology.input_subject(3, "event")
     status, done = await admin.call("POST", "/v1/dead-letters/1/redrive")
     assert status == 200, done
-    assert (done["subject"], done["msg_id"], done["stream"]) == (
-        subject, "redrive-1", topology.inputs_stream,
+    assert (done["subject"], done["stream"], done["duplicate"]) == (
+        subject, topology.inputs_stream, False,
     )  # fmt: skip
+    assert done["msg_id"].startswith("redrive-1-")
     again, body = await admin.call("POST", "/v1/dead-letters/1/redrive")
     assert (again, body["code"]) == (404, "not_found")
     assert await _on_subject(js, topology.inputs_stream, subject) == 1
@@ -242,7 +243,8 @@ async def test_redrive_republishes_the_original_once_and_removes_the_dead_letter
     assert msg.data == encode(_event("alice", "m-1"))
     assert msg.headers is not None
     assert msg.headers["traceparent"] == TRACEPARENT
-    assert msg.headers["Nats-Msg-Id"] == "redrive-1"
+    assert msg.headers["Nats-Msg-Id"] == done["msg_id"]
+    assert msg.headers["Cairn-Redrive"] == "1"
     status, body = await admin.call("GET", "/v1/dead-letters")
     assert [i["id"] for i in body["dead_letters"]] == [3, 2]
 
@@ -261,6 +263,27 @@ async def test_two_redrives_at_once_publish_once(
     assert await _on_subject(js, topology.deliveries_stream, subject) == 1
     status, _ = await admin.call("GET", "/v1/dead-letters/2")
     assert status == 404
+
+
+async def test_a_new_dead_letter_with_an_old_id_is_not_taken_for_a_repeated_redrive(
+    admin: Admin, js: JetStreamContext, topology: Topology
+) -> None:
+    """The dead-letter stream recreated (ids start at 1 again) inside the duplicate window."""
+    await _three_dead_letters(js, topology)
+    status, first = await admin.call("POST", "/v1/dead-letters/1/redrive")
+    assert status == 200, first
+    await js.delete_stream(topology.dead_letter_stream)
+    await provision_topology(js, topology)
+    await _dead_letter(
+        js, topology, stream=topology.inputs_stream, consumer="matcher",
+        subject=topology.input_subject(3, "event"), data=encode(_event("carol", "m-2")),
+        reason="another poison input", seq=11,
+    )  # fmt: skip
+    status, second = await admin.call("POST", "/v1/dead-letters/1/redrive")
+    assert status == 200, second
+    assert second["duplicate"] is False
+    assert second["msg_id"] != first["msg_id"]
+    assert await _on_subject(js, topology.inputs_stream, topology.input_subject(3, "event")) == 2
 
 
 async def test_a_redriven_message_that_fails_again_comes_back_with_its_new_reason(

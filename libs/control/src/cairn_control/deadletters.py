@@ -7,9 +7,10 @@ of our own. Reading never fails on what it reads: an original that does not deco
 bytes, and a message on the stream that is not a ``DeadLetter`` at all is listed as unreadable.
 
 Re-driving publishes the original bytes and headers to the original subject with
-``Nats-Msg-Id: redrive-<id>`` and only then deletes the dead letter: a re-drive interrupted between
-the two, or sent twice, publishes once (JetStream's duplicate window) and the second one finds the
-dead letter gone (404). A re-driven message that fails again comes back as a new dead letter.
+``Nats-Msg-Id: redrive-<id>-<when the dead letter was stored>`` and only then deletes the dead
+letter: a re-drive interrupted between the two, or sent twice, publishes once (JetStream's
+duplicate window) and the second one finds the dead letter gone (404). A re-driven message that
+fails again comes back as a new dead letter.
 """
 
 from __future__ import annotations
@@ -334,8 +335,8 @@ async def redrive(js: JetStreamContext, topology: Topology, letter_id: int) -> R
     letter = _letter_of(raw.data or b"")
     if letter is None:
         raise Conflict(f"dead letter {letter_id} is unreadable, so it cannot be re-driven")
-    msg_id = f"redrive-{letter_id}"
-    headers = redrive_headers(letter, raw.headers or {}, letter_id)
+    msg_id = redrive_msg_id(letter_id, raw.time)
+    headers = redrive_headers(letter, raw.headers or {}, msg_id, letter_id)
     async with _nats(f"re-drive dead letter {letter_id}"):
         try:
             ack = await js.publish(letter.subject, letter.data, headers=headers, timeout=5)
@@ -355,7 +356,17 @@ async def redrive(js: JetStreamContext, topology: Topology, letter_id: int) -> R
     )  # fmt: skip
 
 
-def redrive_headers(letter: DeadLetter, envelope: dict[str, str], letter_id: int) -> dict[str, str]:
+def redrive_msg_id(letter_id: int, stored_at: datetime | None) -> str:
+    """The same for every re-drive of one dead letter, so JetStream stores it once. The time the
+    dead letter was stored tells it from a dead letter with the same id in a stream recreated
+    since (whose re-drive must not be taken for a duplicate)."""
+    stamp = f"-{stored_at:%Y%m%dT%H%M%S%f}" if stored_at is not None else ""
+    return f"redrive-{letter_id}{stamp}"
+
+
+def redrive_headers(
+    letter: DeadLetter, envelope: dict[str, str], msg_id: str, letter_id: int
+) -> dict[str, str]:
     """The original's headers without JetStream's own (its old ``Nats-Msg-Id`` would be
     deduplicated, ``Nats-Expected-*`` refused), its trace context (from the dead letter's own
     headers when the original had none), and the re-drive's id."""
@@ -363,7 +374,7 @@ def redrive_headers(letter: DeadLetter, envelope: dict[str, str], letter_id: int
     for key in TRACE_HEADERS:
         if key not in headers and key in envelope:
             headers[key] = envelope[key]
-    headers[MSG_ID] = f"redrive-{letter_id}"
+    headers[MSG_ID] = msg_id
     headers[REDRIVE_HEADER] = str(letter_id)
     return headers
 
