@@ -175,7 +175,7 @@ async def test_dead_letters_filter_by_stream_consumer_and_subject(
 
 
 async def test_dead_letters_refuse_a_bad_limit_and_unknown_ids(admin: Admin) -> None:
-    for query in ("limit=0", "limit=501", "limit=ten", "order=sideways", "cursor=x"):
+    for query in ("limit=0", "limit=501", "limit=ten", "order=sideways", "cursor=x", "cursor=-1"):
         status, body = await admin.call("GET", f"/v1/dead-letters?{query}")
         assert (status, body["code"]) == (422, "invalid"), query
     for method, path in (

@@ -133,6 +133,8 @@ async def list_dead_letters(
 ) -> DeadLetterList:
     if not 1 <= query.limit <= MAX_LIMIT:
         raise Invalid(f"limit must be between 1 and {MAX_LIMIT}, not {query.limit}")
+    if query.cursor is not None and query.cursor < 1:
+        raise Invalid(f"cursor must be a positive number, not {query.cursor}")
     subjects = (
         topology.dead_letter_subject(query.stream) if query.stream else f"{_prefix(topology)}>"
     )
