@@ -9,17 +9,20 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.js.client import JetStreamContext
 
 from cairn_cli.local_system import LocalState, write_state
-from cairn_common.bus import provision_topology, publish
+from cairn_common.bus import provision, provision_topology, publish
+from cairn_common.consume import ACK, Incoming, Outcome, PullConsumer, Reject, one_at_a_time
 from cairn_common.messages import DeadLetter, DeliveryRequested, Event, encode
 from cairn_common.topology import Topology
 from cairn_control import deadletters
 from tests.conftest import Servers
 from tests.control.conftest import TOKEN, Admin, run_cli
+from tests.foundation.test_bus import Running, fast_consumer, make_event
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -337,6 +340,52 @@ async def test_openapi_documents_the_dead_letter_routes(admin: Admin) -> None:
     assert set(paths["/v1/dead-letters/{id}"]) == {"get", "delete"}
     assert set(paths["/v1/dead-letters/{id}/redrive"]) == {"post"}
     assert "DeadLetterList" in document["components"]["schemas"]
+
+
+async def test_a_rejected_input_is_fixed_and_redriven_through_a_real_consume_loop(
+    admin: Admin, js: JetStreamContext, topology: Topology
+) -> None:
+    """The whole story with the services' own consume loop: rejected, seen, fixed, re-driven,
+    handled once, gone from the dead letters."""
+    fixed = False
+    handled: list[Incoming] = []
+    done = asyncio.Event()
+
+    async def handle(item: Incoming) -> Outcome:
+        if not fixed:
+            return Reject("template cart-reminder-email is not ready")
+        handled.append(item)
+        done.set()
+        return ACK
+
+    subject = topology.input_subject(0, "event")
+    await publish(js, subject, make_event(1), msg_id="m-1", headers={"traceparent": TRACEPARENT})
+    spec = fast_consumer(topology)
+    await provision(js, [], [spec])
+    async with Running(PullConsumer(js, topology, spec, one_at_a_time(handle, "test"))):
+        letters: list[Any] = []
+        for _ in range(200):  # bounded: the loop dead-letters it within a fetch or two
+            _, body = await admin.call("GET", "/v1/dead-letters")
+            if letters := body["dead_letters"]:
+                break
+            await asyncio.sleep(0.05)
+        [letter] = letters
+        assert (letter["consumer"], letter["subject"], letter["message_id"]) == (
+            "test-consumer", subject, "m-1",
+        )  # fmt: skip
+        assert letter["reason"] == "template cart-reminder-email is not ready"
+
+        fixed = True
+        status, done_body = await admin.call("POST", f"/v1/dead-letters/{letter['id']}/redrive")
+        assert status == 200, done_body
+        await asyncio.wait_for(done.wait(), 10)
+    [again] = handled
+    assert isinstance(again.message, Event)
+    assert again.message.message_id == "m-1"
+    assert again.headers["traceparent"] == TRACEPARENT
+    assert again.headers["Cairn-Redrive"] == str(letter["id"])
+    _, body = await admin.call("GET", "/v1/dead-letters")
+    assert body["total"] == 0
 
 
 # ---- the CLI -------------------------------------------------------------------------------------
