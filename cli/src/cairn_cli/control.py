@@ -1,4 +1,5 @@
-"""Control-plane commands: apply, validate, publish, journeys, stop, templates, keys, preview.
+"""Control-plane commands: apply, validate, publish, journeys, stop, templates, keys, preview,
+dead letters.
 
 Every command but ``validate`` is a client of the admin API. Exit codes: 0 done; 1 problems found
 or the request was refused; 2 usage; 3 the API is unreachable. ``-o json`` prints the API's answer
@@ -21,6 +22,8 @@ from cairn_cli.control_client import (
     CliFailure,
 )
 from cairn_cli.control_output import (
+    print_dead_letter,
+    print_dead_letters,
     print_json,
     print_problems,
     print_table,
@@ -298,6 +301,39 @@ def preview_command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
     return answer
 
 
+def dead_letters_list(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    query = f"?limit={args.limit}"
+    for name in ("stream", "consumer", "subject", "cursor"):
+        if getattr(args, name) is not None:
+            query += f"&{name}={_q(str(getattr(args, name)))}"
+    answer = api.call("GET", f"/v1/dead-letters{query}")
+    if args.output == "table":
+        print_dead_letters(answer)
+    return answer
+
+
+def dead_letters_show(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+    answer = api.call("GET", f"/v1/dead-letters/{args.id}")
+    if args.output == "table":
+        print_dead_letter(answer)
+    return answer
+
+
+def dead_letters_act(action: str) -> Command:
+    """``redrive`` (POST .../redrive) or ``discard`` (DELETE)."""
+
+    def command(args: argparse.Namespace, api: ApiEndpoint) -> Any:
+        if action == "redrive":
+            answer = api.call("POST", f"/v1/dead-letters/{args.id}/redrive")
+        else:
+            answer = api.call("DELETE", f"/v1/dead-letters/{args.id}")
+        if args.output == "table":
+            print(answer["message"])
+        return answer
+
+    return command
+
+
 def _q(segment: str) -> str:
     from urllib.parse import quote
 
@@ -421,6 +457,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--rate", type=int, metavar="N", help="limit to N events per second")
     _add(keys, "list", keys_list, "every write key (secrets are never shown again)")
     _add(keys, "revoke", keys_revoke, "revoke a write key at once").add_argument("key_id")
+
+    letters = _group(sub, "dead-letters", "messages consumers gave up on: read, re-drive, discard")
+    listed = _add(letters, "list", dead_letters_list, "dead letters, newest first, with reasons")
+    listed.add_argument("--stream", help="only from this source stream (e.g. CAIRN_INPUTS)")
+    listed.add_argument("--consumer", help="only given up by this consumer")
+    listed.add_argument("--subject", help="only with this original subject (* and > allowed)")
+    listed.add_argument("--limit", type=int, default=50, help="at most N (50; at most 500)")
+    listed.add_argument("--cursor", type=int, help="go on from the previous page's next cursor")
+    _add(
+        letters, "show", dead_letters_show, "one dead letter and its original message"
+    ).add_argument("id", type=int, metavar="ID")
+    redrive = _add(
+        letters,
+        "redrive",
+        dead_letters_act("redrive"),
+        "publish the original again to its subject (after a fix); remove the letter",
+    )
+    redrive.add_argument("id", type=int, metavar="ID")
+    _add(letters, "discard", dead_letters_act("discard"), "discard one dead letter").add_argument(
+        "id", type=int, metavar="ID"
+    )
 
     preview = _add(sub, "preview", preview_command, "show exactly what one step would send")
     preview.add_argument("journey", metavar="JOURNEY")

@@ -35,6 +35,42 @@ def show_cell(value: Any) -> str:
     return text
 
 
+REASON_WIDTH = 60
+
+
+def print_dead_letters(answer: dict[str, Any]) -> None:
+    rows = [
+        (d["id"], d["at"], d["stream"], d["subject"], d.get("profile_id"),
+         _truncate(d["reason"], REASON_WIDTH))
+        for d in answer["dead_letters"]
+    ]  # fmt: skip
+    print_table(rows, ["id", "when", "source", "subject", "profile", "reason"])
+    shown = len(rows)
+    if answer.get("next_cursor") is not None:
+        print(f"{shown} shown of {answer['total']}; more with --cursor {answer['next_cursor']}")
+
+
+def print_dead_letter(answer: dict[str, Any]) -> None:
+    letter = answer["dead_letter"]
+    for key in ("id", "at", "stream", "consumer", "subject", "deliveries", "message_type",
+                "profile_id", "message_id", "size", "reason"):  # fmt: skip
+        if letter.get(key) is not None:
+            print(f"{key.replace('_', ' ') + ':':<15}{show_cell(letter[key])}")
+    for name, value in sorted(answer.get("headers", {}).items()):
+        print(f"{'header:':<15}{name}: {value}")
+    if answer.get("original") is not None:
+        print("original:")
+        print(json.dumps(answer["original"], indent=2, ensure_ascii=False))
+    elif answer.get("original_text") is not None:
+        print("original (not JSON):")
+        print(answer["original_text"])
+
+
+def _truncate(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def print_problems(problems: Sequence[dict[str, Any]]) -> None:
     for problem in problems:
         print(f"  {problem_line(problem)}", file=sys.stderr)

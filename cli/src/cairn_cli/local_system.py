@@ -132,6 +132,54 @@ async def _postgres_check(url: str) -> Check:
         return Check("postgres", shown, False, f"unreachable ({exc or type(exc).__name__})")
 
 
+class DeadLetterCount(msgspec.Struct, frozen=True):
+    count: int
+    newest_reason: str | None
+
+
+async def count_dead_letters(admin_url: str, token: str | None) -> DeadLetterCount | None:
+    """How many dead letters wait, from the admin API (None when it cannot say: the admin
+    check above already reports why). Dead letters do not make the system unhealthy: it goes on
+    around them; they wait for someone to read, fix and re-drive them."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http,
+            http.get(f"{admin_url}/v1/dead-letters?limit=1", headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                return None
+            body = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+        return None
+    newest = body["dead_letters"][0]["reason"] if body.get("dead_letters") else None
+    return DeadLetterCount(int(body.get("total", 0)), newest)
+
+
+def _admin_token(home: Path) -> str | None:
+    try:
+        saved = json.loads((home / CLI_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    token = saved.get("token") if isinstance(saved, dict) else None
+    return token if isinstance(token, str) else None
+
+
+async def _status_of(state: LocalState, home: Path) -> tuple[list[Check], DeadLetterCount | None]:
+    checks, letters = await asyncio.gather(
+        check_all(state), count_dead_letters(state.admin_url, _admin_token(home))
+    )
+    return checks, letters
+
+
+def _dead_letter_line(letters: DeadLetterCount | None) -> str | None:
+    if letters is None or letters.count == 0:
+        return None
+    reason = " ".join((letters.newest_reason or "").split())
+    reason = reason if len(reason) <= 100 else reason[:97] + "..."
+    return f"dead letters  {letters.count} (newest: {reason}); see `cairn dead-letters list`"
+
+
 def status_command(args: argparse.Namespace) -> int:
     home = cairn_home(args.data_dir)
     state = read_state(home)
@@ -142,13 +190,14 @@ def status_command(args: argparse.Namespace) -> int:
         else:
             print(msg)
         return 1
-    checks = asyncio.run(check_all(state))
+    checks, letters = asyncio.run(_status_of(state, home))
     healthy = all(c.healthy for c in checks)
     if args.output == "json":
         report: dict[str, Any] = {
             "running": True,
             "healthy": healthy,
             "components": [msgspec.to_builtins(c) for c in checks],
+            "dead_letters": None if letters is None else msgspec.to_builtins(letters),
         }
         print(json.dumps(report, indent=2))
     else:
@@ -157,6 +206,8 @@ def status_command(args: argparse.Namespace) -> int:
             for c in checks
         ]))  # fmt: skip
         print(f"\ntracking API  {state.tracking_url}\nadmin API     {state.admin_url}")
+        if (line := _dead_letter_line(letters)) is not None:
+            print(line)
     return 0 if healthy else 1
 
 

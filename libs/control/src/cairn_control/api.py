@@ -19,8 +19,8 @@ from aiohttp import web
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from cairn_control import journeys, keys, resources, store, templates
-from cairn_control.errors import ControlError, Invalid, ProblemOut
+from cairn_control import deadletters, journeys, keys, resources, store, templates
+from cairn_control.errors import ControlError, Invalid, NotFound, ProblemOut
 from cairn_control.openapi import Route, openapi_document
 from cairn_control.preview import Preview, preview_step
 from cairn_control.requests import (
@@ -234,6 +234,58 @@ async def audit(request: web.Request) -> web.Response:
     return json_response(AuditList(changes=changes))
 
 
+def _number(query: Any, name: str) -> int | None:
+    if name not in query:
+        return None
+    try:
+        return int(query[name])
+    except ValueError:
+        raise Invalid(f"{name} must be a number, not {query[name]!r}") from None
+
+
+def _letter_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not raw.isdigit() or int(raw) < 1:
+        raise NotFound(f"dead letter {raw!r} does not exist (ids are positive numbers)")
+    return int(raw)
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    query = request.query
+    order = query.get("order", "newest")
+    if order not in ("newest", "oldest"):
+        raise Invalid(f"order must be 'newest' or 'oldest', not {order!r}")
+    limit = _number(query, "limit")
+    wanted = deadletters.ListQuery(
+        limit=deadletters.DEFAULT_LIMIT if limit is None else limit,
+        cursor=_number(query, "cursor"),
+        order=order,  # type: ignore[arg-type]
+        stream=query.get("stream") or None,
+        consumer=query.get("consumer") or None,
+        subject=query.get("subject") or None,
+    )
+    app = request.app
+    return json_response(await deadletters.list_dead_letters(app[JS], app[TOPOLOGY], wanted))
+
+
+async def show_dead_letter(request: web.Request) -> web.Response:
+    app = request.app
+    letter_id = _letter_id(request)
+    return json_response(await deadletters.get_dead_letter(app[JS], app[TOPOLOGY], letter_id))
+
+
+async def redrive_dead_letter(request: web.Request) -> web.Response:
+    app = request.app
+    letter_id = _letter_id(request)
+    return json_response(await deadletters.redrive(app[JS], app[TOPOLOGY], letter_id))
+
+
+async def discard_dead_letter(request: web.Request) -> web.Response:
+    app = request.app
+    letter_id = _letter_id(request)
+    return json_response(await deadletters.discard(app[JS], app[TOPOLOGY], letter_id))
+
+
 async def list_keys(request: web.Request) -> web.Response:
     return json_response(KeyList(write_keys=await keys.list_keys(request.app[POOL])))
 
@@ -290,6 +342,23 @@ ROUTES: list[Route] = [
           "Control-plane changes, oldest first", response=AuditList,
           query=(("kind", "string", "only this kind"), ("name", "string", "only this resource"),
                  ("limit", "integer", "the newest N changes (default 100, at most 1000)"))),
+    Route("GET", "/v1/dead-letters", list_dead_letters,
+          "Messages consumers gave up on, with their reasons (newest first by default)",
+          response=deadletters.DeadLetterList,
+          query=(("limit", "integer", f"at most N (default {deadletters.DEFAULT_LIMIT}, "
+                                      f"at most {deadletters.MAX_LIMIT})"),
+                 ("cursor", "integer", "the next_cursor of the previous page"),
+                 ("order", "string", "newest (default) or oldest"),
+                 ("stream", "string", "only from this source stream"),
+                 ("consumer", "string", "only given up by this consumer"),
+                 ("subject", "string", "only with this original subject (* and > allowed)"))),
+    Route("GET", "/v1/dead-letters/{id}", show_dead_letter,
+          "One dead letter with its original message", response=deadletters.DeadLetterDetail),
+    Route("POST", "/v1/dead-letters/{id}/redrive", redrive_dead_letter,
+          "Publish the original again to its subject, then remove the dead letter",
+          response=deadletters.Redriven),
+    Route("DELETE", "/v1/dead-letters/{id}", discard_dead_letter, "Discard one dead letter",
+          response=deadletters.Discarded),
     Route("GET", "/v1/write-keys", list_keys, "List write keys", response=KeyList),
     Route("POST", "/v1/write-keys", create_key, "Create a write key (the secret is shown once)",
           request=CreateKeyRequest, response=keys.CreatedKey, status=201),

@@ -95,8 +95,8 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             "title": TITLE,
             "version": VERSION,
             "description": "The control plane of Cairn: apply documents, publish and stop "
-            "journeys, template status, write keys, previews. Served on the ingest process's "
-            "internal admin listener.",
+            "journeys, template status, write keys, previews, dead letters. Served on the ingest "
+            "process's internal admin listener.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
