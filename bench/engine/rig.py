@@ -65,6 +65,21 @@ def rig(*, fsync: bool = True) -> Iterator[Rig]:
             nats.stop()
 
 
+async def deadlocks(database_url: str) -> int:
+    """``pg_stat_database.deadlocks`` of the bench database. Backends report their counters
+    when idle or at exit, so read it after stopping the services for an exact delta."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
 def rss_mb(proc: ServiceProcess) -> float:
     assert proc.proc is not None
     return psutil.Process(proc.proc.pid).memory_info().rss / 1e6
