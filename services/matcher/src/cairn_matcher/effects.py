@@ -127,7 +127,11 @@ class BatchWrites:
         self.outbox.append((subject, msg_id, encode(letter), traceparent))
 
     async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes, str | None]]:
-        """Write everything (inside the caller's transaction); returns the new outbox rows."""
+        """Write everything (inside the caller's transaction); returns the new outbox rows.
+
+        The statements run in this fixed order, after ``fence_many`` locked the lease rows, and
+        each takes its rows in key order (``repo._columns``): concurrent committers sharing rows
+        (``journey_stats``) then always lock them in one order and never deadlock."""
         await repo.save_states(
             conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
         )
