@@ -13,16 +13,20 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
+import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
+from cairn_common.failures import Failure
 from cairn_common.messages import DeadLetter, DeliveryRequested, DeliveryResult, decode, encode
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 from cairn_matcher import repo
-from cairn_matcher.outbox import Outbox, OutboxMessage, payload_bound
+from cairn_matcher.outbox import Outbox, OutboxMessage, failure_of, payload_bound
+from tests.conftest import Servers
 from tests.support.engine import Deliveries, prepared
 
 P = 4
@@ -141,4 +145,29 @@ async def test_a_request_jetstream_refuses_for_good_is_found_and_the_others_publ
 
     await assert_only_published(js, topology, first, last)
     await assert_refused_and_reported(js, topology, refused, "err_code=10054")
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_transient_failure_leaves_every_row_for_a_later_attempt(
+    pool: asyncpg.Pool, servers: Servers, nc: NATS, js: JetStreamContext, topology: Topology
+) -> None:
+    """NATS unreachable (a connection that has closed): nothing is dead-lettered or deleted, the
+    relay reports the failure (it backs off), and publishes everything once NATS is back."""
+    gone = await nats.connect(servers.nats_url)
+    await gone.close()
+    bound = payload_bound(nc.max_payload)
+    down = Outbox(gone.jetstream(), pool, relay_after=0.0, topology=topology, partitions=P,
+                  max_bytes=bound)  # fmt: skip
+    first, second = request("hal"), request("ida")
+    messages = await stored(pool, topology, first, second)
+
+    await down.publish(messages)
+    with pytest.raises(ConnectionClosedError) as raised:
+        await down.relay_once()
+    assert failure_of(raised.value) is Failure.TRANSIENT, "so the relay backs off and retries"
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
+    up = Outbox(js, pool, relay_after=0.0, topology=topology, partitions=P, max_bytes=bound)
+    assert await up.relay_once() == 2
+    await assert_only_published(js, topology, first, second)
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0

@@ -33,7 +33,6 @@ from cairn_common.failures import (
     PermanentInputError,
     classify,
     describe,
-    is_transient,
 )
 from cairn_common.messages import DeadLetter, DeliveryRequested, DeliveryResult, decode, encode
 from cairn_common.partitioning import partition_for
@@ -126,7 +125,7 @@ class Outbox:
             attempt = await self._attempt(messages)
             await self._delete(conn or self._pool, attempt.settled)
         except Exception as exc:
-            if not is_transient(exc):
+            if failure_of(exc) is not Failure.TRANSIENT:
                 raise
             attempt = Attempt(transient=exc)
         if attempt.transient is not None:
@@ -144,7 +143,7 @@ class Outbox:
                     pass
                 backoff.reset()
             except Exception as exc:
-                if not is_transient(exc):
+                if failure_of(exc) is not Failure.TRANSIENT:
                     raise
                 delay = backoff.next()
                 log.warning("outbox relay failed; will retry", error=describe(exc), delay=delay)
