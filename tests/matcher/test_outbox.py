@@ -9,7 +9,7 @@ published to a real NATS, by the relay (what a crash leaves behind) and by the w
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -27,7 +27,8 @@ from cairn_common.topology import Topology
 from cairn_matcher import repo
 from cairn_matcher.outbox import Outbox, OutboxMessage, failure_of, payload_bound
 from tests.conftest import Servers
-from tests.support.engine import Deliveries, prepared
+from tests.support.engine import Deliveries, Inputs, prepared, publish_journey, wait_for_rows
+from tests.support.processes import ServiceProcess
 
 P = 4
 
@@ -171,3 +172,63 @@ async def test_a_transient_failure_leaves_every_row_for_a_later_attempt(
     assert await up.relay_once() == 2
     await assert_only_published(js, topology, first, second)
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+CART = {
+    "kind": "Journey",
+    "name": "cart",
+    "trigger": {"event": "Cart Abandoned"},
+    "steps": [
+        {"id": "email", "send": {"channel": "email", "template": "t", "to": "profile.email"}},
+        {"id": "after", "wait": "1d"},
+    ],
+}
+
+
+async def test_a_profile_grown_past_the_bound_fails_its_send_and_the_neighbours_get_theirs(
+    spawn: Callable[..., ServiceProcess],
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    """The case as a user meets it, through a real matcher: identify calls grow one profile's
+    traits past what one message can carry; its delivery request is dead-lettered on the fast
+    path, the send counts as failed in the journey's analytics and the journey goes on; the
+    other profile's request is published."""
+    pool = await prepared(database_url, js, topology)
+    await publish_journey(pool, CART)
+    inputs = Inputs(js, topology, P)
+    chunk = 32 * 1024
+    for n in range(nc.max_payload // chunk + 2):
+        await inputs.identify("ann", **{f"note{n}": "x" * chunk}, email="ann@example.com")
+    await inputs.identify("bob", email="bob@example.com")
+    matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P))
+    await matcher.wait_ready()
+    await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=2)
+
+    await inputs.send("ann", "Cart Abandoned")
+    await inputs.send("bob", "Cart Abandoned")
+
+    await wait_for_rows(
+        pool,
+        "SELECT coalesce(sum(n), 0) FROM journey_stats WHERE counter = 'delivery:failed'",
+        expect=1,
+    )
+    await wait_for_rows(
+        pool,
+        "SELECT count(*) FROM journey_instances ji JOIN timers t USING (instance_id) "
+        "WHERE ji.profile_id = 'ann' AND t.step_id = 'after'",
+        expect=1,
+    )  # the failed send finished its step: ann's journey went on to the wait
+    deliveries = await Deliveries(js, topology).start()
+    await deliveries.until(1, timeout=20)
+    assert [d.profile_id for d in await deliveries.settle(quiet=0.5)] == ["bob"]
+    dlq = await js.get_last_msg(
+        topology.dead_letter_stream, topology.dead_letter_subject(topology.deliveries_stream)
+    )
+    letter = decode(dlq.data)
+    assert isinstance(letter, DeadLetter)
+    assert "larger than the outbox bound" in letter.reason
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    await pool.close()
