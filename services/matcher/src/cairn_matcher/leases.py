@@ -3,8 +3,8 @@
 Every replica heartbeats in ``matcher_members`` and renews its leases every ``renew`` seconds.
 The fair share is P // n for n live replicas, plus one for the first P % n of them by name. A
 replica above its share releases its highest partitions; one below it takes unowned or expired
-ones (``FOR UPDATE SKIP LOCKED``, so two replicas never take the same one). Taking a partition
-bumps its ``epoch``. A replica that dies stops renewing; its leases expire after ``ttl`` seconds
+ones (``SKIP LOCKED``, so two replicas never take the same one). Taking a partition bumps its
+``epoch``. A replica that dies stops renewing; its leases expire after ``ttl`` seconds
 and the others take them over.
 
 Fencing: ``fence()`` is called inside every commit of the matcher. It locks the partition's row

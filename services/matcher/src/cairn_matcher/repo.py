@@ -145,7 +145,7 @@ async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryE
                        (delivery_id, kind, instance_id, step_id, channel, reason, at)
                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                         $5::text[], $6::text[], $7::timestamptz[])
-                       ON CONFLICT (delivery_id, kind) DO NOTHING
+                   ON CONFLICT (delivery_id, kind) DO NOTHING
                    RETURNING instance_id, step_id, kind, reason, at
                ), counted AS (
                    SELECT instance_id, step_id, 'delivery:' || kind AS counter, at FROM added
