@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import nats
-from rig import Rig, percentile, rig, rss_mb  # type: ignore[import-not-found]
+from rig import Rig, deadlocks, percentile, rig, rss_mb  # type: ignore[import-not-found]
 
 from cairn_common.bus import MSG_ID, provision_topology
 from cairn_common.db import apply_migrations
@@ -87,7 +87,7 @@ async def drain(sub: Any, count: int, timeout: float) -> list[tuple[DeliveryRequ
     return got
 
 
-async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
+async def main(r: Rig, backlog: int, rate: int | None, seconds: float, committers: int) -> None:
     topology = Topology(r.namespace)
     nc = await nats.connect(r.nats.url)
     js = nc.jetstream()
@@ -104,7 +104,10 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
     for i in range(0, backlog, 2000):
         await publish_many(js, items[i : i + 2000])
     print(f"phase 1: {backlog:,} trigger events waiting in JetStream")
-    proc = r.spawn("cairn_matcher", CAIRN_PARTITIONS=str(PARTITIONS))
+    deadlocks_before = await deadlocks(r.database_url)
+    proc = r.spawn(
+        "cairn_matcher", CAIRN_PARTITIONS=str(PARTITIONS), CAIRN_COMMITTERS=str(committers)
+    )
     await proc.wait_ready()
     assert proc.proc is not None
     print(f"matcher pid {proc.proc.pid}", flush=True)
@@ -166,6 +169,9 @@ async def main(r: Rig, backlog: int, rate: int | None, seconds: float) -> None:
         f"PostgreSQL {sizes['db'] / 1e6:,.0f} MB (states {sizes['states'] / 1e6:,.0f}, "
         f"instances {sizes['instances'] / 1e6:,.0f}, timers {sizes['timers'] / 1e6:,.0f})"
     )
+    proc.stop()  # its backends exit and report their counters
+    found = await deadlocks(r.database_url) - deadlocks_before
+    print(f"  PostgreSQL deadlocks during the run (pg_stat_database.deadlocks delta): {found}")
     await pool.close()
     await nc.close()
 
@@ -177,7 +183,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-fsync", action="store_true", help="PostgreSQL without fsync")
     parser.add_argument("--profiles", type=int, default=50_000, help="distinct profiles")
+    parser.add_argument("--committers", type=int, default=4, help="CAIRN_COMMITTERS")
     args = parser.parse_args()
     PROFILES[0] = args.profiles
     with rig(fsync=not args.no_fsync) as r:
-        asyncio.run(main(r, args.backlog, args.rate, args.seconds))
+        asyncio.run(main(r, args.backlog, args.rate, args.seconds, args.committers))

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,19 @@ def rig(*, fsync: bool = True) -> Iterator[Rig]:
         finally:
             pg.stop()
             nats.stop()
+
+
+async def deadlocks(database_url: str) -> int:
+    """``pg_stat_database.deadlocks`` of the bench database. Backends report their counters
+    when idle or at exit, so read it after stopping the services for an exact delta."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return count
+    finally:
+        await conn.close()
 
 
 def rss_mb(proc: ServiceProcess) -> float:

@@ -145,6 +145,8 @@ def _acks(
     acks: list[api.PubAck] = []
     for m, result in zip(messages, results, strict=True):
         if isinstance(result, BaseException):
-            raise PublishFailed(f"publish of {m.msg_id} to {m.subject} failed: {result!r}")
+            raise PublishFailed(
+                f"publish of {m.msg_id} to {m.subject} failed: {result!r}"
+            ) from result
         acks.append(result)
     return acks

@@ -17,7 +17,7 @@ from cairn_matcher.engine import Engine
 from cairn_matcher.housekeeping import prune_regularly, sample_instances
 from cairn_matcher.journeys import TRANSIENT, JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
-from cairn_matcher.outbox import Outbox
+from cairn_matcher.outbox import Outbox, payload_bound
 from cairn_matcher.partitions import PartitionSupervisor
 from cairn_matcher.settings import Settings
 
@@ -29,7 +29,14 @@ async def run(ctx: ServiceContext[Settings]) -> None:
     leases = PartitionLeases(
         ctx.pool, s.replica_id, s.partitions, ttl=s.lease_ttl_seconds, renew=s.lease_renew_seconds
     )
-    outbox = Outbox(ctx.js, ctx.pool, relay_after=s.outbox_relay_after_seconds)
+    outbox = Outbox(
+        ctx.js,
+        ctx.pool,
+        relay_after=s.outbox_relay_after_seconds,
+        topology=ctx.topology,
+        partitions=s.partitions,
+        max_bytes=payload_bound(ctx.nc.max_payload),
+    )
     engine = Engine(
         ctx.pool,
         leases,

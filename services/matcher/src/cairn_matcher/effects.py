@@ -127,7 +127,12 @@ class BatchWrites:
         self.outbox.append((subject, msg_id, encode(letter), traceparent))
 
     async def commit(self, conn: Any) -> list[tuple[int, str, str, bytes, str | None]]:
-        """Write everything (inside the caller's transaction); returns the new outbox rows."""
+        """Write everything (inside the caller's transaction); returns the new outbox rows.
+
+        The statements run in this fixed order, after ``fence_many`` locked the lease rows, and
+        each takes its rows in key order (``repo._columns``): concurrent committers sharing rows
+        (``journey_stats``) then always lock them in one order and never deadlock, and they
+        take those shared rows last, so each holds them for as short a time as it can."""
         await repo.save_states(
             conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
         )
@@ -141,10 +146,12 @@ class BatchWrites:
             earliest = min(row[6] for row in self.timers.values())
             if earliest <= self._notify_before:
                 await repo.wake_scheduler(conn, earliest.astimezone(UTC))
+        await repo.record_applied(conn, self.applied)
+        rows = await repo.add_to_outbox(conn, self.outbox)
+        # Last: every committer updates the same counter rows, and holds them until it commits.
         await repo.add_stats(conn, self.stats)
         await repo.add_delivery_events(conn, list(self.delivery_events.values()))
-        await repo.record_applied(conn, self.applied)
-        return await repo.add_to_outbox(conn, self.outbox)
+        return rows
 
 
 TRACKING_KINDS = {

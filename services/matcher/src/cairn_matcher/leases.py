@@ -3,13 +3,24 @@
 Every replica heartbeats in ``matcher_members`` and renews its leases every ``renew`` seconds.
 The fair share is P // n for n live replicas, plus one for the first P % n of them by name. A
 replica above its share releases its highest partitions; one below it takes unowned or expired
-ones (``FOR UPDATE SKIP LOCKED``, so two replicas never take the same one). Taking a partition
-bumps its ``epoch``. A replica that dies stops renewing; its leases expire after ``ttl`` seconds
+ones (``SKIP LOCKED``, so two replicas never take the same one). Taking a partition bumps its
+``epoch``. A replica that dies stops renewing; its leases expire after ``ttl`` seconds
 and the others take them over.
 
-Fencing: ``fence()`` is called inside every commit of the matcher. It reads the partition's row
-``FOR SHARE`` and checks owner and epoch, so a replica whose lease was taken over can never commit
-for that partition again, even if it has not noticed yet.
+Fencing: ``fence()`` is called inside every commit of the matcher. It locks the partition's row
+and checks owner and epoch, so a replica whose lease was taken over can never commit for that
+partition again, even if it has not noticed yet.
+
+Lock order (the rule that keeps renewal and the committers free of deadlocks): every statement
+that locks ``partition_leases`` rows locks them in ascending partition order, through a subquery
+``ORDER BY partition FOR NO KEY UPDATE`` (PostgreSQL locks a sorted subquery's rows in its output
+order), and takes the lock it will end with at once, never a shared lock it upgrades later:
+renewal, taking (``SKIP LOCKED``, so it never waits), releasing, and fencing (which then records
+``last_applied_seq`` on the rows it holds). A commit takes its lease rows first, before any other
+table, so they also guard every row of the partition's profiles: two transactions never hold
+rows of one partition at once. A plain ``UPDATE … WHERE owner = $1`` would lock in the order of
+the table's heap, which every update reshuffles; against a commit holding several of the same
+rows it deadlocks, and when the renewal is the victim the replica fences itself out of them all.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ import contextlib
 import asyncpg
 import structlog
 from prometheus_client import Gauge
+
+from cairn_common.failures import describe, is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +61,11 @@ class PartitionLeases:
         while not stop.is_set():
             try:
                 await self.rebalance()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 # Leases we cannot renew expire by themselves; fence() stops our commits then.
-                log.warning("lease renewal failed; will retry", error=repr(exc))
+                log.warning("lease renewal failed; will retry", error=describe(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._renew)
 
@@ -71,6 +86,7 @@ class PartitionLeases:
             target = self._partitions // live + (1 if rank < self._partitions % live else 0)
             if len(renewed) > target:
                 extra = sorted(renewed)[target:]
+                # rows this transaction locked in _renew_held already: no new lock is taken
                 await conn.execute(
                     "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
                     "WHERE partition = ANY($1) AND owner = $2",
@@ -104,8 +120,13 @@ class PartitionLeases:
 
     async def _renew_held(self, conn: asyncpg.Connection) -> dict[int, int]:
         rows = await conn.fetch(
-            "UPDATE partition_leases SET expires_at = now() + make_interval(secs => $2) "
-            "WHERE owner = $1 AND expires_at > now() RETURNING partition, epoch",
+            """UPDATE partition_leases AS pl
+               SET expires_at = now() + make_interval(secs => $2)
+               FROM (SELECT partition FROM partition_leases
+                     WHERE owner = $1 AND expires_at > now()
+                     ORDER BY partition FOR NO KEY UPDATE) AS mine
+               WHERE pl.partition = mine.partition
+               RETURNING pl.partition, pl.epoch""",
             self.owner, self._ttl,
         )  # fmt: skip
         return {r["partition"]: r["epoch"] for r in rows}
@@ -117,7 +138,7 @@ class PartitionLeases:
                WHERE partition IN (
                    SELECT partition FROM partition_leases
                    WHERE owner IS NULL OR expires_at <= now()
-                   ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
+                   ORDER BY partition LIMIT $3 FOR NO KEY UPDATE SKIP LOCKED)
                RETURNING partition, epoch""",
             self.owner, self._ttl, count,
         )  # fmt: skip
@@ -133,7 +154,7 @@ class PartitionLeases:
             epoch = self.held.get(partition)
         row = await conn.fetchrow(
             "SELECT owner, epoch, last_applied_seq, expires_at > now() AS live "
-            "FROM partition_leases WHERE partition = $1 FOR SHARE",
+            "FROM partition_leases WHERE partition = $1 FOR NO KEY UPDATE",
             partition,
         )
         if row is None or row["owner"] != self.owner or row["epoch"] != epoch or not row["live"]:
@@ -144,12 +165,15 @@ class PartitionLeases:
     async def fence_many(
         self, conn: asyncpg.Connection, epochs: dict[int, int]
     ) -> dict[int, int | None]:
-        """``fence`` for several partitions in one statement: partition -> the sequence applied
-        last, or ``None`` where we no longer own it at that epoch."""
+        """``fence`` for several partitions in one statement, locking them in partition order:
+        partition -> the sequence applied last, or ``None`` where we no longer own it at that
+        epoch. The lock is the one ``record_applied`` needs later in the same transaction, so it
+        is never upgraded (two holders of a shared lock that both upgrade deadlock)."""
         rows = await conn.fetch(
             "SELECT partition, owner, epoch, last_applied_seq, expires_at > now() AS live "
-            "FROM partition_leases WHERE partition = ANY($1) ORDER BY partition FOR SHARE",
-            list(epochs),
+            "FROM partition_leases WHERE partition = ANY($1) "
+            "ORDER BY partition FOR NO KEY UPDATE",
+            sorted(epochs),
         )
         found: dict[int, int | None] = dict.fromkeys(epochs)
         for r in rows:
@@ -170,8 +194,10 @@ class PartitionLeases:
         """On a clean stop: hand every partition back at once instead of waiting for expiry."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
-                "WHERE owner = $1",
+                """UPDATE partition_leases AS pl SET owner = NULL, expires_at = '-infinity'
+                   FROM (SELECT partition FROM partition_leases WHERE owner = $1
+                         ORDER BY partition FOR NO KEY UPDATE) AS mine
+                   WHERE pl.partition = mine.partition""",
                 self.owner,
             )
             await conn.execute("DELETE FROM matcher_members WHERE owner = $1", self.owner)

@@ -1,9 +1,20 @@
 """The matcher's SQL. Every write takes a whole batch (``unnest``), so a fetched batch of inputs
-costs one round trip per table, inside the one transaction of ``Engine.apply``."""
+costs one round trip per table, inside the one transaction of ``Engine.apply``.
+
+Lock order: the engine runs several committers at once, and the rows they share (the analytics
+counters of ``journey_stats`` above all; the scheduler shares ``timers``) would deadlock if two
+transactions took them in different orders, each one costing PostgreSQL's ``deadlock_timeout``.
+So every multi-row write gets its rows through ``_columns``, which sorts them by the table's key
+(``INSERT … SELECT FROM unnest`` and ``ON CONFLICT`` handle rows in array order), statements that
+lock rows they did not insert lock them in key order in a sorted subquery, and the commit runs the
+statements in one fixed order (``BatchWrites.commit``). ``journey_stats`` is written by two
+statements, interpreter counters first, then delivery counters; their counter names never meet
+(only the latter start with ``delivery:`` or ``reason:``), so the pair keeps one order too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +52,7 @@ async def load_profiles(
 
 async def save_states(conn: asyncpg.Connection, states: Iterable[tuple[str, int, bytes]]) -> None:
     """(profile id, partition, encoded state) rows."""
-    ids, partitions, blobs = _columns(states, 3)
+    ids, partitions, blobs = _columns(states, 3, key=_first)
     if ids:
         await conn.execute(
             """INSERT INTO profile_states (profile_id, partition, state)
@@ -59,7 +70,9 @@ async def merge_traits(conn: asyncpg.Connection, traits: dict[str, dict[str, Any
                SELECT p, t::jsonb FROM unnest($1::text[], $2::text[]) AS x(p, t)
                ON CONFLICT (profile_id) DO UPDATE
                SET traits = profiles.traits || EXCLUDED.traits, updated_at = now()""",
-            list(traits), [_json.encode(t).decode() for t in traits.values()],
+            *_columns(
+                ((p, _json.encode(t).decode()) for p, t in traits.items()), 2, key=_first
+            ),
         )  # fmt: skip
 
 
@@ -75,13 +88,20 @@ async def set_timers(conn: asyncpg.Connection, rows: Sequence[TimerRow]) -> None
                SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
                                     $6::text[], $7::timestamptz[], $8::text[])
                ON CONFLICT (timer_id) DO NOTHING""",
-            *_columns(rows, 8),
+            *_columns(rows, 8, key=_first),
         )
 
 
 async def delete_timers(conn: asyncpg.Connection, timer_ids: Sequence[str]) -> None:
+    """The scheduler locks timers too (claims and deletes fired ones): lock in key order."""
     if timer_ids:
-        await conn.execute("DELETE FROM timers WHERE timer_id = ANY($1)", timer_ids)
+        await conn.execute(
+            """DELETE FROM timers AS t
+               USING (SELECT timer_id FROM timers WHERE timer_id = ANY($1)
+                      ORDER BY timer_id FOR UPDATE) AS doomed
+               WHERE t.timer_id = doomed.timer_id""",
+            sorted(timer_ids),
+        )
 
 
 async def wake_scheduler(conn: asyncpg.Connection, earliest: datetime) -> None:
@@ -103,7 +123,7 @@ async def add_to_outbox(
            SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
            ON CONFLICT (msg_id) DO NOTHING
            RETURNING id, subject, msg_id, payload, traceparent""",
-        *_columns(rows, 4),
+        *_columns(rows, 4, key=_emitted),
     )
     return [(r["id"], r["subject"], r["msg_id"], r["payload"], r["traceparent"]) for r in result]
 
@@ -139,9 +159,10 @@ async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryE
                       date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)
                FROM counted c JOIN journey_instances ji ON ji.instance_id = c.instance_id
                GROUP BY 1, 2, 3, 4, 5
+               ORDER BY 1, 2, 3, 4, 5
                ON CONFLICT (journey, version, step_id, counter, hour)
                DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
-            *_columns(rows, 7),
+            *_columns(rows, 7, key=lambda r: (r[0], r[1])),
         )
 
 
@@ -158,7 +179,7 @@ async def start_instances(conn: asyncpg.Connection, rows: Sequence[InstanceStart
                FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
                            $6::timestamptz[]) AS t(i, j, v, p, u, s)
                ON CONFLICT (instance_id) DO NOTHING""",
-            *_columns(rows, 6),
+            *_columns(rows, 6, key=_first),
         )
 
 
@@ -171,9 +192,11 @@ async def end_instances(conn: asyncpg.Connection, rows: Sequence[InstanceEnd]) -
         await conn.execute(
             """UPDATE journey_instances AS ji
                SET status = t.s, exit_reason = t.r, ended_at = t.e
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(i, s, r, e)
-               WHERE ji.instance_id = t.i""",
-            *_columns(rows, 4),
+               FROM (SELECT instance_id FROM journey_instances WHERE instance_id = ANY($1)
+                     ORDER BY instance_id FOR NO KEY UPDATE) AS locked,
+                    unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(i, s, r, e)
+               WHERE ji.instance_id = locked.instance_id AND ji.instance_id = t.i""",
+            *_columns(rows, 4, key=_first),
         )
 
 
@@ -181,9 +204,12 @@ async def convert_instances(conn: asyncpg.Connection, rows: Sequence[tuple[str, 
     if rows:
         await conn.execute(
             """UPDATE journey_instances AS ji SET converted_at = t.c
-               FROM unnest($1::text[], $2::timestamptz[]) AS t(i, c)
-               WHERE ji.instance_id = t.i AND ji.converted_at IS NULL""",
-            *_columns(rows, 2),
+               FROM (SELECT instance_id FROM journey_instances WHERE instance_id = ANY($1)
+                     ORDER BY instance_id FOR NO KEY UPDATE) AS locked,
+                    unnest($1::text[], $2::timestamptz[]) AS t(i, c)
+               WHERE ji.instance_id = locked.instance_id AND ji.instance_id = t.i
+                 AND ji.converted_at IS NULL""",
+            *_columns(rows, 2, key=_first),
         )
 
 
@@ -200,17 +226,17 @@ async def add_stats(conn: asyncpg.Connection, counts: dict[StatKey, int]) -> Non
                                     $5::timestamptz[], $6::bigint[])
                ON CONFLICT (journey, version, step_id, counter, hour)
                DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
-            *_columns(rows, 6),
+            *_columns(rows, 6, key=lambda r: r[:5]),
         )
 
 
 async def record_applied(conn: asyncpg.Connection, applied: dict[int, int]) -> None:
-    """partition -> the INPUTS stream sequence applied last."""
+    """partition -> the INPUTS stream sequence applied last (rows ``fence_many`` locked)."""
     if applied:
         await conn.execute(
             """UPDATE partition_leases AS pl SET last_applied_seq = t.s
                FROM unnest($1::int[], $2::bigint[]) AS t(p, s) WHERE pl.partition = t.p""",
-            list(applied), list(applied.values()),
+            *_columns(applied.items(), 2, key=_first),
         )  # fmt: skip
 
 
@@ -232,9 +258,24 @@ async def published_journeys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return rows
 
 
-def _columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
+def _emitted(row: Sequence[Any]) -> Any:
+    """Outbox rows keep the order they were emitted in (the relay publishes by ``id``): their
+    keys are per input, never shared between committers, and the partition's lease row, locked
+    first by every commit, serializes the writers of one partition."""
+    return 0
+
+
+def _columns(
+    rows: Iterable[Sequence[Any]], width: int, *, key: Callable[[Sequence[Any]], Any]
+) -> list[list[Any]]:
+    """``rows`` as ``width`` column arrays for ``unnest``, sorted by ``key``: the order in which
+    the statement locks the rows (see the module docstring)."""
     cols: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
+    for row in sorted(rows, key=key):
         for i, value in enumerate(row):
             cols[i].append(value)
     return cols
