@@ -27,7 +27,14 @@ from cairn_common.topology import Topology
 from cairn_matcher import repo
 from cairn_matcher.outbox import Outbox, OutboxMessage, failure_of, payload_bound
 from tests.conftest import Servers
-from tests.support.engine import Deliveries, Inputs, prepared, publish_journey, wait_for_rows
+from tests.support.engine import (
+    CART_EMAIL,
+    Deliveries,
+    Inputs,
+    prepared,
+    publish_journey,
+    wait_for_rows,
+)
 from tests.support.processes import ServiceProcess
 
 P = 4
@@ -174,17 +181,6 @@ async def test_a_transient_failure_leaves_every_row_for_a_later_attempt(
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
 
 
-CART = {
-    "kind": "Journey",
-    "name": "cart",
-    "trigger": {"event": "Cart Abandoned"},
-    "steps": [
-        {"id": "email", "send": {"channel": "email", "template": "t", "to": "profile.email"}},
-        {"id": "after", "wait": "1d"},
-    ],
-}
-
-
 async def test_a_profile_grown_past_the_bound_fails_its_send_and_the_neighbours_get_theirs(
     spawn: Callable[..., ServiceProcess],
     nc: NATS,
@@ -197,13 +193,16 @@ async def test_a_profile_grown_past_the_bound_fails_its_send_and_the_neighbours_
     path, the send counts as failed in the journey's analytics and the journey goes on; the
     other profile's request is published."""
     pool = await prepared(database_url, js, topology)
-    await publish_journey(pool, CART)
+    await publish_journey(pool, CART_EMAIL)
     inputs = Inputs(js, topology, P)
     chunk = 32 * 1024
     for n in range(nc.max_payload // chunk + 2):
         await inputs.identify("ann", **{f"note{n}": "x" * chunk}, email="ann@example.com")
     await inputs.identify("bob", email="bob@example.com")
-    matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P))
+    # A budget above what one message carries: what the outbox does when a profile still grows
+    # past it (the budget's own refusal is tests/matcher/test_poison.py's).
+    matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P),
+                    CAIRN_MAX_PROFILE_TRAITS_BYTES=str(4 * nc.max_payload))  # fmt: skip
     await matcher.wait_ready()
     await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=2)
 

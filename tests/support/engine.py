@@ -21,6 +21,17 @@ from cairn_common.messages import DeliveryRequested, Event, EventType, decode
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 
+# Email on "Cart Abandoned", then hold the instance a day: one send per trigger, easy to count.
+CART_EMAIL: Mapping[str, Any] = {
+    "kind": "Journey",
+    "name": "cart",
+    "trigger": {"event": "Cart Abandoned"},
+    "steps": [
+        {"id": "email", "send": {"channel": "email", "template": "t", "to": "profile.email"}},
+        {"id": "after", "wait": "1d"},
+    ],
+}
+
 
 async def prepared(database_url: str, js: JetStreamContext, topology: Topology) -> asyncpg.Pool:
     """Migrated database and provisioned streams, as a service start would leave them."""

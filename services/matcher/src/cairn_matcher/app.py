@@ -9,17 +9,24 @@ replica takes over without waiting for them to expire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from prometheus_client import Gauge
+
+from cairn_common.failures import is_transient
 from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext
 from cairn_matcher.engine import Engine
 from cairn_matcher.housekeeping import prune_regularly, sample_instances
-from cairn_matcher.journeys import TRANSIENT, JourneyCatalogue
+from cairn_matcher.journeys import JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
 from cairn_matcher.outbox import Outbox, payload_bound
 from cairn_matcher.partitions import PartitionSupervisor
 from cairn_matcher.settings import Settings
+
+STALLED = Gauge(
+    "cairn_matcher_stalled_partitions",
+    "Partitions whose batch has not committed for CAIRN_STALLED_AFTER_SECONDS or more",
+)
 
 
 async def run(ctx: ServiceContext[Settings]) -> None:
@@ -47,8 +54,18 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         notify_within=s.timer_notify_within_seconds,
         committers=s.committers,
         max_group=s.max_commit_inputs,
+        traits_budget=s.max_profile_traits_bytes,
     )
     supervisor = PartitionSupervisor(ctx, leases, engine)
+    STALLED.set_function(lambda: len(supervisor.stalled(s.stalled_after_seconds)))
+
+    async def no_stalled_partition() -> list[str]:
+        return [
+            f"partition {p} has not committed for {seconds:.0f} s (see the matcher's log)"
+            for p, seconds in supervisor.stalled(s.stalled_after_seconds).items()
+        ]
+
+    ctx.ready_checks.append(no_stalled_partition)
     background = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -80,5 +97,8 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             background.set()
     finally:
         background.set()
-        with contextlib.suppress(*TRANSIENT):
+        try:
             await leases.release_all()
+        except Exception as exc:  # the leases expire by themselves
+            if not is_transient(exc):
+                raise

@@ -38,8 +38,16 @@ log = structlog.get_logger(__name__)
 
 
 class BatchWrites:
-    def __init__(self, topology: Topology, now: datetime, *, notify_within: float) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        now: datetime,
+        *,
+        notify_within: float,
+        traits_budget: int = 65_536,
+    ) -> None:
         self._topology = topology
+        self._traits_budget = traits_budget
         self._now = now
         self._hour = now.replace(minute=0, second=0, microsecond=0)
         self._notify_before = now + timedelta(seconds=notify_within)
@@ -136,7 +144,7 @@ class BatchWrites:
         await repo.save_states(
             conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
         )
-        await repo.merge_traits(conn, self.traits)
+        await repo.merge_traits(conn, self.traits, budget=self._traits_budget)
         await repo.start_instances(conn, self.started)
         await repo.end_instances(conn, self.ended)
         await repo.convert_instances(conn, self.converted)

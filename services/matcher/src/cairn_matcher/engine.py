@@ -7,8 +7,15 @@ instances, analytics counters, and each partition's last applied stream sequence
 ONE transaction, fenced by each partition's lease. An input at or below the last applied sequence
 was applied already and is skipped, so effects happen exactly once over at-least-once delivery.
 
-An input the interpreter cannot handle (it raised) is a poison input: it is dead-lettered with the
-reason in the same transaction, leaves its profile's state as it was, and the batch goes on.
+A poison input never blocks its partition (``cairn_common.failures``). An input the interpreter
+cannot handle (it raised) is dead-lettered with the reason in the same transaction, leaves its
+profile's state as it was, and the batch goes on. An input whose writes PostgreSQL refuses for good
+(a NUL in a trait, traits over their budget, a value too large) fails the whole transaction; the
+engine then commits the group's batches one by one, and a batch that still fails one input at a
+time, in stream order, so the input that fails alone is found, dead-lettered with the reason (and
+its sequence recorded as applied, so it is never taken again), and every other input is committed.
+A transient failure (a connection lost, a deadlock) fails the group's batches instead: their
+partitions retry them with backoff, in order.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from cairn_common.bus import MSG_ID
+from cairn_common.failures import Failure, classify, describe
 from cairn_common.messages import (
     DeadLetter,
     DeliveryResult,
@@ -90,13 +98,18 @@ class Job(msgspec.Struct):
     partition: int
     epoch: int
     items: Sequence[Input]
-    done: asyncio.Future[None]
+    done: asyncio.Future[None] | None = None
+    """Settled by the committer; ``None`` for the engine's own one-input retries."""
 
 
 def _done(future: asyncio.Future[Job]) -> asyncio.Event:
     event = asyncio.Event()
     future.add_done_callback(lambda _: event.set())
     return event
+
+
+def _lost(job: Job) -> LeaseLost:
+    return LeaseLost(f"partition {job.partition} at epoch {job.epoch} is not ours")
 
 
 class Engine:
@@ -112,8 +125,10 @@ class Engine:
         notify_within: float,
         committers: int = 2,
         max_group: int = 2_000,
+        traits_budget: int = 65_536,
         clock: Clock = utc_now,
     ) -> None:
+        self._traits_budget = traits_budget
         self._outbox = outbox
         self._committers = committers
         self._max_group = max_group
@@ -128,10 +143,19 @@ class Engine:
         self._cache: OrderedDict[str, tuple[int, int, ProfileState]] = OrderedDict()
         """profile id -> (partition, epoch, state): valid only while we hold that epoch."""
 
+    def _writes(self, now: datetime) -> BatchWrites:
+        return BatchWrites(
+            self._topology,
+            now,
+            notify_within=self._notify_within,
+            traits_budget=self._traits_budget,
+        )
+
     async def apply(self, partition: int, epoch: int, items: Sequence[Input]) -> None:
         """Apply ``items`` (in stream order), commit, and publish what they emit. Returns once the
-        commit is durable. Raises ``LeaseLost`` (nothing committed) if another replica owns the
-        partition now, or the database error that rolled the commit back."""
+        commit is durable (an input that can never be committed was dead-lettered instead). Raises
+        ``LeaseLost`` (nothing committed) if another replica owns the partition now, or the
+        transient failure that rolled the commit back: retry ``items`` later."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Job(partition, epoch, items, done))
         await done
@@ -160,26 +184,74 @@ class Engine:
             await self._commit_group(jobs)
 
     async def _commit_group(self, jobs: list[Job]) -> None:
-        # One pooled connection for the commit and the outbox delete after the publish: asyncpg
-        # resets a connection on every release, which costs as much as a statement.
+        for job, failure in zip(jobs, await self._commit_isolating(jobs), strict=True):
+            if job.done is None or job.done.done():
+                continue  # its worker was cancelled meanwhile
+            if failure is None:
+                job.done.set_result(None)
+            else:
+                job.done.set_exception(failure)
+
+    async def _commit_isolating(self, jobs: list[Job]) -> list[Exception | None]:
+        """Commit ``jobs`` in one transaction; what each job's worker is told (``None``: done).
+
+        A permanent failure (or one we cannot classify) is narrowed down instead of retried:
+        each job alone, then each input of a failing job alone, in order; the input that fails
+        alone is dead-lettered. Only a transient failure goes back to the workers."""
+        try:
+            lost = await self._commit(jobs)
+        except Exception as exc:
+            if classify(exc) is Failure.TRANSIENT:
+                return [exc] * len(jobs)
+            if len(jobs) > 1:
+                log.warning("group commit refused; committing its batches one by one",
+                            batches=len(jobs), error=describe(exc))  # fmt: skip
+                return [(await self._commit_isolating([job]))[0] for job in jobs]
+            return [await self._commit_inputs_alone(jobs[0], exc)]
+        return [_lost(j) if j.partition in lost else None for j in jobs]
+
+    async def _commit_inputs_alone(self, job: Job, exc: Exception) -> Exception | None:
+        if len(job.items) == 1:
+            return await self._commit_poison(job, job.items[0], exc)
+        log.warning("batch refused; committing its inputs one at a time", partition=job.partition,
+                    inputs=len(job.items), error=describe(exc))  # fmt: skip
+        for item in job.items:
+            [failure] = await self._commit_isolating([Job(job.partition, job.epoch, [item])])
+            if failure is not None:
+                return failure  # transient or lease lost: the worker retries from here
+        return None
+
+    async def _commit_poison(self, job: Job, item: Input, exc: Exception) -> Exception | None:
+        """Dead-letter ``item``, which cannot be committed even alone, and record its sequence
+        as applied, in one transaction fenced by the lease: it is reported exactly once."""
+        now = self._clock()
+        writes = self._writes(now)
+        reason = f"its writes were refused: {describe(exc)}"
+        self._dead_letter(item, reason, writes, now, item.headers.get("traceparent"))
+        writes.applied[job.partition] = item.seq
         try:
             async with self._pool.acquire() as conn:
-                messages, lost = await self._apply_jobs(conn, jobs)
-                await self._outbox.publish(messages, conn)
-        except Exception as exc:  # the transaction rolled back: every batch in it retries
-            for job in jobs:
-                if not job.done.done():
-                    job.done.set_exception(exc)
-            return
-        for job in jobs:
-            if job.done.done():
-                continue  # its worker was cancelled meanwhile
-            if job.partition in lost:
-                job.done.set_exception(
-                    LeaseLost(f"partition {job.partition} at epoch {job.epoch} is not ours")
-                )
-            else:
-                job.done.set_result(None)
+                async with conn.transaction():
+                    last = await self._leases.fence_many(conn, {job.partition: job.epoch})
+                    seq = last[job.partition]
+                    if seq is None:
+                        return _lost(job)
+                    if seq >= item.seq:
+                        return None  # committed meanwhile: the failure came after the commit
+                    rows = await writes.commit(conn)
+                await self._outbox.publish([OutboxMessage(*row) for row in rows], conn)
+        except Exception as failure:
+            return failure
+        return None
+
+    async def _commit(self, jobs: list[Job]) -> set[int]:
+        """One transaction for ``jobs``, then the publish of its outbox; the partitions lost."""
+        # One pooled connection for the commit and the outbox delete after the publish: asyncpg
+        # resets a connection on every release, which costs as much as a statement.
+        async with self._pool.acquire() as conn:
+            messages, lost = await self._apply_jobs(conn, jobs)
+            await self._outbox.publish(messages, conn)
+        return lost
 
     async def _apply_jobs(
         self, conn: asyncpg.Connection, jobs: list[Job]
@@ -187,7 +259,7 @@ class Engine:
         started = time.perf_counter()
         catalogue = self._journeys.current  # one catalogue for the whole transaction
         now = self._clock()
-        writes = BatchWrites(self._topology, now, notify_within=self._notify_within)
+        writes = self._writes(now)
         async with conn.transaction():
             last = await self._leases.fence_many(conn, {j.partition: j.epoch for j in jobs})
             lost = {p for p, seq in last.items() if seq is None}

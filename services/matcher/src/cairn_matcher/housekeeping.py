@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 from prometheus_client import Gauge
 
+from cairn_common.failures import describe, is_transient
 from cairn_common.waiting import wait_any
 from cairn_matcher.leases import PartitionLeases
 
@@ -27,7 +28,6 @@ INSTANCES = Gauge(
     "Journey instances by journey and status, sampled (reported by one matcher replica)",
     ["journey", "status"],
 )
-TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 async def count_instances(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
@@ -44,10 +44,11 @@ async def sample_instances(
     while not stop.is_set():
         try:
             counts = await count_instances(pool) if 0 in leases.held else {}
-        except TRANSIENT as exc:
-            log.warning("cannot count journey instances", error=repr(exc))
-        except Exception:  # a gauge must never take the matcher down
-            log.exception("counting journey instances failed")
+        except Exception as exc:  # a gauge must never take the matcher down
+            if is_transient(exc):
+                log.warning("cannot count journey instances", error=describe(exc))
+            else:
+                log.exception("counting journey instances failed")
         else:
             for (journey, status), n in counts.items():
                 INSTANCES.labels(journey, status).set(n)
@@ -93,8 +94,9 @@ async def prune_regularly(
         if 0 in leases.held:
             try:
                 PRUNED.set(await prune_delivery_events(pool, days=days))
-            except TRANSIENT as exc:
-                log.warning("cannot prune delivery_events", error=repr(exc))
-            except Exception:  # housekeeping must never take the matcher down
-                log.exception("pruning delivery_events failed")
+            except Exception as exc:  # housekeeping must never take the matcher down
+                if is_transient(exc):
+                    log.warning("cannot prune delivery_events", error=describe(exc))
+                else:
+                    log.exception("pruning delivery_events failed")
         await wait_any(stop, timeout=interval)

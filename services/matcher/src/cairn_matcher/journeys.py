@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from prometheus_client import Gauge
 
+from cairn_common.failures import describe, is_transient
 from cairn_common.waiting import setter, wait_any
 from cairn_journey.catalogue import Catalogue
 from cairn_journey.documents import parse_document
@@ -33,7 +34,6 @@ LIVE_JOURNEYS = Gauge("cairn_matcher_live_journeys", "Journeys taking new entrie
 LOADED_VERSIONS = Gauge("cairn_matcher_loaded_versions", "Published journey versions loaded")
 
 CHANNEL = "cairn_journeys"
-TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def build_catalogue(rows: list[Any]) -> Catalogue:
@@ -85,16 +85,21 @@ class JourneyCatalogue:
                 self._reload.clear()
                 try:
                     await self.load()
-                except TRANSIENT as exc:
-                    log.warning("reloading journeys failed; will retry", error=repr(exc))
+                except Exception as exc:  # the journeys loaded last keep running meanwhile
+                    if not is_transient(exc):
+                        log.exception("reloading journeys failed; will retry")
+                    else:
+                        log.warning("reloading journeys failed; will retry", error=describe(exc))
 
     async def _listen(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(self._database_url)
-            except TRANSIENT as exc:
-                log.warning("cannot LISTEN for journey changes yet", error=repr(exc))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("cannot LISTEN for journey changes yet", error=describe(exc))
                 await wait_any(stop, timeout=1.0)
                 continue
             try:
@@ -103,5 +108,5 @@ class JourneyCatalogue:
                 self._reload.set()  # anything published while we were not listening
                 await wait_any(stop, lost)
             finally:
-                with contextlib.suppress(*TRANSIENT):
+                with contextlib.suppress(Exception):  # closing a lost connection: nothing to do
                     await asyncio.wait_for(conn.close(), timeout=2)

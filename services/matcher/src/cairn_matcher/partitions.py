@@ -8,25 +8,30 @@ fenced-out old owner cannot pull from the new consumer. Each fetched batch goes 
 which commits it (together with other partitions' batches: group commit) fenced by the lease and
 publishes the outbox; the batch is acked last.
 
-A database error does not nak anything: the batch is retried in place (the partition waits, which
-keeps its order) until it commits, the lease is lost, or the service stops. In the last two cases
-nothing is acked; the next worker replays from the committed sequence.
+A poison input never reaches the worker: the engine dead-letters it and commits the rest. What
+comes back is transient (PostgreSQL or NATS unavailable), and nothing is nakked for it: the batch
+is retried in place with backoff (the partition waits, which keeps its order) until it commits, the
+lease is lost, or the service stops. In the last two cases nothing is acked; the next worker
+replays from the committed sequence. A partition that has waited longer than
+``stalled_after_seconds`` is reported (``/readyz``, ``cairn status``, a gauge) rather than silent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Coroutine
+from typing import Any
 
-import asyncpg
 import structlog
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cairn_common.consume import fetch_unless_stopped
+from cairn_common.failures import Backoff, describe, is_transient
 from cairn_common.messages import decode
 from cairn_common.runtime import ServiceContext
 from cairn_common.waiting import wait_any
@@ -36,8 +41,6 @@ from cairn_matcher.leases import LeaseLost, PartitionLeases
 from cairn_matcher.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-TRANSIENT = (NatsError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def consumer_name(partition: int, epoch: int) -> str:
@@ -59,6 +62,9 @@ class PartitionWorker:
         self._leases = leases
         self._engine = engine
         self.stop = asyncio.Event()
+        self.waiting_since: float | None = None
+        """Since when (``time.monotonic``) the batch in hand (or the consumer's binding) has been
+        waiting to commit; ``None`` between batches."""
 
     @property
     def _stopping(self) -> bool:
@@ -76,20 +82,27 @@ class PartitionWorker:
                 if msgs:
                     await self._handle(msgs)
         finally:
-            with contextlib.suppress(*TRANSIENT):
-                await sub.unsubscribe()
+            await _unless_transient(sub.unsubscribe())
 
     async def _bind(self) -> JetStreamContext.PullSubscription | None:
-        delay = 0.2
+        backoff = Backoff()
         while not self._stopping:
             try:
-                return await self._create_consumer()
-            except TRANSIENT as exc:
+                sub = await self._create_consumer()
+                self.waiting_since = None
+                return sub
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._waiting()
                 log.warning("cannot bind the partition consumer yet", partition=self.partition,
-                            error=repr(exc))  # fmt: skip
-            await wait_any(self.stop, self._ctx.stopping, timeout=delay)
-            delay = min(delay * 2, 5.0)
+                            error=describe(exc))  # fmt: skip
+            await wait_any(self.stop, self._ctx.stopping, timeout=backoff.next())
         return None
+
+    def _waiting(self) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
 
     async def _create_consumer(self) -> JetStreamContext.PullSubscription:
         ctx, p = self._ctx, self.partition
@@ -123,8 +136,10 @@ class PartitionWorker:
             return await fetch_unless_stopped(
                 sub, s.fetch_batch, s.fetch_timeout_seconds, self.stop, self._ctx.stopping
             )
-        except TRANSIENT as exc:
-            log.warning("fetch failed", partition=self.partition, error=repr(exc))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("fetch failed", partition=self.partition, error=describe(exc))
             await wait_any(self.stop, self._ctx.stopping, timeout=0.5)
             return []
 
@@ -132,30 +147,44 @@ class PartitionWorker:
         items = [_decoded(m) for m in msgs]
         if not await self._commit(items):
             return  # not committed: nothing is acked, the next worker replays from the commit
-        with contextlib.suppress(*TRANSIENT):
-            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        # AckPolicy.ALL acknowledges the whole batch; a lost ack only means a redelivery, which
+        # the committed sequence skips.
+        await _unless_transient(msgs[-1].ack())
 
     async def _commit(self, items: list[Input]) -> bool:
-        delay = 0.2
-        while True:
-            try:
-                await self._engine.apply(self.partition, self.epoch, items)
-                return True
-            except LeaseLost as exc:
-                log.warning("lease lost; handing the partition over", partition=self.partition,
-                            error=str(exc))  # fmt: skip
-                self._leases.forget(self.partition, self.epoch)
-                self.stop.set()
-                return False
-            except TRANSIENT as exc:
-                log.warning("batch not committed; retrying", partition=self.partition,
-                            error=repr(exc))  # fmt: skip
-            except Exception:
-                log.exception("batch failed; retrying", partition=self.partition)
-            if self._stopping:
-                return False
-            await wait_any(self.stop, self._ctx.stopping, timeout=delay)
-            delay = min(delay * 2, 5.0)
+        backoff = Backoff()
+        self._waiting()
+        try:
+            while True:
+                try:
+                    await self._engine.apply(self.partition, self.epoch, items)
+                    return True
+                except LeaseLost as exc:
+                    log.warning("lease lost; handing the partition over",
+                                partition=self.partition, error=str(exc))  # fmt: skip
+                    self._leases.forget(self.partition, self.epoch)
+                    self.stop.set()
+                    return False
+                except Exception as exc:
+                    # Transient, or the dead-lettering of a poison input itself failed: the
+                    # engine narrows the batch down again on the next attempt.
+                    log.warning("batch not committed; retrying", partition=self.partition,
+                                error=describe(exc), transient=is_transient(exc))  # fmt: skip
+                if self._stopping:
+                    return False
+                await wait_any(self.stop, self._ctx.stopping, timeout=backoff.next())
+        finally:
+            self.waiting_since = None
+
+
+async def _unless_transient(step: Coroutine[Any, Any, object]) -> None:
+    """Await ``step``; a transient failure of it is logged and forgotten."""
+    try:
+        await step
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.info("best-effort step failed", error=describe(exc))
 
 
 def _decoded(msg: Msg) -> Input:
@@ -192,6 +221,12 @@ class PartitionSupervisor:
     @property
     def partitions(self) -> list[int]:
         return sorted(self._running)
+
+    def stalled(self, after: float) -> dict[int, float]:
+        """Partitions whose batch has not committed for ``after`` seconds or more -> seconds."""
+        now = time.monotonic()
+        waits = {p: w.waiting_since for p, (w, _) in self._running.items()}
+        return {p: now - t for p, t in sorted(waits.items()) if t is not None and now - t >= after}
 
     def consumers(self) -> dict[str, str]:
         """The partition consumers read now: ``matcher-{p}`` (stable metric label) -> durable."""

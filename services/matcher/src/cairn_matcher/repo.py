@@ -21,6 +21,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from cairn_common.failures import PermanentInputError
+
 _json = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -62,18 +64,34 @@ async def save_states(conn: asyncpg.Connection, states: Iterable[tuple[str, int,
         )  # fmt: skip
 
 
-async def merge_traits(conn: asyncpg.Connection, traits: dict[str, dict[str, Any]]) -> None:
-    """Identify traits into ``profiles`` (later keys win), readable by operators and services."""
-    if traits:
-        await conn.execute(
-            """INSERT INTO profiles (profile_id, traits)
+async def merge_traits(
+    conn: asyncpg.Connection, traits: dict[str, dict[str, Any]], *, budget: int
+) -> None:
+    """Identify traits into ``profiles`` (later keys win), readable by operators and services.
+
+    Traits only grow, and every delivery request carries them, so a profile's traits have a
+    budget: ``budget`` bytes of JSON. A merge that would exceed it raises
+    ``PermanentInputError`` naming the profile (the transaction rolls back; the engine then
+    dead-letters the input that did it)."""
+    if not traits:
+        return
+    over = await conn.fetch(
+        """WITH merged AS (
+               INSERT INTO profiles (profile_id, traits)
                SELECT p, t::jsonb FROM unnest($1::text[], $2::text[]) AS x(p, t)
                ON CONFLICT (profile_id) DO UPDATE
-               SET traits = profiles.traits || EXCLUDED.traits, updated_at = now()""",
-            *_columns(
-                ((p, _json.encode(t).decode()) for p, t in traits.items()), 2, key=_first
-            ),
-        )  # fmt: skip
+               SET traits = profiles.traits || EXCLUDED.traits, updated_at = now()
+               RETURNING profile_id, octet_length(traits::text) AS size)
+           SELECT profile_id, size FROM merged WHERE size > $3""",
+        *_columns(((p, _json.encode(t).decode()) for p, t in traits.items()), 2, key=_first),
+        budget,
+    )
+    if over:
+        sizes = ", ".join(f"{r['profile_id']!r} to {r['size']:,} bytes" for r in over[:5])
+        raise PermanentInputError(
+            f"traits over the profile budget of {budget:,} bytes (CAIRN_MAX_PROFILE_TRAITS_BYTES):"
+            f" this identify would grow {sizes}"
+        )
 
 
 TimerRow = tuple[str, str, int, str, str, str, datetime, str | None]

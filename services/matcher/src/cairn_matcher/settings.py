@@ -39,6 +39,13 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     """Transactions in flight at once (group commit); each takes every batch waiting."""
     max_commit_inputs: int = 2_000
     """Most inputs one transaction takes."""
+    max_profile_traits_bytes: int = 65_536
+    """A profile's traits may take this much (as JSON); an identify that would
+    grow them past it is dead-lettered with the reason. Every delivery request carries them."""
+    stalled_after_seconds: float = 60.0
+    """A partition whose batch has waited this long to commit (PostgreSQL down or locked, a failure
+    that keeps coming back) makes the matcher not ready: ``/readyz`` and ``cairn status`` name
+    it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,5 +60,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
             )
         if self.committers < 1 or self.max_commit_inputs < 1:
             raise SettingsError("CAIRN_COMMITTERS and CAIRN_MAX_COMMIT_INPUTS must be at least 1")
+        if self.max_profile_traits_bytes < 1024:
+            raise SettingsError("CAIRN_MAX_PROFILE_TRAITS_BYTES must be at least 1024")
+        if self.stalled_after_seconds <= 0:
+            raise SettingsError("CAIRN_STALLED_AFTER_SECONDS must be positive")
         if self.max_cached_profiles < 1:
             raise SettingsError("CAIRN_MAX_CACHED_PROFILES must be at least 1")
