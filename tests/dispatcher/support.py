@@ -160,6 +160,24 @@ async def apply(db: asyncpg.Connection, kind: str, name: str, document: dict[str
     )
 
 
+async def email_channel(
+    db: asyncpg.Connection, smtp: SmtpSink, template: str, document: dict[str, Any]
+) -> None:
+    """Channel ``email`` over SMTP to ``smtp`` (no STARTTLS), and Template ``template``."""
+    await apply(
+        db,
+        "Channel",
+        "email",
+        {
+            "type": "email",
+            "provider": "smtp",
+            "endpoint": f"smtp://127.0.0.1:{smtp.port}",
+            "options": {"starttls": False, "from": "Shop <shop@example.test>"},
+        },
+    )
+    await apply(db, "Template", template, document)
+
+
 def delivery(
     delivery_id: str,
     *,

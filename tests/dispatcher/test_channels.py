@@ -30,6 +30,7 @@ from tests.dispatcher.support import (
     SmtpSink,
     apply,
     delivery,
+    email_channel,
     ledger,
     self_signed_tls,
     send_requests,
@@ -53,18 +54,7 @@ def _b64url(data: bytes) -> str:
 
 
 async def _email_channel(db: asyncpg.Connection, smtp: SmtpSink) -> None:
-    await apply(
-        db,
-        "Channel",
-        "email",
-        {
-            "type": "email",
-            "provider": "smtp",
-            "endpoint": f"smtp://127.0.0.1:{smtp.port}",
-            "options": {"starttls": False, "from": "Shop <shop@example.test>"},
-        },
-    )
-    await apply(db, "Template", "cart-reminder-email", EMAIL_TEMPLATE)
+    await email_channel(db, smtp, "cart-reminder-email", EMAIL_TEMPLATE)
 
 
 async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(

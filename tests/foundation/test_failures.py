@@ -31,6 +31,11 @@ def _pg(sqlstate: str) -> asyncpg.PostgresError:
         (_pg("08006"), Failure.TRANSIENT),  # connection failure
         (_pg("42P01"), Failure.BUG),  # undefined table: our SQL is wrong
         (asyncpg.InterfaceError("connection is closed"), Failure.TRANSIENT),
+        # asyncpg refusing an argument client-side (an int past int4) is the input's fault
+        (
+            asyncpg.exceptions._base.DataError("invalid input for query argument $4"),
+            Failure.PERMANENT,
+        ),
         (ConnectionResetError(), Failure.TRANSIENT),
         (TimeoutError(), Failure.TRANSIENT),
         (nats_errors.NoServersError(), Failure.TRANSIENT),

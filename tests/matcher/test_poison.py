@@ -23,6 +23,7 @@ from tests.support.engine import (
     CART_EMAIL,
     Deliveries,
     Inputs,
+    dead_letters,
     prepared,
     publish_journey,
     wait_for_rows,
@@ -55,19 +56,7 @@ async def pool(
 
 
 async def input_dead_letters(js: JetStreamContext, topology: Topology) -> list[DeadLetter]:
-    subject = topology.dead_letter_subject(topology.inputs_stream)
-    sub = await js.subscribe(subject, stream=topology.dead_letter_stream, ordered_consumer=True)
-    letters: list[DeadLetter] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=1.0)
-            letter = decode(msg.data)
-            assert isinstance(letter, DeadLetter)
-            letters.append(letter)
-    except TimeoutError:
-        return letters
-    finally:
-        await sub.unsubscribe()
+    return await dead_letters(js, topology, topology.inputs_stream)
 
 
 async def test_a_nul_in_a_trait_is_dead_lettered_and_its_partition_goes_on(

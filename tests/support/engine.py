@@ -17,7 +17,7 @@ from nats.js.client import JetStreamContext
 
 from cairn_common.bus import provision_topology, publish
 from cairn_common.db import apply_migrations
-from cairn_common.messages import DeliveryRequested, Event, EventType, decode
+from cairn_common.messages import DeadLetter, DeliveryRequested, Event, EventType, decode
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 
@@ -175,3 +175,20 @@ async def metric(url: str, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and (line[len(name)] in " {")
     )
+
+
+async def dead_letters(js: JetStreamContext, topology: Topology, stream: str) -> list[DeadLetter]:
+    """Every dead letter of ``stream`` so far, oldest first."""
+    subject = topology.dead_letter_subject(stream)
+    sub = await js.subscribe(subject, stream=topology.dead_letter_stream, ordered_consumer=True)
+    letters: list[DeadLetter] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=1.0)
+            letter = decode(msg.data)
+            assert isinstance(letter, DeadLetter)
+            letters.append(letter)
+    except TimeoutError:
+        return letters
+    finally:
+        await sub.unsubscribe()

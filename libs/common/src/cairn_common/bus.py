@@ -21,6 +21,9 @@ log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("cairn.bus")
 
 MSG_ID = "Nats-Msg-Id"
+REDRIVE_HEADER = "Cairn-Redrive"
+"""Set on a message re-driven from the dead letters: the id of the dead letter it came from. A
+consumer that recorded the original as dead-lettered takes the re-driven copy as a new try."""
 
 
 async def connect(url: str, *, name: str) -> NATS:

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from cairn_common.bus import publish
+from cairn_common.failures import Backoff, describe, is_transient
 from cairn_common.messages import DeadLetter, Message, decode
 from cairn_common.observability import (
     DEAD_LETTERS,
@@ -163,20 +164,63 @@ class PullConsumer:
         self.idle.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, handle, settle until ``stop``. A transient failure anywhere in that (NATS
+        restarting, the database away) pauses the loop with backoff and it goes on by itself;
+        what was fetched and not settled is redelivered after the ack wait. Anything else is a
+        bug and propagates, after the messages on their last delivery are dead-lettered, so a
+        crash never silently drops a message JetStream will not deliver again."""
         sub = await self._js.pull_subscribe_bind(
             durable=self._spec.durable, stream=self._spec.stream
         )
+        backoff = Backoff()
         try:
             while not stop.is_set():
-                msgs = await self._fetch(sub, stop)
-                if msgs:
-                    self.idle.clear()
-                    try:
+                msgs: list[Msg] = []
+                try:
+                    msgs = await self._fetch(sub, stop)
+                    if msgs:
+                        self.idle.clear()
                         await self._handle(msgs)
-                    finally:
-                        self.idle.set()
+                    backoff.reset()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    await self._last_attempts_failed(msgs, exc)
+                    if not is_transient(exc):
+                        raise
+                    delay = backoff.next()
+                    log.warning(
+                        "consumer paused: will go on by itself",
+                        stream=self._spec.stream,
+                        consumer=self._spec.durable,
+                        error=describe(exc),
+                        retry_in=delay,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                finally:
+                    self.idle.set()
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _last_attempts_failed(self, msgs: list[Msg], exc: BaseException) -> None:
+        """The explicit last-attempt check: a message whose handling failed on the delivery
+        JetStream counts as its last is dead-lettered now, with the failure as its reason."""
+        for msg in msgs:
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries < self._spec.max_deliver or msg._ackd:  # settled before the failure
+                continue
+            try:
+                await self._dead_letter(
+                    msg, f"gave up after {deliveries} deliveries: {describe(exc)}", deliveries
+                )
+            except Exception as again:  # the same outage: JetStream's advisory is all that is left
+                log.error(
+                    "could not dead-letter a message on its last delivery",
+                    subject=msg.subject,
+                    error=describe(again),
+                )
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event

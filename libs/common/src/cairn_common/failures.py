@@ -77,7 +77,7 @@ _PERMANENT: tuple[type[BaseException], ...] = (
 )
 
 # JetStream API error codes that mean "not now" (storage full, stream or leader unavailable).
-_JS_TRANSIENT_CODES = frozenset({10023, 10047, 10077, 10008, 10118})
+_JS_TRANSIENT_CODES = frozenset({10008, 10023, 10047, 10077, 10118})
 _JS_TRANSIENT_STATUS = frozenset({408, 500, 503})
 
 
@@ -91,6 +91,10 @@ def classify(exc: BaseException) -> Failure:
         return Failure.PERMANENT
     if isinstance(exc, asyncpg.PostgresError):
         return _classify_postgres(exc)
+    if isinstance(exc, asyncpg.exceptions._base.DataError):
+        # asyncpg refused an argument before sending it (an int out of int4 range, a str for an
+        # int): the input's fault, however it is otherwise an InterfaceError.
+        return Failure.PERMANENT
     if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
         # The client's view of a broken connection (closed, in a failed transaction after a
         # disconnect) passes with a new connection.

@@ -27,7 +27,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from cairn_common.bus import MSG_ID
+from cairn_common.bus import MSG_ID, REDRIVE_HEADER
 from cairn_common.failures import describe, is_transient
 from cairn_common.messages import (
     DeadLetter,
@@ -51,8 +51,6 @@ sequences) ends the page early with a cursor to go on from, rather than reading 
 READ_AHEAD = 50
 """Sequences read concurrently when walking the stream newest first."""
 MAX_ORIGINAL_TEXT = 64 * 1024
-REDRIVE_HEADER = "Cairn-Redrive"
-"""Set on a re-driven message: the id of the dead letter it came from."""
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 NO_MESSAGE = 10037
 """JetStream's "no message found": the sequence was deleted (or never was)."""

@@ -4,12 +4,21 @@ For each request, in order: the ledger (a delivery that reached a terminal statu
 again; its result is re-published and the message acked), the instance (an exited instance's send
 is dropped), the target document, the address, consent and suppressions, the frequency cap, quiet
 hours (deferred to their end, not dropped), the template. What is left is sent concurrently, each
-provider bounding its own concurrency. Then one ledger write for the whole batch, the results
-published into each profile's partition, and only then the acks.
+provider bounding its own concurrency. Then one ledger write for the whole batch (the
+suppressions its bounces and unsubscribes caused in the same transaction), the results published
+into each profile's partition, and only then the acks.
 
+Failures follow ``cairn_common.failures``. What is wrong with one request (an id or address that
+cannot be stored, a template that does not render, a ledger row the database refuses) is that
+delivery's outcome, never the batch's: its neighbours are sent and recorded once. Once provider
+calls were made, a transient failure of the ledger write (the database away) is retried in place
+while JetStream is told the batch is still in progress: what was sent is recorded, not sent again.
 A crash between a provider call and the ledger write means the request is redelivered and sent
 once more with the same idempotency key (delivery id): at most one duplicate, which providers
 that honour the key drop.
+
+A request re-driven from the dead letters (``Cairn-Redrive``) whose delivery was recorded as
+``dead_lettered`` is tried again: the operator fixed what was wrong.
 """
 
 from __future__ import annotations
@@ -28,17 +37,26 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 
-from cairn_common.bus import MSG_ID
+from cairn_common.bus import MSG_ID, REDRIVE_HEADER
 from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
+from cairn_common.failures import Backoff, describe, is_transient
 from cairn_common.messages import DeliveryRequested, DeliveryResult
 from cairn_common.observability import tracing_enabled
+from cairn_common.storable import string_problem
 from cairn_common.topology import Topology
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.lookup import Lookup
 from cairn_dispatcher.policy import consent_refusal, quiet_until
 from cairn_dispatcher.providers.base import Failed, Job, SendOutcome
 from cairn_dispatcher.providers.registry import Providers
-from cairn_dispatcher.repo import TERMINAL, DeliveryLedger, Instances, LedgerEntry, Suppressions
+from cairn_dispatcher.repo import (
+    TERMINAL,
+    DeliveryLedger,
+    Instances,
+    LedgerEntry,
+    Suppression,
+    Suppressions,
+)
 from cairn_dispatcher.results import ResultPublisher
 from cairn_dispatcher.settings import Settings
 from cairn_journey.render import RenderError, render
@@ -75,6 +93,9 @@ class Pending(msgspec.Struct, kw_only=True):
     address: str | None = None
     decision: Decision | None = None
     job: Job | None = None
+    suppress: str | None = None
+    """A suppression this delivery's outcome causes ('bounced', 'unsubscribed'), written with
+    its ledger row."""
     span: Span | None = None
     """CONSUMER span of this request, continuing the trace of the input that caused it."""
 
@@ -161,13 +182,17 @@ class Dispatcher:
 
     async def _handle_batch(self, batch: list[Pending]) -> list[Outcome]:
         now = datetime.now(UTC)
-        await self._lookup.refresh()
-        done = await self._ledger.rows([p.req.delivery_id for p in batch])
-        statuses = await self._instances.statuses(list({p.req.instance_id for p in batch}))
-        replay: list[Pending] = []
         for p in batch:
+            if problem := _unstorable_key(p.req):
+                p.decision = _dead(f"the request's {problem}")
+        live = [p for p in batch if p.decision is None]
+        await self._lookup.refresh()
+        done = await self._ledger.rows([p.req.delivery_id for p in live])
+        statuses = await self._instances.statuses(list({p.req.instance_id for p in live}))
+        replay: list[Pending] = []
+        for p in live:
             row = done.get(p.req.delivery_id)
-            if row is not None and row.status in TERMINAL:
+            if row is not None and row.status in TERMINAL and not _redriven_after(row.status, p):
                 p.decision = Decision(
                     status=row.status,
                     settle=ACK,
@@ -182,9 +207,43 @@ class Dispatcher:
         await self._apply_policies([p for p in batch if p.decision is None], now)
         await self._prepare_jobs([p for p in batch if p.decision is None])
         await self._send_all([p for p in batch if p.decision is None])
-        fresh = [p for p in batch if p not in replay]
-        await self._ledger.record([self._entry(p, now) for p in fresh])
+        await self._record([p for p in batch if p not in replay], now)
         return await self._publish_results(batch, now)
+
+    async def _record(self, batch: list[Pending], now: datetime) -> None:
+        """Write what was done. A row refused for good dead-letters only its own message (it was
+        handled: never sent again); the database away is waited out, up to
+        ``ledger_retry_seconds``, since the sends cannot be undone."""
+        entries = [self._entry(p, now) for p in batch]
+        suppress = [
+            Suppression(
+                delivery_id=p.req.delivery_id,
+                profile_id=p.req.profile_id,
+                channel=_channel(p),
+                address=p.address,
+                reason=p.suppress,
+            )
+            for p in batch
+            if p.suppress is not None
+        ]
+        backoff = Backoff(first=0.2, cap=5.0)
+        deadline = time.monotonic() + self.settings.ledger_retry_seconds
+        while True:
+            try:
+                refused = await self._ledger.record(entries, suppress)
+                break
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() >= deadline:
+                    raise
+                delay = backoff.next()
+                log.warning("ledger write failed: retrying", error=describe(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+        for p in batch:
+            if (reason := refused.get(p.req.delivery_id)) is not None and p.decision is not None:
+                log.error("ledger row refused", delivery_id=p.req.delivery_id, reason=reason)
+                p.decision = msgspec.structs.replace(
+                    p.decision, settle=Reject(f"its ledger row was refused: {reason}")
+                )
 
     def _resolve(self, p: Pending) -> None:
         try:
@@ -196,9 +255,13 @@ class Dispatcher:
         needs_address = p.target.kind == "Channel" and not (
             p.target.type == "webhook" and p.target.setting("url")
         )
+        where = p.req.to or "the send's `to`"
         if needs_address and not p.address:
-            where = p.req.to or "the send's `to`"
             p.decision = Decision(status="skipped", settle=ACK, reason=f"no address in {where}")
+        elif p.address and (problem := string_problem(p.address)):
+            p.decision = Decision(
+                status="failed", settle=ACK, reason=f"the address from {where} {problem}"
+            )
 
     async def _apply_policies(self, batch: list[Pending], now: datetime) -> None:
         channel_batch = [p for p in batch if p.target is not None and p.target.kind == "Channel"]
@@ -251,6 +314,12 @@ class Dispatcher:
             except (DocumentError, RenderError) as exc:
                 p.decision = _dead(f"template {p.req.template!r}: {exc}")
                 continue
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # nothing was sent yet: the whole batch waits for the database
+                log.exception("template failed unexpectedly", delivery_id=p.req.delivery_id)
+                p.decision = _dead(f"template {p.req.template!r} failed: {describe(exc)}")
+                continue
             if rendered is None and p.target.type in ("smtp", "twilio", "fcm", "webpush"):
                 p.decision = _dead(f"a {p.target.type} send needs a template")
                 continue
@@ -265,7 +334,7 @@ class Dispatcher:
     async def _send_all(self, batch: list[Pending]) -> None:
         results = await asyncio.gather(*(self._send(p) for p in batch))
         for p, result in zip(batch, results, strict=True):
-            p.decision = await self._decide(p, result)
+            p.decision = self._decide(p, result)
 
     async def _send(self, p: Pending) -> SendOutcome:
         assert p.job is not None
@@ -290,16 +359,16 @@ class Dispatcher:
             log.exception("provider failed unexpectedly", delivery_id=p.req.delivery_id)
             return Failed(reason=f"{type(exc).__name__}: {exc}", retryable=True)
 
-    async def _decide(self, p: Pending, result: SendOutcome) -> Decision:
+    def _decide(self, p: Pending, result: SendOutcome) -> Decision:
         if not isinstance(result, Failed):
             return Decision(
                 status="sent", settle=ACK, provider_message_id=result.provider_message_id
             )
         if result.bounced:
-            await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "bounced")
+            p.suppress = "bounced"
             return Decision(status="bounced", settle=ACK, reason=result.reason)
         if result.unsubscribed:
-            await self._suppressions.add(p.req.profile_id, _channel(p), p.address, "unsubscribed")
+            p.suppress = "unsubscribed"
             return Decision(status="suppressed", settle=ACK, reason=result.reason)
         if not result.retryable:
             return Decision(status="failed", settle=ACK, reason=result.reason)
@@ -336,6 +405,7 @@ class Dispatcher:
             provider_message_id=p.decision.provider_message_id,
             attempts=p.item.deliveries if p.job is not None else 0,
             sent_at=now if p.decision.status == "sent" else None,
+            redriven=REDRIVE_HEADER in p.item.headers,
         )
 
     async def _publish_results(self, batch: list[Pending], now: datetime) -> list[Outcome]:
@@ -436,6 +506,26 @@ def _trace_headers(p: Pending) -> dict[str, str]:
     elif traceparent := p.item.headers.get("traceparent"):
         headers["traceparent"] = traceparent
     return headers
+
+
+_KEYS = ("delivery_id", "profile_id", "journey", "instance_id", "step_id", "channel", "destination")
+
+
+def _unstorable_key(req: DeliveryRequested) -> str | None:
+    """The first id of the request that no query could carry (only a forged request has one:
+    ingest refuses such values at the edge)."""
+    for name in _KEYS:
+        value = getattr(req, name)
+        if isinstance(value, str) and (problem := string_problem(value)):
+            return f"{name} {problem}"
+    if not -(2**31) <= req.version < 2**31:
+        return f"version {req.version} is out of range"
+    return None
+
+
+def _redriven_after(status: str, p: Pending) -> bool:
+    """A re-driven copy of a dead-lettered delivery is a new try, not a replay."""
+    return status == "dead_lettered" and REDRIVE_HEADER in p.item.headers
 
 
 def _dead(reason: str) -> Decision:

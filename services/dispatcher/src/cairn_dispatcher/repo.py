@@ -10,6 +10,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from cairn_common.failures import describe, is_permanent
+from cairn_common.storable import storable_text, string_problem
+
 TERMINAL = frozenset(
     {"sent", "failed", "bounced", "skipped", "suppressed", "dropped", "dead_lettered"}
 )
@@ -40,6 +43,29 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
     provider_message_id: str | None
     attempts: int
     sent_at: datetime | None
+    redriven: bool = False
+    """Re-driven from the dead letters: may replace this delivery's ``dead_lettered`` row."""
+
+
+class Suppression(msgspec.Struct, frozen=True, kw_only=True):
+    """A suppression a delivery's outcome caused (a bounce, an unsubscribe), written with it."""
+
+    delivery_id: str
+    profile_id: str
+    channel: str
+    address: str | None
+    reason: str
+
+
+def _storable(entry: LedgerEntry) -> LedgerEntry:
+    """Every text of the entry as PostgreSQL can store it: a forged request's NUL in an address
+    or an id must not cost the ledger row that records what was done."""
+    changes = {
+        name: storable_text(value)
+        for name in LedgerEntry.__struct_fields__
+        if isinstance(value := getattr(entry, name), str) and string_problem(value) is not None
+    }
+    return msgspec.structs.replace(entry, **changes) if changes else entry
 
 
 class DeliveryLedger:
@@ -54,34 +80,74 @@ class DeliveryLedger:
         )
         return {r["delivery_id"]: LedgerRow(**dict(r)) for r in records}
 
-    async def record(self, entries: Sequence[LedgerEntry]) -> None:
-        """Upsert a batch of outcomes in one statement (group commit)."""
+    async def record(
+        self, entries: Sequence[LedgerEntry], suppress: Sequence[Suppression] = ()
+    ) -> dict[str, str]:
+        """Write a batch's outcomes and the suppressions they caused in one transaction (group
+        commit). A row the database refuses for a permanent reason costs only its own delivery:
+        the batch is written again one delivery at a time, and the reason each refused delivery
+        was refused is returned (``delivery_id -> reason``). A transient failure propagates."""
         if not entries:
-            return
-        columns = [f for f in LedgerEntry.__struct_fields__]
+            return {}
+        try:
+            await self._write(entries, suppress)
+            return {}
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            if len(entries) == 1:
+                return {entries[0].delivery_id: describe(exc)}
+        refused: dict[str, str] = {}
+        for entry in entries:
+            own = [s for s in suppress if s.delivery_id == entry.delivery_id]
+            try:
+                await self._write([entry], own)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                refused[entry.delivery_id] = describe(exc)
+        return refused
+
+    async def _write(self, entries: Sequence[LedgerEntry], suppress: Sequence[Suppression]) -> None:
+        entries = [_storable(e) for e in entries]
+        columns = [f for f in LedgerEntry.__struct_fields__ if f != "redriven"]
         arrays = [[getattr(e, c) for e in entries] for c in columns]
-        await self._pool.execute(
-            """
-            INSERT INTO delivery_ledger (delivery_id, profile_id, journey, version, instance_id,
-                step_id, channel, destination, address, status, reason, provider_message_id,
-                attempts, sent_at)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                $12::text[], $13::int[], $14::timestamptz[])
-            ON CONFLICT (delivery_id) DO UPDATE SET
-                status = EXCLUDED.status,
-                reason = EXCLUDED.reason,
-                provider_message_id = COALESCE(EXCLUDED.provider_message_id,
-                                               delivery_ledger.provider_message_id),
-                attempts = GREATEST(EXCLUDED.attempts, delivery_ledger.attempts),
-                sent_at = COALESCE(delivery_ledger.sent_at, EXCLUDED.sent_at),
-                address = COALESCE(EXCLUDED.address, delivery_ledger.address),
-                updated_at = now()
-            WHERE delivery_ledger.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
-                'suppressed', 'dropped', 'dead_lettered')
-            """,
-            *arrays,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO delivery_ledger (delivery_id, profile_id, journey, version,
+                    instance_id, step_id, channel, destination, address, status, reason,
+                    provider_message_id, attempts, sent_at)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                    $12::text[], $13::int[], $14::timestamptz[])
+                ON CONFLICT (delivery_id) DO UPDATE SET
+                    status = EXCLUDED.status,
+                    reason = EXCLUDED.reason,
+                    provider_message_id = COALESCE(EXCLUDED.provider_message_id,
+                                                   delivery_ledger.provider_message_id),
+                    attempts = GREATEST(EXCLUDED.attempts, delivery_ledger.attempts),
+                    sent_at = COALESCE(delivery_ledger.sent_at, EXCLUDED.sent_at),
+                    address = COALESCE(EXCLUDED.address, delivery_ledger.address),
+                    updated_at = now()
+                WHERE delivery_ledger.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
+                    'suppressed', 'dropped')
+                  AND (delivery_ledger.status <> 'dead_lettered'
+                       OR delivery_ledger.delivery_id = ANY($15::text[]))
+                """,
+                *arrays,
+                [e.delivery_id for e in entries if e.redriven],
+            )
+            if suppress:
+                await conn.execute(
+                    "INSERT INTO suppressions (profile_id, channel, address, reason)"
+                    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+                    " ON CONFLICT DO NOTHING",
+                    [storable_text(s.profile_id) for s in suppress],
+                    [storable_text(s.channel) for s in suppress],
+                    [storable_text(s.address or "") for s in suppress],
+                    [s.reason for s in suppress],
+                )
 
     async def sent_counts(
         self, keys: Iterable[tuple[str, str, float]]
@@ -134,16 +200,6 @@ class Suppressions:
             [k[2] for k in keys],
         )
         return {(r["profile_id"], r["channel"], r["address"]): r["reason"] for r in records}
-
-    async def add(self, profile_id: str, channel: str, address: str | None, reason: str) -> None:
-        await self._pool.execute(
-            "INSERT INTO suppressions (profile_id, channel, address, reason)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            profile_id,
-            channel,
-            address or "",
-            reason,
-        )
 
 
 class Instances:

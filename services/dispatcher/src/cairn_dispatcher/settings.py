@@ -25,6 +25,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     progress_interval_seconds: float = 0.4
     """How often a batch in flight tells JetStream it is still being worked on (below the
     consumer's effective ack wait, 1 s)."""
+    ledger_retry_seconds: float = 300.0
+    """How long a batch whose provider calls were made waits for the database to record them
+    (retrying with backoff, the batch kept in progress) before it gives up and is redelivered."""
     documents_ttl_seconds: float = 5.0
     """How long Channel/Destination/Template documents are cached before re-reading."""
 

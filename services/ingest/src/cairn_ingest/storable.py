@@ -1,63 +1,15 @@
-"""Every accepted event must be storable everywhere it goes: PostgreSQL's ``text`` and ``jsonb``
-refuse NUL characters, UTF-8 refuses unpaired surrogates (JSON's ``\\ud800``), and a structure
-nested thousands of levels deep overflows every recursive encoder and decoder on the way. An
-event that holds one of these is refused here, at the edge, with the JSON path of the first bad
-value, instead of being accepted and then failing in the matcher or the dispatcher.
-
-The walk is iterative, so it cannot itself overflow the stack however deep the input.
+"""Ingest's half of "every accepted event must be storable everywhere it goes": the checks
+themselves live in ``cairn_common.storable``; here are the byte-level helpers that let a batch
+refuse its one bad item and keep the rest (``lone_surrogate``, ``split_array``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-MAX_DEPTH = 64
-"""Objects and arrays may nest this deep inside an event's ``properties``, ``traits``,
-``context`` or ``integrations`` (Segment documents no limit; 64 is far beyond any real event)."""
+from cairn_common.storable import MAX_DEPTH, Unstorable, check_storable
 
-
-class Unstorable(ValueError):
-    """``path`` names the offending value (``properties.items[2].name``)."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path} {problem}")
-        self.path = path
-
-
-def _string_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return "holds a NUL character (\\u0000), which cannot be stored"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "holds an unpaired UTF-16 surrogate, which is not valid Unicode"
-    return None
-
-
-def check_storable(root: str, value: Any, *, max_depth: int = MAX_DEPTH) -> None:
-    """Raise ``Unstorable`` for the first NUL, unpaired surrogate (in a key or a value) or
-    nesting deeper than ``max_depth`` under ``root``."""
-    stack: list[tuple[str, Any, int]] = [(root, value, 0)]
-    while stack:
-        path, item, depth = stack.pop()
-        if isinstance(item, str):
-            problem = _string_problem(item)
-            if problem:
-                raise Unstorable(path, problem)
-        elif isinstance(item, dict | list):
-            if depth >= max_depth:
-                raise Unstorable(path, f"nests deeper than {max_depth} levels")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    key_text = str(key)
-                    problem = _string_problem(key_text)
-                    if problem:
-                        raise Unstorable(f"key {key_text!r} of {path}", problem)
-                    stack.append((f"{path}.{key_text}", child, depth + 1))
-            else:
-                stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
-
+__all__ = ["MAX_DEPTH", "Unstorable", "check_storable", "lone_surrogate", "split_array"]
 
 _SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"
