@@ -70,9 +70,18 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+STREAM_LIMITS = {
+    "inputs_max_bytes": 32 << 20,
+    "deliveries_max_bytes": 16 << 20,
+    "dead_letters_max_bytes": 4 << 20,
+}
+"""Small stream bounds for tests: every stream reserves its bound from JetStream's storage budget
+when created, and a session creates a few hundred namespaces."""
+
+
 @pytest.fixture
 def topology(namespace: str) -> Topology:
-    return Topology(namespace)
+    return Topology(namespace, **STREAM_LIMITS)
 
 
 @pytest.fixture
@@ -112,6 +121,7 @@ def service_env(servers: Servers, database_url: str, namespace: str) -> dict[str
         "CAIRN_DATABASE_URL": database_url,
         "CAIRN_NAMESPACE": namespace,
         "CAIRN_SHUTDOWN_GRACE_SECONDS": "10",
+        **{f"CAIRN_{name.upper()}": str(value) for name, value in STREAM_LIMITS.items()},
     }
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from nats.js import api
 from nats.js.client import JetStreamContext
 
 from cairn_common.bus import provision, provision_topology, publish
@@ -108,6 +109,31 @@ async def test_provisioning_twice_and_concurrently_leaves_one_identical_topology
     }
     for spec in topology.streams():
         await js.delete_stream(spec.name)
+
+
+async def test_streams_are_bounded_and_only_dead_letters_make_room_by_dropping(
+    js: JetStreamContext, topology: Topology
+) -> None:
+    """Inputs and deliveries refuse new messages when full (nothing accepted is dropped) and have
+    no age limit; the dead letters keep the newest, for 30 days. A deployment made before the
+    bounds existed gets them on its next start."""
+    old = api.StreamConfig(
+        name=topology.inputs_stream, subjects=[f"{topology.namespace}.inputs.>"],
+        max_age=7 * 86400.0, discard=api.DiscardPolicy.OLD,
+    )  # fmt: skip
+    await js.add_stream(old)
+    await provision_topology(js, topology)
+    configs = {s.name: (await js.stream_info(s.name)).config for s in topology.streams()}
+    bounds = {
+        topology.inputs_stream: (topology.inputs_max_bytes, api.DiscardPolicy.NEW, 0),
+        topology.deliveries_stream: (topology.deliveries_max_bytes, api.DiscardPolicy.NEW, 0),
+        topology.dead_letter_stream: (
+            topology.dead_letters_max_bytes, api.DiscardPolicy.OLD, 30 * 86400.0,
+        ),
+    }  # fmt: skip
+    assert {n: (c.max_bytes, c.discard, c.max_age) for n, c in configs.items()} == bounds
+    for name in configs:
+        await js.delete_stream(name)
 
 
 async def test_publish_with_the_same_msg_id_is_stored_once(

@@ -37,6 +37,7 @@ def test_every_missing_required_variable_is_named() -> None:
         ("CAIRN_MIGRATE_ON_START", "perhaps", "CAIRN_MIGRATE_ON_START='perhaps' is invalid"),
         ("CAIRN_PARTITIONS", "0", "CAIRN_PARTITIONS must be between 1 and 4096"),
         ("CAIRN_NAMESPACE", "a.b", "CAIRN_NAMESPACE='a.b' may hold only"),
+        ("CAIRN_INPUTS_MAX_BYTES", "1000", "CAIRN_INPUTS_MAX_BYTES must be at least 1048576"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:

@@ -20,12 +20,12 @@ from nats.errors import ConnectionClosedError
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
-from cairn_common.failures import Failure
+from cairn_common.failures import Failure, classify
 from cairn_common.messages import DeadLetter, DeliveryRequested, DeliveryResult, decode, encode
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 from cairn_matcher import repo
-from cairn_matcher.outbox import Outbox, OutboxMessage, failure_of, payload_bound
+from cairn_matcher.outbox import Outbox, OutboxMessage, payload_bound
 from tests.conftest import Servers
 from tests.support.engine import (
     CART_EMAIL,
@@ -172,7 +172,7 @@ async def test_a_transient_failure_leaves_every_row_for_a_later_attempt(
     await down.publish(messages)
     with pytest.raises(ConnectionClosedError) as raised:
         await down.relay_once()
-    assert failure_of(raised.value) is Failure.TRANSIENT, "so the relay backs off and retries"
+    assert classify(raised.value) is Failure.TRANSIENT, "so the relay backs off and retries"
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
 
     up = Outbox(js, pool, relay_after=0.0, topology=topology, partitions=P, max_bytes=bound)

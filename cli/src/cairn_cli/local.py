@@ -71,10 +71,21 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> Non
 
 
 class LocalNats:
-    def __init__(self, data_dir: Path, *, port: int = 0, monitor_port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        monitor_port: int = 0,
+        max_file_store: int = 64 << 30,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.monitor_port = monitor_port
+        self.max_file_store = max_file_store
+        """JetStream's storage budget. Every stream reserves its byte limit from it when created
+        (see cairn_common.topology), so it is set rather than left to JetStream's default of 75%
+        of the disk space free at start, which would make stream creation depend on the disk."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,8 +110,11 @@ class LocalNats:
         ports_dir.mkdir(exist_ok=True)
         for old in ports_dir.glob("*.ports"):
             old.unlink()
+        config = self.data_dir / "nats.conf"
+        config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
         args = [
-            exe, "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
+            exe, "--config", str(config),
+            "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
             "--addr", "127.0.0.1", "--port", str(self.port or -1),
             "--http_port", str(self.monitor_port or -1),
             "--ports_file_dir", str(ports_dir), "--server_name", "cairn-local",

@@ -58,8 +58,9 @@ def _stream_config(spec: StreamSpec, replicas: int) -> api.StreamConfig:
         retention=api.RetentionPolicy(spec.retention),
         storage=api.StorageType.FILE,
         duplicate_window=spec.duplicate_window.total_seconds(),
-        max_age=spec.max_age.total_seconds(),
-        discard=api.DiscardPolicy.OLD,
+        max_age=spec.max_age.total_seconds() if spec.max_age else 0,
+        max_bytes=spec.max_bytes,
+        discard=api.DiscardPolicy(spec.discard),
         num_replicas=replicas,
     )
 

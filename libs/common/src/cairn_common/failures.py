@@ -38,6 +38,12 @@ class TransientError(Exception):
     """Raised by our own code for a condition that will pass (e.g. a batch not acknowledged)."""
 
 
+class PublishFailed(Exception):
+    """At least one message of a batch was not acknowledged; the batch may be retried whole.
+    Classified by its ``__cause__`` (the refusal); without one it is a missing acknowledgement
+    (a timeout), so transient."""
+
+
 # SQLSTATE classes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _PG_TRANSIENT_CLASSES = ("08", "53", "57", "58", "XX")
 """Connection exception, insufficient resources, operator intervention (shutdown, statement
@@ -87,6 +93,8 @@ def classify(exc: BaseException) -> Failure:
         raise exc
     if isinstance(exc, TransientError):
         return Failure.TRANSIENT
+    if isinstance(exc, PublishFailed):
+        return classify(exc.__cause__) if exc.__cause__ is not None else Failure.TRANSIENT
     if isinstance(exc, _PERMANENT):
         return Failure.PERMANENT
     if isinstance(exc, asyncpg.PostgresError):

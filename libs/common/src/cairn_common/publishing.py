@@ -25,6 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from cairn_common.bus import MSG_ID, trace_headers
+from cairn_common.failures import PublishFailed
 from cairn_common.observability import tracing_enabled
 
 tracer = trace.get_tracer("cairn.publishing")
@@ -38,10 +39,6 @@ class Outgoing(msgspec.Struct, frozen=True):
     """W3C traceparent of what caused this message: the parent of its send span."""
     link: str | None = None
     """W3C traceparent of a related trace (not the parent): becomes a span link."""
-
-
-class PublishFailed(Exception):
-    """At least one message of a batch was not acknowledged; the batch may be retried whole."""
 
 
 def current_traceparent() -> str | None:

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cairn_common.bus import connect, provision_topology
 from cairn_common.consume import BatchHandler, PullConsumer
 from cairn_common.db import apply_migrations, create_pool
+from cairn_common.failures import describe, is_transient
 from cairn_common.observability import configure_logging, configure_tracing
 from cairn_common.settings import CommonSettings, SettingsError, load_settings
 from cairn_common.topology import ConsumerSpec, Topology
@@ -53,7 +54,12 @@ class ServiceContext(Generic[SettingsT]):
         self.js: JetStreamContext = nc.jetstream()
         self.pool = pool
         self.stopping = stopping
-        self.topology = Topology(settings.namespace)
+        self.topology = Topology(
+            settings.namespace,
+            inputs_max_bytes=settings.inputs_max_bytes,
+            deliveries_max_bytes=settings.deliveries_max_bytes,
+            dead_letters_max_bytes=settings.dead_letters_max_bytes,
+        )
         self.started = asyncio.Event()
         """Set by the work once it is consuming/serving; /readyz waits for it."""
         self.ready_checks: list[ReadyCheck] = []
@@ -152,13 +158,10 @@ async def _retry_until(
     while not stop.is_set():
         try:
             return await attempt()
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            log.warning(f"{what} not reachable yet", error=str(exc) or type(exc).__name__)
-        except Exception as exc:  # nats-py raises its own NoServersError etc.
-            if type(exc).__module__.startswith("nats"):
-                log.warning(f"{what} not reachable yet", error=str(exc) or type(exc).__name__)
-            else:
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
+            log.warning(f"{what} not reachable yet", error=describe(exc))
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:

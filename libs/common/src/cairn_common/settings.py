@@ -13,6 +13,13 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from cairn_common.topology import (
+    DEFAULT_DEAD_LETTERS_MAX_BYTES,
+    DEFAULT_DELIVERIES_MAX_BYTES,
+    DEFAULT_INPUTS_MAX_BYTES,
+    MIB,
+)
+
 PREFIX = "CAIRN_"
 
 
@@ -46,12 +53,22 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Set by each service; appears in logs, traces and metrics."""
     metrics_sample_seconds: float = 5.0
     """How often gauges read from NATS or PostgreSQL (consumer lag, instances) are refreshed."""
+    inputs_max_bytes: int = DEFAULT_INPUTS_MAX_BYTES
+    """Bound of the inputs stream: the backlog the matcher has not committed yet. When it is
+    full, ingest answers 503 (clients retry) and the scheduler and dispatcher wait."""
+    deliveries_max_bytes: int = DEFAULT_DELIVERIES_MAX_BYTES
+    """Bound of the deliveries work queue; when full, the matcher's outbox waits."""
+    dead_letters_max_bytes: int = DEFAULT_DEAD_LETTERS_MAX_BYTES
+    """Bound of the dead letters; when full, the oldest go first (30 days at most in any case)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 4096:
             raise SettingsError("CAIRN_PARTITIONS must be between 1 and 4096")
         if not 1 <= self.stream_replicas <= 5:
             raise SettingsError("CAIRN_STREAM_REPLICAS must be between 1 and 5 (JetStream's limit)")
+        for name in ("inputs_max_bytes", "deliveries_max_bytes", "dead_letters_max_bytes"):
+            if getattr(self, name) < MIB:
+                raise SettingsError(f"{env_name(name)} must be at least {MIB} (1 MiB)")
         if not self.namespace.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(
                 f"CAIRN_NAMESPACE={self.namespace!r} may hold only letters, digits, '-' and '_'"

@@ -10,6 +10,13 @@ Subjects:
                                      ``event``, ``timer`` (fired), ``result`` (delivery result)
 - ``{ns}.deliveries.{channel}``      delivery requests from the matcher's outbox (work queue)
 - ``{ns}.dlq.{stream}``              messages a consumer gave up on, with the reason
+
+Every stream is bounded in bytes (``CAIRN_INPUTS_MAX_BYTES`` and friends). The inputs and the
+deliveries refuse new messages when full (discard ``new``), so nothing accepted is ever dropped
+to make room: ingest answers 503 and Segment clients retry, the matcher's outbox and the
+scheduler wait. Neither has an age limit. The matcher trims each partition's inputs below its
+committed sequence (PostgreSQL holds them from then on), so the inputs' bound is a bound on the
+backlog, not on history. The dead letters keep the newest: discard ``old``, 30 days at most.
 """
 
 from __future__ import annotations
@@ -26,8 +33,17 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     subjects: tuple[str, ...]
     retention: str  # "limits" | "workqueue"
     duplicate_window: timedelta
-    max_age: timedelta
+    max_age: timedelta | None
+    """``None``: no age limit."""
+    max_bytes: int
+    discard: str  # "new": refuse publishes when full | "old": drop the oldest
     description: str
+
+
+MIB = 1 << 20
+DEFAULT_INPUTS_MAX_BYTES = 1024 * MIB
+DEFAULT_DELIVERIES_MAX_BYTES = 256 * MIB
+DEFAULT_DEAD_LETTERS_MAX_BYTES = 256 * MIB
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +61,9 @@ class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 class Topology(msgspec.Struct, frozen=True):
     namespace: str = "cairn"
+    inputs_max_bytes: int = DEFAULT_INPUTS_MAX_BYTES
+    deliveries_max_bytes: int = DEFAULT_DELIVERIES_MAX_BYTES
+    dead_letters_max_bytes: int = DEFAULT_DEAD_LETTERS_MAX_BYTES
 
     # ---- streams -------------------------------------------------------------------------------
     @property
@@ -89,7 +108,9 @@ class Topology(msgspec.Struct, frozen=True):
                 subjects=(f"{ns}.inputs.>",),
                 retention="limits",
                 duplicate_window=timedelta(minutes=10),
-                max_age=timedelta(days=7),
+                max_age=None,
+                max_bytes=self.inputs_max_bytes,
+                discard="new",
                 description="Events, fired timers and delivery results, partitioned by profile",
             ),
             StreamSpec(
@@ -97,7 +118,9 @@ class Topology(msgspec.Struct, frozen=True):
                 subjects=(f"{ns}.deliveries.>",),
                 retention="workqueue",
                 duplicate_window=timedelta(minutes=10),
-                max_age=timedelta(days=7),
+                max_age=None,
+                max_bytes=self.deliveries_max_bytes,
+                discard="new",
                 description="Delivery requests from the matcher's outbox, one work queue",
             ),
             StreamSpec(
@@ -106,6 +129,8 @@ class Topology(msgspec.Struct, frozen=True):
                 retention="limits",
                 duplicate_window=timedelta(minutes=2),
                 max_age=timedelta(days=30),
+                max_bytes=self.dead_letters_max_bytes,
+                discard="old",
                 description="Messages consumers gave up on, with the reason",
             ),
         ]

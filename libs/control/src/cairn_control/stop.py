@@ -19,9 +19,10 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
+from cairn_common.failures import PublishFailed
 from cairn_common.messages import ExitInstances, encode
 from cairn_common.partitioning import partition_for
-from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
+from cairn_common.publishing import Outgoing, publish_batch
 from cairn_common.topology import Topology
 from cairn_control.errors import Conflict, NotFound, Unavailable
 from cairn_control.store import audit, notify_journeys

@@ -170,6 +170,14 @@ class Ingestor:
                 await self.publisher.publish(events)
             except Unavailable as exc:
                 log.warning("events not accepted", reason=str(exc), events=len(events))
+                if exc.full:
+                    return error(
+                        503,
+                        "backlog_full",
+                        "Cairn's event backlog is full (CAIRN_INPUTS_MAX_BYTES); events not "
+                        "stored; retry",
+                        retry_after=5,
+                    )
                 return error(503, "unavailable", "events not stored; retry", retry_after=1)
         if not rejected:
             return OK

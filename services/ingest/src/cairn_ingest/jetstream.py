@@ -4,7 +4,9 @@ nats-py's ``publish_async`` costs ~50 µs a message on this machine (a semaphore
 future, ``json.loads`` and a dataclass per ack), which alone caps ingest below the 20,000
 events/s target. Here one wildcard inbox carries every ack; a batch is one future, and each
 reply subject ``{inbox}.{batch}.{index}`` says which message it acknowledges. An ack is only
-inspected for an error, never parsed whole.
+inspected for an error, never parsed whole. A batch waits for every ack, so the caller learns
+exactly which messages were stored and which were refused (a full stream refuses the rest of a
+batch once it fills in the middle of it).
 """
 
 from __future__ import annotations
@@ -17,17 +19,37 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from cairn_common.failures import TransientError
+
 Outgoing = tuple[str, bytes, dict[str, str]]
 """``(subject, payload, headers)``"""
 
 
+STREAM_FULL = 10077
+"""JetStream's err_code for "maximum bytes exceeded" (a stream with discard ``new`` is full)."""
+
+
 class PublishError(Exception):
-    """JetStream refused a message (no stream for the subject, a limit, ...)."""
+    """JetStream refused messages (no stream for the subject, a full stream, ...)."""
+
+    def __init__(self, refused: dict[int, _ApiError]) -> None:
+        self.refused = refused
+        """Index in the batch → what JetStream answered."""
+        first = next(iter(refused.values()))
+        super().__init__(f"{len(refused)} refused, first: {first.code}: {first.description}")
+
+    @property
+    def stream_full(self) -> bool:
+        return any(e.err_code == STREAM_FULL for e in self.refused.values())
 
 
 class _ApiError(msgspec.Struct):
     code: int = 0
+    err_code: int = 0
     description: str = ""
+
+
+_NO_STREAM = _ApiError(code=503, description="no stream stores this subject")
 
 
 class _Ack(msgspec.Struct):
@@ -38,11 +60,24 @@ _ack_decoder = msgspec.json.Decoder(_Ack)
 
 
 class _Batch:
-    __slots__ = ("future", "missing")
+    __slots__ = ("future", "missing", "refused")
 
     def __init__(self, size: int) -> None:
         self.missing = set(range(size))
+        self.refused: dict[int, _ApiError] = {}
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(self, index: int, error: _ApiError | None) -> None:
+        if index not in self.missing:
+            return
+        self.missing.discard(index)
+        if error is not None:
+            self.refused[index] = error
+        if not self.missing:
+            if self.refused:
+                self.future.set_exception(PublishError(self.refused))
+            else:
+                self.future.set_result(None)
 
 
 class BatchPublisher:
@@ -67,7 +102,9 @@ class BatchPublisher:
         timeout: float,
     ) -> None:
         """Publish ``(subject, payload, headers)`` messages; return when JetStream acknowledged
-        every one. ``TimeoutError`` if it did not in time, ``PublishError`` if it refused one."""
+        every one. ``TimeoutError`` if it did not answer for all in time, ``PublishError`` (with
+        the refused indexes; the others are stored) once it has answered for all but refused
+        some."""
         if not messages:
             return
         inbox = self._inbox or await self._ensure_inbox()
@@ -93,7 +130,7 @@ class BatchPublisher:
         """
         nc = self._nc
         if not nc.is_connected or nc.is_draining_pubs:
-            raise PublishError("NATS is not connected")
+            raise TransientError("NATS is not connected")
         out = bytearray()
         for index, (subject, payload, headers) in enumerate(messages):
             header = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -114,17 +151,12 @@ class BatchPublisher:
         batch = self._batches.get(batch_id)
         if batch is None or batch.future.done():
             return
+        error: _ApiError | None = None
         if msg.headers and msg.headers.get("Status") == "503":
-            batch.future.set_exception(PublishError("no stream stores this subject"))
-            return
-        if b'"error"' in msg.data:
+            error = _NO_STREAM
+        elif b'"error"' in msg.data:
             try:
                 error = _ack_decoder.decode(msg.data).error
             except msgspec.DecodeError:
                 error = _ApiError(description=msg.data.decode(errors="replace"))
-            if error is not None:
-                batch.future.set_exception(PublishError(f"{error.code}: {error.description}"))
-                return
-        batch.missing.discard(int(index))
-        if not batch.missing:
-            batch.future.set_result(None)
+        batch.settle(int(index), error)

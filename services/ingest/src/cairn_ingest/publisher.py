@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from cairn_common.bus import MSG_ID, trace_headers
+from cairn_common.failures import describe, is_transient
 from cairn_common.messages import Event, encode
 from cairn_common.observability import tracing_enabled
 from cairn_common.topology import Topology
@@ -37,7 +38,13 @@ EVENTS = Counter("cairn_ingest_events_total", "Events by outcome", ["source", "o
 
 
 class Unavailable(Exception):
-    """JetStream or PostgreSQL did not answer in time; the client should retry (503)."""
+    """JetStream or PostgreSQL did not answer in time, or the inputs stream is full (``full``):
+    the client should retry (503). Whatever of a batch was stored is recorded as accepted, so the
+    retry stores only the rest."""
+
+    def __init__(self, reason: str, *, full: bool = False) -> None:
+        super().__init__(reason)
+        self.full = full
 
 
 class EventPublisher:
@@ -63,13 +70,31 @@ class EventPublisher:
             raise Unavailable(f"database unavailable: {exc}") from exc
         if seen:
             fresh = [e for e in fresh if e.message_id not in seen]
+        refused: PublishError | None = None
         if fresh:
-            await self._publish_all(fresh)
             try:
-                await repo.remember(self._pool, [e.message_id for e in fresh], fresh[0].received_at)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # In JetStream already; a retry inside its window is dropped there.
-                raise Unavailable(f"database unavailable: {exc}") from exc
+                await self._publish_all(fresh)
+            except PublishError as exc:
+                refused = exc
+            stored = (
+                fresh
+                if refused is None
+                else [e for i, e in enumerate(fresh) if i not in refused.refused]
+            )
+            if stored:
+                try:
+                    await repo.remember(
+                        self._pool, [e.message_id for e in stored], stored[0].received_at
+                    )
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # In JetStream already; a retry inside its window is dropped there.
+                    raise Unavailable(f"database unavailable: {exc}") from exc
+            if refused is not None:
+                EVENTS.labels(fresh[0].source, "accepted").inc(len(stored))
+                raise Unavailable(
+                    f"JetStream refused {len(refused.refused)} of {len(fresh)} events: {refused}",
+                    full=refused.stream_full,
+                ) from refused
         source = events[0].source if events else "http"
         EVENTS.labels(source, "accepted").inc(len(fresh))
         duplicates = len(events) - len(fresh)
@@ -114,11 +139,11 @@ class EventPublisher:
             await self._batches.publish(messages, self._timeout)
         except TimeoutError as exc:
             raise Unavailable("JetStream did not acknowledge in time") from exc
-        except PublishError as exc:
-            raise Unavailable(f"JetStream refused the events: {exc}") from exc
+        except PublishError:
+            raise  # publish() records the stored part first
         except Exception as exc:
-            if type(exc).__module__.startswith("nats"):
-                raise Unavailable(f"NATS unavailable: {exc}") from exc
+            if is_transient(exc):
+                raise Unavailable(f"NATS unavailable: {describe(exc)}") from exc
             raise
 
 

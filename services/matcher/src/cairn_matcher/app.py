@@ -16,7 +16,7 @@ from cairn_common.failures import is_transient
 from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext
 from cairn_matcher.engine import Engine
-from cairn_matcher.housekeeping import prune_regularly, sample_instances
+from cairn_matcher.housekeeping import InputTrimmer, prune_regularly, sample_instances
 from cairn_matcher.journeys import JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
 from cairn_matcher.outbox import Outbox, payload_bound
@@ -92,6 +92,12 @@ async def run(ctx: ServiceContext[Settings]) -> None:
                     ctx.pool, leases, background, days=s.delivery_events_retention_days
                 ),
                 name="prune-delivery-events",
+            )
+            tg.create_task(
+                InputTrimmer(ctx.js, ctx.pool, ctx.topology, leases).run(
+                    background, interval=s.inputs_trim_seconds
+                ),
+                name="trim-inputs",
             )
             await supervisor.run()  # returns once stopping and every worker has finished
             background.set()

@@ -6,6 +6,14 @@
 - ``delivery_events`` rows older than ``CAIRN_DELIVERY_EVENTS_RETENTION_DAYS`` are deleted, a
   chunk at a time. They only dedupe: the funnel's counters stay. After that many days a repeated
   result or a first open of a very old email would count again.
+
+And work each replica does for its own partitions:
+
+- the inputs of each partition it owns are purged from the inputs stream below the partition's
+  committed sequence (``partition_leases.last_applied_seq``): their effects are in PostgreSQL and
+  a new owner starts after that sequence, so nothing will read them again. The stream refuses
+  new inputs when full (see cairn_common.topology); trimming makes "full" mean "a backlog the
+  matcher has not committed", never "a week of history".
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import contextlib
 
 import asyncpg
 import structlog
-from prometheus_client import Gauge
+from nats.js.client import JetStreamContext
+from prometheus_client import Counter, Gauge
 
 from cairn_common.failures import describe, is_transient
+from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
 from cairn_matcher.leases import PartitionLeases
 
@@ -100,3 +110,63 @@ async def prune_regularly(
                 else:
                     log.exception("pruning delivery_events failed")
         await wait_any(stop, timeout=interval)
+
+
+TRIMMED = Counter(
+    "cairn_matcher_input_trims_total",
+    "Purges of committed inputs from the inputs stream, one per partition that advanced",
+)
+
+
+class InputTrimmer:
+    """Purges each owned partition's committed inputs from the inputs stream."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        leases: PartitionLeases,
+    ) -> None:
+        self._js = js
+        self._pool = pool
+        self._topology = topology
+        self._leases = leases
+        self._trimmed: dict[int, int] = {}
+        """partition -> the sequence below which it was last purged."""
+
+    async def trim(self) -> int:
+        """One pass; returns how many partitions were purged."""
+        owned = sorted(self._leases.held)
+        if not owned:
+            return 0
+        rows = await self._pool.fetch(
+            """SELECT partition, last_applied_seq FROM partition_leases
+               WHERE partition = ANY($1::int[]) AND last_applied_seq > 0""",
+            owned,
+        )
+        purged = 0
+        for row in rows:
+            p, below = row["partition"], row["last_applied_seq"] + 1
+            if self._trimmed.get(p, 0) >= below:
+                continue
+            await self._js.purge_stream(
+                self._topology.inputs_stream, seq=below, subject=self._topology.partition_filter(p)
+            )
+            self._trimmed[p] = below
+            purged += 1
+        TRIMMED.inc(purged)
+        return purged
+
+    async def run(self, stop: asyncio.Event, *, interval: float) -> None:
+        while not stop.is_set():
+            await wait_any(stop, timeout=interval)
+            if stop.is_set():
+                return
+            try:
+                await self.trim()
+            except Exception as exc:  # housekeeping must never take the matcher down
+                if is_transient(exc):
+                    log.warning("cannot trim committed inputs", error=describe(exc))
+                else:
+                    log.exception("trimming committed inputs failed")

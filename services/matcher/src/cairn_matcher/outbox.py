@@ -36,7 +36,7 @@ from cairn_common.failures import (
 )
 from cairn_common.messages import DeadLetter, DeliveryRequested, DeliveryResult, decode, encode
 from cairn_common.partitioning import partition_for
-from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
+from cairn_common.publishing import Outgoing, publish_batch
 from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
 
@@ -86,14 +86,6 @@ def _outgoing(messages: Sequence[OutboxMessage]) -> list[Outgoing]:
     return [Outgoing(m.subject, m.payload, m.msg_id, traceparent=m.traceparent) for m in messages]
 
 
-def failure_of(exc: BaseException) -> Failure:
-    """``classify``, looking through ``PublishFailed`` to the refusal that caused it; one without
-    a cause is a missing acknowledgement (a timeout), so transient."""
-    if isinstance(exc, PublishFailed):
-        return classify(exc.__cause__) if exc.__cause__ is not None else Failure.TRANSIENT
-    return classify(exc)
-
-
 class Outbox:
     def __init__(
         self,
@@ -125,7 +117,7 @@ class Outbox:
             attempt = await self._attempt(messages)
             await self._delete(conn or self._pool, attempt.settled)
         except Exception as exc:
-            if failure_of(exc) is not Failure.TRANSIENT:
+            if classify(exc) is not Failure.TRANSIENT:
                 raise
             attempt = Attempt(transient=exc)
         if attempt.transient is not None:
@@ -143,7 +135,7 @@ class Outbox:
                     pass
                 backoff.reset()
             except Exception as exc:
-                if failure_of(exc) is not Failure.TRANSIENT:
+                if classify(exc) is not Failure.TRANSIENT:
                     raise
                 delay = backoff.next()
                 log.warning("outbox relay failed; will retry", error=describe(exc), delay=delay)
@@ -192,7 +184,7 @@ class Outbox:
             await publish_batch(self._js, _outgoing(fits))
             attempt.published.extend(fits)
         except Exception as exc:
-            if failure_of(exc) is Failure.BUG:
+            if classify(exc) is Failure.BUG:
                 raise
             await self._one_by_one(fits, attempt)
         await self._dead_letter(attempt)
@@ -237,7 +229,7 @@ class Outbox:
         try:
             await publish_batch(self._js, letters)
         except Exception as exc:
-            if failure_of(exc) is not Failure.TRANSIENT:
+            if classify(exc) is not Failure.TRANSIENT:
                 raise
             attempt.transient = exc
             attempt.refused = []

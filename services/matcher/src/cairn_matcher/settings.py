@@ -42,6 +42,10 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     max_profile_traits_bytes: int = 65_536
     """A profile's traits may take this much (as JSON); an identify that would
     grow them past it is dead-lettered with the reason. Every delivery request carries them."""
+    inputs_trim_seconds: float = 30.0
+    """How often each owned partition's inputs below its committed sequence are purged from the
+    inputs stream (PostgreSQL holds their effects), so CAIRN_INPUTS_MAX_BYTES bounds the backlog,
+    not history."""
     stalled_after_seconds: float = 60.0
     """A partition whose batch has waited this long to commit (PostgreSQL down or locked, a failure
     that keeps coming back) makes the matcher not ready: ``/readyz`` and ``cairn status`` name
@@ -62,6 +66,8 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
             raise SettingsError("CAIRN_COMMITTERS and CAIRN_MAX_COMMIT_INPUTS must be at least 1")
         if self.max_profile_traits_bytes < 1024:
             raise SettingsError("CAIRN_MAX_PROFILE_TRAITS_BYTES must be at least 1024")
+        if self.inputs_trim_seconds <= 0:
+            raise SettingsError("CAIRN_INPUTS_TRIM_SECONDS must be positive")
         if self.stalled_after_seconds <= 0:
             raise SettingsError("CAIRN_STALLED_AFTER_SECONDS must be positive")
         if self.max_cached_profiles < 1:

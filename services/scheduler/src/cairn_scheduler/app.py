@@ -7,10 +7,11 @@ import asyncio
 
 import structlog
 
+from cairn_common.failures import describe, is_transient
 from cairn_common.runtime import ServiceContext
 from cairn_common.waiting import wait_any
 from cairn_scheduler import repo
-from cairn_scheduler.lookahead import TRANSIENT, Lookahead
+from cairn_scheduler.lookahead import Lookahead
 from cairn_scheduler.metrics import TIMERS_PENDING
 from cairn_scheduler.settings import Settings
 
@@ -31,6 +32,9 @@ async def _gauge_pending(ctx: ServiceContext[Settings]) -> None:
         try:
             async with ctx.pool.acquire() as conn:
                 TIMERS_PENDING.set(await repo.count_pending(conn))
-        except TRANSIENT as exc:
-            log.warning("cannot count pending timers", error=repr(exc))
+        except Exception as exc:  # a gauge must never take the scheduler down
+            if is_transient(exc):
+                log.warning("cannot count pending timers", error=describe(exc))
+            else:
+                log.exception("counting pending timers failed")
         await wait_any(ctx.stopping, timeout=ctx.settings.pending_gauge_seconds)

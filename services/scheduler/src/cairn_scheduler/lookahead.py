@@ -23,11 +23,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
-from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
+from cairn_common.failures import Failure, classify, describe, is_transient
 from cairn_common.messages import TimerFired, encode
-from cairn_common.publishing import Outgoing, PublishFailed, publish_batch
+from cairn_common.publishing import Outgoing, publish_batch
 from cairn_common.topology import Topology
 from cairn_common.waiting import setter, wait_any
 from cairn_scheduler import repo
@@ -43,8 +43,6 @@ from cairn_scheduler.settings import Settings
 log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL = "cairn_timers"
-TRANSIENT = (PublishFailed, NatsError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-             TimeoutError)  # fmt: skip
 
 
 class Lookahead:
@@ -90,9 +88,11 @@ class Lookahead:
             self._scan.clear()
             try:
                 await self.claim()
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self._full_needed = True
-                log.warning("claiming timers failed; will retry", error=repr(exc))
+                log.warning("claiming timers failed; will retry", error=describe(exc))
             await wait_any(stop, self._scan, timeout=self._s.rescan_seconds)
 
     async def claim(self) -> int:
@@ -170,8 +170,10 @@ class Lookahead:
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(self._s.database_url)
-            except TRANSIENT as exc:
-                log.warning("cannot LISTEN for timers yet", error=repr(exc))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("cannot LISTEN for timers yet", error=describe(exc))
                 await wait_any(stop, timeout=1.0)
                 continue
             try:
@@ -181,7 +183,7 @@ class Lookahead:
                 self._scan.set()
                 await wait_any(stop, lost)
             finally:
-                with contextlib.suppress(*TRANSIENT):
+                with contextlib.suppress(Exception):  # closing is best effort; it may be gone
                     await asyncio.wait_for(conn.close(), timeout=2)
 
     # ---- firing --------------------------------------------------------------------------------
@@ -208,8 +210,13 @@ class Lookahead:
     ) -> None:
         try:
             await self.fire(due)
-        except TRANSIENT as exc:
-            log.warning("firing timers failed; will retry", error=repr(exc), count=len(due))
+        except Exception as exc:
+            # A bug crashes the service (Kubernetes restarts it, the claims expire). Anything
+            # else is retried: timers are ours, small and well-formed, so a refusal is the
+            # stream's (full, not there yet), and it passes.
+            if classify(exc) is Failure.BUG:
+                raise
+            log.warning("firing timers failed; will retry", error=describe(exc), count=len(due))
             self._requeue(due)
             self._claimed.set()
             await wait_any(stop, timeout=0.5)
@@ -268,5 +275,8 @@ class Lookahead:
             async with self._pool.acquire() as conn:
                 released = await repo.release_claims(conn, self._s.replica_id)
             log.info("released unfired timer claims", count=released)
-        except TRANSIENT as exc:
-            log.warning("could not release claims; they expire by themselves", error=repr(exc))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not release claims; they expire by themselves",
+                        error=describe(exc))  # fmt: skip
