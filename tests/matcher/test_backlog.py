@@ -19,7 +19,6 @@ import pytest
 from nats.js.client import JetStreamContext
 
 from cairn_cli.local import free_port
-from cairn_common.messages import Event
 from cairn_common.topology import MIB, Topology
 from tests.conftest import STREAM_LIMITS
 from tests.ingest.conftest import stored_events
@@ -121,7 +120,7 @@ async def test_the_matcher_trims_what_it_committed_so_many_times_the_bound_flows
     info = await js.stream_info(topology.inputs_stream)
     assert info.state.bytes <= MIB
     assert info.config.max_bytes == MIB
-    events: list[Event] = await stored_events(js, topology)
-    assert len(events) < total, "committed inputs were trimmed from the stream"
+    # A filtered purge leaves gaps in the sequence, so count rather than read every sequence.
+    assert info.state.messages < total, "committed inputs were trimmed from the stream"
     await pool.close()
     print(f"refused (and retried) {refused} batches of {total // 10}")
