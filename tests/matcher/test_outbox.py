@@ -1,7 +1,7 @@
 """The outbox never blocks behind one row: a message that can never be published is dead-lettered
 with its reason, its delivery is reported failed, and the rows behind it are published.
 
-Rows are written with the matcher's own SQL (``repo.add_to_outbox``) into a real PostgreSQL and
+Rows are written with the matcher's own SQL (``repo.write_batch``) into a real PostgreSQL and
 published to a real NATS, by the relay (what a crash leaves behind) and by the worker's fast path
 (right after the commit).
 """
@@ -65,7 +65,8 @@ async def stored(
     """Committed to the outbox in this order, as the matcher's commit writes them."""
     rows = [(topology.delivery_subject("email"), r.delivery_id, encode(r), None) for r in requests]
     async with pool.acquire() as conn, conn.transaction():
-        return [OutboxMessage(*row) for row in await repo.add_to_outbox(conn, rows)]
+        written = await repo.write_batch(conn, repo.BatchRows(outbox=rows))
+        return [OutboxMessage(*row) for row in written]
 
 
 async def assert_refused_and_reported(
@@ -129,6 +130,7 @@ async def test_the_fast_path_checks_the_bound_before_publishing(
     messages = await stored(pool, topology, big, good)
 
     await outbox.publish(messages)
+    await outbox.flush_deletes()
 
     await assert_only_published(js, topology, good)
     await assert_refused_and_reported(js, topology, big, "larger than the outbox bound")

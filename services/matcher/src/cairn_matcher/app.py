@@ -9,6 +9,7 @@ replica takes over without waiting for them to expire.
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 from prometheus_client import Gauge
 
@@ -55,6 +56,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         committers=s.committers,
         max_group=s.max_commit_inputs,
         traits_budget=s.max_profile_traits_bytes,
+        first_shard=zlib.crc32(s.replica_id.encode()),
     )
     supervisor = PartitionSupervisor(ctx, leases, engine)
     STALLED.set_function(lambda: len(supervisor.stalled(s.stalled_after_seconds)))
@@ -72,6 +74,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             tg.create_task(leases.run(background), name="leases")
             tg.create_task(journeys.watch(background, s.journeys_reload_seconds), name="journeys")
             tg.create_task(outbox.relay(background), name="outbox-relay")
+            tg.create_task(outbox.delete_published(background), name="outbox-deletes")
             tg.create_task(engine.run(background), name="group-commit")
             tg.create_task(
                 sample_consumer_lag(

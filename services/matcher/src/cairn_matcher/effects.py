@@ -45,13 +45,17 @@ class BatchWrites:
         *,
         notify_within: float,
         traits_budget: int = 65_536,
+        shard: int = 0,
     ) -> None:
         self._topology = topology
+        self._shard = shard
         self._traits_budget = traits_budget
         self._now = now
         self._hour = now.replace(minute=0, second=0, microsecond=0)
         self._notify_before = now + timedelta(seconds=notify_within)
         self.states: dict[str, ProfileState] = {}
+        self.encoded: dict[str, bytes] = {}
+        """The states as ``commit`` saved them (the engine caches these)."""
         self.partition_of: dict[str, int] = {}
         self.applied: dict[int, int] = {}
         """partition -> the last stream sequence this batch applied there."""
@@ -139,26 +143,32 @@ class BatchWrites:
 
         The statements run in this fixed order, after ``fence_many`` locked the lease rows, and
         each takes its rows in key order (``repo._columns``): concurrent committers sharing rows
-        (``journey_stats``) then always lock them in one order and never deadlock, and they
-        take those shared rows last, so each holds them for as short a time as it can."""
-        await repo.save_states(
-            conn, [(p, self.partition_of[p], encode_state(s)) for p, s in self.states.items()]
+        (``journey_stats``, when two replicas' committers meet in one shard) then always lock
+        them in one order and never deadlock. The common rows go in one statement
+        (``repo.write_batch``), so a commit costs a few round trips, not one per table."""
+        self.encoded = {p: encode_state(s) for p, s in self.states.items()}
+        rows = await repo.write_batch(
+            conn,
+            repo.BatchRows(
+                states=[(p, self.partition_of[p], blob) for p, blob in self.encoded.items()],
+                started=self.started,
+                timers=list(self.timers.values()),
+                applied=self.applied,
+                outbox=self.outbox,
+                stats=self.stats,
+            ),
+            shard=self._shard,
         )
         await repo.merge_traits(conn, self.traits, budget=self._traits_budget)
-        await repo.start_instances(conn, self.started)
-        await repo.end_instances(conn, self.ended)
+        await repo.end_instances(conn, self.ended)  # after write_batch: it may have started them
         await repo.convert_instances(conn, self.converted)
         await repo.delete_timers(conn, sorted(self.cancelled))
-        await repo.set_timers(conn, list(self.timers.values()))
         if self.timers:
             earliest = min(row[6] for row in self.timers.values())
             if earliest <= self._notify_before:
                 await repo.wake_scheduler(conn, earliest.astimezone(UTC))
-        await repo.record_applied(conn, self.applied)
-        rows = await repo.add_to_outbox(conn, self.outbox)
-        # Last: every committer updates the same counter rows, and holds them until it commits.
-        await repo.add_stats(conn, self.stats)
-        await repo.add_delivery_events(conn, list(self.delivery_events.values()))
+        # Last: delivery counters go to journey_stats too.
+        await repo.add_delivery_events(conn, list(self.delivery_events.values()), shard=self._shard)
         return rows
 
 

@@ -73,6 +73,8 @@ EVENT_TO_DELIVERY = Histogram(
 )
 
 Clock = Callable[[], datetime]
+SHARDS = 32_768
+"""Analytics counter shards (``journey_stats.shard`` is a smallint)."""
 PROFILE_INPUTS = (Event, TimerFired, DeliveryResult, ExitInstances)
 
 
@@ -108,6 +110,16 @@ def _done(future: asyncio.Future[Job]) -> asyncio.Event:
     return event
 
 
+def _settle(job: Job, failure: Exception | None) -> None:
+    """Tell ``job``'s worker how its commit went (once; a later call changes nothing)."""
+    if job.done is None or job.done.done():
+        return  # settled already, an engine-made job, or its worker was cancelled meanwhile
+    if failure is None:
+        job.done.set_result(None)
+    else:
+        job.done.set_exception(failure)
+
+
 def _lost(job: Job) -> LeaseLost:
     return LeaseLost(f"partition {job.partition} at epoch {job.epoch} is not ours")
 
@@ -126,9 +138,13 @@ class Engine:
         committers: int = 2,
         max_group: int = 2_000,
         traits_budget: int = 65_536,
+        first_shard: int = 0,
         clock: Clock = utc_now,
     ) -> None:
+        """``first_shard``: committer ``n`` adds to the analytics counters' shard
+        ``first_shard + n`` (``repo.add_stats``); replicas pick different ones."""
         self._traits_budget = traits_budget
+        self._first_shard = first_shard
         self._outbox = outbox
         self._committers = committers
         self._max_group = max_group
@@ -140,15 +156,19 @@ class Engine:
         self._max_cached = max_cached_profiles
         self._notify_within = notify_within
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[int, int, ProfileState]] = OrderedDict()
-        """profile id -> (partition, epoch, state): valid only while we hold that epoch."""
+        self._cache: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
+        """profile id -> (partition, epoch, encoded state): valid only while we hold that epoch.
+        Encoded (as saved), not as objects: 100,000 actors' dicts and tuples would make every
+        full garbage collection walk millions of objects, a pause of hundreds of milliseconds
+        for every partition at once; bytes are not tracked, and decoding one costs microseconds."""
 
-    def _writes(self, now: datetime) -> BatchWrites:
+    def _writes(self, now: datetime, shard: int) -> BatchWrites:
         return BatchWrites(
             self._topology,
             now,
             notify_within=self._notify_within,
             traits_budget=self._traits_budget,
+            shard=shard,
         )
 
     async def apply(self, partition: int, epoch: int, items: Sequence[Input]) -> None:
@@ -167,9 +187,10 @@ class Engine:
         partition has one batch in flight at most, so they never touch the same partition."""
         async with asyncio.TaskGroup() as tg:
             for n in range(self._committers):
-                tg.create_task(self._committer(stop), name=f"committer-{n}")
+                shard = (self._first_shard + n) % SHARDS
+                tg.create_task(self._committer(stop, shard), name=f"committer-{n}")
 
-    async def _committer(self, stop: asyncio.Event) -> None:
+    async def _committer(self, stop: asyncio.Event, shard: int) -> None:
         while not stop.is_set():
             get = asyncio.ensure_future(self._queue.get())
             await wait_any(stop, _done(get))
@@ -181,85 +202,88 @@ class Engine:
             while size < self._max_group and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
                 size += len(jobs[-1].items)
-            await self._commit_group(jobs)
+            await self._commit_group(jobs, shard)
 
-    async def _commit_group(self, jobs: list[Job]) -> None:
-        for job, failure in zip(jobs, await self._commit_isolating(jobs), strict=True):
-            if job.done is None or job.done.done():
-                continue  # its worker was cancelled meanwhile
-            if failure is None:
-                job.done.set_result(None)
-            else:
-                job.done.set_exception(failure)
+    async def _commit_group(self, jobs: list[Job], shard: int) -> None:
+        for job, failure in zip(jobs, await self._commit_isolating(jobs, shard), strict=True):
+            _settle(job, failure)
 
-    async def _commit_isolating(self, jobs: list[Job]) -> list[Exception | None]:
+    async def _commit_isolating(self, jobs: list[Job], shard: int) -> list[Exception | None]:
         """Commit ``jobs`` in one transaction; what each job's worker is told (``None``: done).
 
         A permanent failure (or one we cannot classify) is narrowed down instead of retried:
         each job alone, then each input of a failing job alone, in order; the input that fails
         alone is dead-lettered. Only a transient failure goes back to the workers."""
         try:
-            lost = await self._commit(jobs)
+            lost = await self._commit(jobs, shard)
         except Exception as exc:
             if classify(exc) is Failure.TRANSIENT:
                 return [exc] * len(jobs)
             if len(jobs) > 1:
                 log.warning("group commit refused; committing its batches one by one",
                             batches=len(jobs), error=describe(exc))  # fmt: skip
-                return [(await self._commit_isolating([job]))[0] for job in jobs]
-            return [await self._commit_inputs_alone(jobs[0], exc)]
+                return [(await self._commit_isolating([job], shard))[0] for job in jobs]
+            return [await self._commit_inputs_alone(jobs[0], exc, shard)]
         return [_lost(j) if j.partition in lost else None for j in jobs]
 
-    async def _commit_inputs_alone(self, job: Job, exc: Exception) -> Exception | None:
+    async def _commit_inputs_alone(self, job: Job, exc: Exception, shard: int) -> Exception | None:
         if len(job.items) == 1:
-            return await self._commit_poison(job, job.items[0], exc)
+            return await self._commit_poison(job, job.items[0], exc, shard)
         log.warning("batch refused; committing its inputs one at a time", partition=job.partition,
                     inputs=len(job.items), error=describe(exc))  # fmt: skip
         for item in job.items:
-            [failure] = await self._commit_isolating([Job(job.partition, job.epoch, [item])])
+            alone = Job(job.partition, job.epoch, [item])
+            [failure] = await self._commit_isolating([alone], shard)
             if failure is not None:
                 return failure  # transient or lease lost: the worker retries from here
         return None
 
-    async def _commit_poison(self, job: Job, item: Input, exc: Exception) -> Exception | None:
+    async def _commit_poison(
+        self, job: Job, item: Input, exc: Exception, shard: int
+    ) -> Exception | None:
         """Dead-letter ``item``, which cannot be committed even alone, and record its sequence
         as applied, in one transaction fenced by the lease: it is reported exactly once."""
         now = self._clock()
-        writes = self._writes(now)
+        writes = self._writes(now, shard)
         reason = f"its writes were refused: {describe(exc)}"
         self._dead_letter(item, reason, writes, now, item.headers.get("traceparent"))
         writes.applied[job.partition] = item.seq
         try:
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    last = await self._leases.fence_many(conn, {job.partition: job.epoch})
-                    seq = last[job.partition]
-                    if seq is None:
-                        return _lost(job)
-                    if seq >= item.seq:
-                        return None  # committed meanwhile: the failure came after the commit
-                    rows = await writes.commit(conn)
-                await self._outbox.publish([OutboxMessage(*row) for row in rows], conn)
+            async with self._pool.acquire() as conn, conn.transaction():
+                last = await self._leases.fence_many(conn, {job.partition: job.epoch})
+                seq = last[job.partition]
+                if seq is None:
+                    return _lost(job)
+                if seq >= item.seq:
+                    return None  # committed meanwhile: the failure came after the commit
+                rows = await writes.commit(conn)
+            await self._outbox.publish([OutboxMessage(*row) for row in rows])
         except Exception as failure:
             return failure
         return None
 
-    async def _commit(self, jobs: list[Job]) -> set[int]:
-        """One transaction for ``jobs``, then the publish of its outbox; the partitions lost."""
-        # One pooled connection for the commit and the outbox delete after the publish: asyncpg
-        # resets a connection on every release, which costs as much as a statement.
+    async def _commit(self, jobs: list[Job], shard: int) -> set[int]:
+        """One transaction for ``jobs``, then the publish of its outbox; the partitions lost.
+
+        The workers are told as soon as the commit is durable, so each partition fetches and
+        applies its next batch while this one's messages are published: a partition waits for
+        its own commit, never for a publish. (Messages are published in commit order in
+        practice, since a partition's next batch needs a fetch and a commit first; nothing
+        relies on it, as the relay may publish a left-behind row later than its successors.)"""
         async with self._pool.acquire() as conn:
-            messages, lost = await self._apply_jobs(conn, jobs)
-            await self._outbox.publish(messages, conn)
+            messages, lost = await self._apply_jobs(conn, jobs, shard)
+            for job in jobs:  # before the release, which resets the connection: a round trip
+                _settle(job, _lost(job) if job.partition in lost else None)
+        await self._outbox.publish(messages)
         return lost
 
     async def _apply_jobs(
-        self, conn: asyncpg.Connection, jobs: list[Job]
+        self, conn: asyncpg.Connection, jobs: list[Job], shard: int
     ) -> tuple[list[OutboxMessage], set[int]]:
         started = time.perf_counter()
         catalogue = self._journeys.current  # one catalogue for the whole transaction
         now = self._clock()
-        writes = self._writes(now)
+        writes = self._writes(now, shard)
         async with conn.transaction():
             last = await self._leases.fence_many(conn, {j.partition: j.epoch for j in jobs})
             lost = {p for p, seq in last.items() if seq is None}
@@ -414,7 +438,7 @@ class Engine:
                 cached = self._cache.get(pid)
                 if cached is not None and cached[:2] == (job.partition, job.epoch):
                     self._cache.move_to_end(pid)
-                    states[pid] = cached[2]
+                    states[pid] = decode_state(cached[2])
                 else:
                     missing[pid] = None
         if missing:
@@ -431,9 +455,9 @@ class Engine:
 
     def _remember(self, writes: BatchWrites, epochs: dict[int, int]) -> None:
         """After the commit only: a rolled-back batch must not leak into the cache."""
-        for pid, state in writes.states.items():
+        for pid, encoded in writes.encoded.items():
             partition = writes.partition_of[pid]
-            self._cache[pid] = (partition, epochs[partition], state)
+            self._cache[pid] = (partition, epochs[partition], encoded)
             self._cache.move_to_end(pid)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)  # evict the actor idle the longest

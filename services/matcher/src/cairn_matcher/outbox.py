@@ -1,9 +1,12 @@
 """The transactional outbox: messages are committed with the state change that caused them and
 published afterwards with ``Nats-Msg-Id`` = their deterministic id, then deleted.
 
-The partition worker publishes right after its commit. If that fails (NATS down, crash between
-commit and publish), the rows stay, and the relay publishes anything older than ``relay_after``
-seconds. JetStream's dedupe window and the dispatcher's ledger make a second publish harmless.
+The committer publishes right after its commit (the partitions it committed go on to their next
+batches meanwhile). If that fails (NATS down, crash between commit and publish), the rows stay, and
+the relay publishes anything older than ``relay_after`` seconds. JetStream's dedupe window and the
+dispatcher's ledger make a second publish harmless, which is also why the published rows are
+deleted in the background, many commits' rows at a time and without waiting for the WAL flush
+(``delete_published``): a delete lost in a crash only means one more harmless publish.
 
 No row blocks the ones behind it. Both paths decide with the failure policy
 (``cairn_common.failures``): a transient failure leaves the rows for a later attempt (the relay
@@ -105,17 +108,18 @@ class Outbox:
         self._topology = topology
         self._partitions = partitions
         self._max_bytes = max_bytes
+        self._settled: list[int] = []
+        """Rows published (or dead-lettered) on the fast path, not deleted yet."""
+        self._has_settled = asyncio.Event()
 
-    async def publish(
-        self, messages: Sequence[OutboxMessage], conn: asyncpg.Connection | None = None
-    ) -> None:
-        """Right after the commit that wrote them: publish, then delete (on ``conn`` if given).
-        A transient failure leaves them to the relay; the commit stands either way."""
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        """Right after the commit that wrote them: publish; the rows are deleted later
+        (``delete_published``). A transient failure leaves them to the relay; the commit stands
+        either way."""
         if not messages:
             return
         try:
             attempt = await self._attempt(messages)
-            await self._delete(conn or self._pool, attempt.settled)
         except Exception as exc:
             if classify(exc) is not Failure.TRANSIENT:
                 raise
@@ -124,6 +128,49 @@ class Outbox:
             log.warning("outbox publish failed; the relay will retry",
                         error=describe(attempt.transient), count=len(messages))  # fmt: skip
         OUTBOX_PUBLISHED.labels("direct").inc(len(attempt.published))
+        if attempt.settled:
+            self._settled.extend(attempt.settled)
+            self._has_settled.set()
+
+    async def delete_published(self, stop: asyncio.Event, pause: float = 0.05) -> None:
+        """Delete the rows ``publish`` settled, every ``pause`` seconds at most, until ``stop``
+        (then once more). While PostgreSQL is unreachable the ids wait in memory; the relay
+        does not take a row younger than ``relay_after``, so it rarely publishes one again."""
+        backoff = Backoff(first=pause, cap=max(pause, 5.0))
+        while True:
+            await wait_any(stop, self._has_settled)
+            stopping = stop.is_set()
+            try:
+                await self.flush_deletes()
+                backoff.reset()
+            except Exception as exc:
+                if classify(exc) is not Failure.TRANSIENT:
+                    raise
+                log.warning("deleting published outbox rows failed; will retry",
+                            error=describe(exc), rows=len(self._settled))  # fmt: skip
+                if stopping:
+                    return  # the next start's relay publishes them again, harmlessly
+                await wait_any(stop, timeout=backoff.next())
+                continue
+            if stopping:
+                return
+            await wait_any(stop, timeout=pause)
+
+    async def flush_deletes(self) -> None:
+        """Delete every row settled so far, in one transaction that does not wait for its WAL
+        flush. On failure the ids are kept for the next attempt."""
+        ids, self._settled = self._settled, []
+        self._has_settled.clear()
+        if not ids:
+            return
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit = off")
+                await self._delete(conn, ids)
+        except BaseException:
+            self._settled[:0] = ids
+            self._has_settled.set()
+            raise
 
     async def relay(self, stop: asyncio.Event, interval: float = 2.0) -> None:
         """Publish what a crash or a NATS outage left behind; back off while it keeps failing."""

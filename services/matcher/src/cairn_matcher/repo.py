@@ -1,15 +1,18 @@
-"""The matcher's SQL. Every write takes a whole batch (``unnest``), so a fetched batch of inputs
-costs one round trip per table, inside the one transaction of ``Engine.apply``.
+"""The matcher's SQL. Every write takes a whole batch (``unnest``); the rows nearly every commit
+writes go in one statement (``write_batch``), the rarer ones (traits, ended instances, cancelled
+timers, delivery events) in one statement per table, all inside the one transaction of
+``Engine.apply``.
 
-Lock order: the engine runs several committers at once, and the rows they share (the analytics
-counters of ``journey_stats`` above all; the scheduler shares ``timers``) would deadlock if two
-transactions took them in different orders, each one costing PostgreSQL's ``deadlock_timeout``.
-So every multi-row write gets its rows through ``_columns``, which sorts them by the table's key
-(``INSERT … SELECT FROM unnest`` and ``ON CONFLICT`` handle rows in array order), statements that
-lock rows they did not insert lock them in key order in a sorted subquery, and the commit runs the
-statements in one fixed order (``BatchWrites.commit``). ``journey_stats`` is written by two
-statements, interpreter counters first, then delivery counters; their counter names never meet
-(only the latter start with ``delivery:`` or ``reason:``), so the pair keeps one order too.
+Lock order: the engine runs several committers at once, and the rows they could share (the
+analytics counters of ``journey_stats``, when two replicas' committers meet in one shard; the
+scheduler shares ``timers``) would deadlock if two transactions took them in different orders,
+each one costing PostgreSQL's ``deadlock_timeout``. So every multi-row write gets its rows through
+``_columns``, which sorts them by the table's key (``INSERT … SELECT FROM unnest`` and
+``ON CONFLICT`` handle rows in array order), statements that lock rows they did not insert lock
+them in key order in a sorted subquery, and the commit runs the statements in one fixed order
+(``BatchWrites.commit``). ``journey_stats`` is written by two statements, interpreter counters
+first, then delivery counters; their counter names never meet (only the latter start with
+``delivery:`` or ``reason:``), so the pair keeps one order too.
 """
 
 from __future__ import annotations
@@ -52,18 +55,6 @@ async def load_profiles(
     }
 
 
-async def save_states(conn: asyncpg.Connection, states: Iterable[tuple[str, int, bytes]]) -> None:
-    """(profile id, partition, encoded state) rows."""
-    ids, partitions, blobs = _columns(states, 3, key=_first)
-    if ids:
-        await conn.execute(
-            """INSERT INTO profile_states (profile_id, partition, state)
-               SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[])
-               ON CONFLICT (profile_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()""",
-            ids, partitions, blobs,
-        )  # fmt: skip
-
-
 async def merge_traits(
     conn: asyncpg.Connection, traits: dict[str, dict[str, Any]], *, budget: int
 ) -> None:
@@ -98,18 +89,6 @@ TimerRow = tuple[str, str, int, str, str, str, datetime, str | None]
 """timer_id, profile_id, partition, instance_id, step_id, kind, due_at, traceparent"""
 
 
-async def set_timers(conn: asyncpg.Connection, rows: Sequence[TimerRow]) -> None:
-    if rows:
-        await conn.execute(
-            """INSERT INTO timers (timer_id, profile_id, partition, instance_id, step_id, kind,
-                                   due_at, traceparent)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[], $8::text[])
-               ON CONFLICT (timer_id) DO NOTHING""",
-            *_columns(rows, 8, key=_first),
-        )
-
-
 async def delete_timers(conn: asyncpg.Connection, timer_ids: Sequence[str]) -> None:
     """The scheduler locks timers too (claims and deletes fired ones): lock in key order."""
     if timer_ids:
@@ -131,31 +110,19 @@ OutboxRow = tuple[str, str, bytes, str | None]
 """subject, msg_id, payload, traceparent (of the input that emitted it)"""
 
 
-async def add_to_outbox(
-    conn: asyncpg.Connection, rows: Sequence[OutboxRow]
-) -> list[tuple[int, str, str, bytes, str | None]]:
-    if not rows:
-        return []
-    result = await conn.fetch(
-        """INSERT INTO outbox (subject, msg_id, payload, traceparent)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
-           ON CONFLICT (msg_id) DO NOTHING
-           RETURNING id, subject, msg_id, payload, traceparent""",
-        *_columns(rows, 4, key=_emitted),
-    )
-    return [(r["id"], r["subject"], r["msg_id"], r["payload"], r["traceparent"]) for r in result]
-
-
 DeliveryEventRow = tuple[str, str, str, str, str | None, str | None, datetime]
 """delivery_id, kind, instance_id, step_id, channel, reason, at"""
 
 
-async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryEventRow]) -> None:
+async def add_delivery_events(
+    conn: asyncpg.Connection, rows: Sequence[DeliveryEventRow], *, shard: int = 0
+) -> None:
     """Once per (delivery, kind): a redelivered result or a second open changes nothing.
 
     Each row actually inserted also increments the analytics counters of its journey, version
     and step (``delivery:<kind>``, and ``reason:<kind>:<reason>`` for skipped, suppressed and
-    dropped) in the hour of its ``at``, so the stats read only ``journey_stats``."""
+    dropped) in the hour of its ``at`` and in ``shard`` (``add_stats``), so the stats read only
+    ``journey_stats``."""
     if rows:
         await conn.execute(
             """WITH added AS (
@@ -172,33 +139,22 @@ async def add_delivery_events(conn: asyncpg.Connection, rows: Sequence[DeliveryE
                           'reason:' || kind || ':' || coalesce(reason, 'unknown'), at
                    FROM added WHERE kind IN ('skipped', 'suppressed', 'dropped')
                )
-               INSERT INTO journey_stats (journey, version, step_id, counter, hour, n)
+               INSERT INTO journey_stats (journey, version, step_id, counter, hour, shard, n)
                SELECT ji.journey, ji.version, c.step_id, c.counter,
-                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', count(*)
+                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $8::smallint,
+                      count(*)
                FROM counted c JOIN journey_instances ji ON ji.instance_id = c.instance_id
                GROUP BY 1, 2, 3, 4, 5
                ORDER BY 1, 2, 3, 4, 5
-               ON CONFLICT (journey, version, step_id, counter, hour)
+               ON CONFLICT (journey, version, step_id, counter, hour, shard)
                DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
             *_columns(rows, 7, key=lambda r: (r[0], r[1])),
+            shard,
         )
 
 
 InstanceStart = tuple[str, str, int, str, str | None, datetime]
 """instance_id, journey, version, profile_id, unique_value, started_at"""
-
-
-async def start_instances(conn: asyncpg.Connection, rows: Sequence[InstanceStart]) -> None:
-    if rows:
-        await conn.execute(
-            """INSERT INTO journey_instances
-                   (instance_id, journey, version, profile_id, unique_value, status, started_at)
-               SELECT i, j, v, p, u, 'active', s
-               FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                           $6::timestamptz[]) AS t(i, j, v, p, u, s)
-               ON CONFLICT (instance_id) DO NOTHING""",
-            *_columns(rows, 6, key=_first),
-        )
 
 
 InstanceEnd = tuple[str, str, str | None, datetime]
@@ -235,27 +191,83 @@ StatKey = tuple[str, int, str, str, datetime]
 """journey, version, step_id, counter, hour"""
 
 
-async def add_stats(conn: asyncpg.Connection, counts: dict[StatKey, int]) -> None:
-    if counts:
-        rows = [(*key, n) for key, n in counts.items()]
-        await conn.execute(
-            """INSERT INTO journey_stats (journey, version, step_id, counter, hour, n)
-               SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[],
-                                    $5::timestamptz[], $6::bigint[])
-               ON CONFLICT (journey, version, step_id, counter, hour)
-               DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
-            *_columns(rows, 6, key=lambda r: r[:5]),
-        )
+StateRow = tuple[str, int, bytes]
+"""profile_id, partition, encoded state"""
 
 
-async def record_applied(conn: asyncpg.Connection, applied: dict[int, int]) -> None:
+class BatchRows(msgspec.Struct):
+    """The rows nearly every commit writes, written by ``write_batch`` in one statement."""
+
+    states: Sequence[StateRow] = ()
+    started: Sequence[InstanceStart] = ()
+    timers: Sequence[TimerRow] = ()
+    applied: dict[int, int] = msgspec.field(default_factory=dict)
     """partition -> the INPUTS stream sequence applied last (rows ``fence_many`` locked)."""
-    if applied:
-        await conn.execute(
-            """UPDATE partition_leases AS pl SET last_applied_seq = t.s
-               FROM unnest($1::int[], $2::bigint[]) AS t(p, s) WHERE pl.partition = t.p""",
-            *_columns(applied.items(), 2, key=_first),
-        )  # fmt: skip
+    outbox: Sequence[OutboxRow] = ()
+    stats: dict[StatKey, int] = msgspec.field(default_factory=dict)
+
+
+WRITE_BATCH = """
+WITH saved AS (
+    INSERT INTO profile_states (profile_id, partition, state)
+    SELECT * FROM unnest($1::text[], $2::int[], $3::bytea[])
+    ON CONFLICT (profile_id) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
+), started AS (
+    INSERT INTO journey_instances
+        (instance_id, journey, version, profile_id, unique_value, status, started_at)
+    SELECT i, j, v, p, u, 'active', s
+    FROM unnest($4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::timestamptz[])
+        AS t(i, j, v, p, u, s)
+    ON CONFLICT (instance_id) DO NOTHING
+), timers_set AS (
+    INSERT INTO timers
+        (timer_id, profile_id, partition, instance_id, step_id, kind, due_at, traceparent)
+    SELECT * FROM unnest($10::text[], $11::text[], $12::int[], $13::text[], $14::text[],
+                         $15::text[], $16::timestamptz[], $17::text[])
+    ON CONFLICT (timer_id) DO NOTHING
+), applied AS (
+    UPDATE partition_leases AS pl SET last_applied_seq = t.s
+    FROM unnest($18::int[], $19::bigint[]) AS t(p, s) WHERE pl.partition = t.p
+), counted AS (
+    INSERT INTO journey_stats (journey, version, step_id, counter, hour, shard, n)
+    SELECT j, v, s, c, h, $26::smallint, n
+    FROM unnest($20::text[], $21::int[], $22::text[], $23::text[], $24::timestamptz[],
+                $25::bigint[]) AS t(j, v, s, c, h, n)
+    ON CONFLICT (journey, version, step_id, counter, hour, shard)
+    DO UPDATE SET n = journey_stats.n + EXCLUDED.n
+)
+INSERT INTO outbox (subject, msg_id, payload, traceparent)
+SELECT * FROM unnest($27::text[], $28::text[], $29::bytea[], $30::text[])
+ON CONFLICT (msg_id) DO NOTHING
+RETURNING id, subject, msg_id, payload, traceparent
+"""
+
+
+async def write_batch(
+    conn: asyncpg.Connection, rows: BatchRows, *, shard: int = 0
+) -> list[tuple[int, str, str, bytes, str | None]]:
+    """Profile states, started instances, timers set, each partition's applied sequence, the
+    interpreter's counters (added to ``shard``: concurrent committers each write their own, so
+    they do not queue on one another's row locks; the stats sum the shards) and the outbox, in
+    ONE statement: a round trip per table was most of a commit's time. Returns the new outbox
+    rows (id, subject, msg_id, payload, traceparent).
+
+    Its parts touch different tables and never each other's rows (an instance ended or a timer
+    cancelled in the same batch is written by the statements that follow it in the
+    transaction, which see these rows), so the order PostgreSQL runs them in does not matter;
+    each part takes its rows in key order. The outbox keeps the order of emission."""
+    stats = [(*key, n) for key, n in rows.stats.items()]
+    result = await conn.fetch(
+        WRITE_BATCH,
+        *_columns(rows.states, 3, key=_first),
+        *_columns(rows.started, 6, key=_first),
+        *_columns(rows.timers, 8, key=_first),
+        *_columns(rows.applied.items(), 2, key=_first),
+        *_columns(stats, 6, key=lambda r: r[:5]),
+        shard,
+        *_columns(rows.outbox, 4, key=_emitted),
+    )
+    return [(r["id"], r["subject"], r["msg_id"], r["payload"], r["traceparent"]) for r in result]
 
 
 async def last_applied(conn: asyncpg.Connection, partition: int) -> int:
