@@ -139,3 +139,33 @@ async def test_poison_inputs_are_dead_lettered_with_the_reason_and_the_partition
     assert all(r.startswith("undecodable message") for r in reasons), reasons
     assert any("missing required field" in r for r in reasons), "it names what is wrong"
     await pool.close()
+
+
+async def test_committed_inputs_are_acknowledged_at_the_latest_once_the_partition_is_idle(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    """A busy worker acknowledges every second or so, not every batch; what it committed last
+    is acknowledged once nothing more arrives, so JetStream never redelivers committed work."""
+    pool = await prepared(database_url, js, topology)
+    proc = spawn(MATCHER, CAIRN_PARTITIONS=str(P))
+    await proc.wait_ready()
+    inputs = Inputs(js, topology, P)
+    for n in range(60):
+        await inputs.identify(f"user-{n}", n=n)
+    await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=60)
+
+    async with asyncio.timeout(15):
+        while True:
+            consumers = [
+                c
+                for c in await js.consumers_info(topology.inputs_stream)
+                if c.name.startswith("matcher-")
+            ]
+            if len(consumers) == P and all(c.num_ack_pending == 0 for c in consumers):
+                break
+            await asyncio.sleep(0.2)
+    assert sum(c.delivered.stream_seq > 0 for c in consumers) == P, "every partition had inputs"
+    await pool.close()

@@ -43,6 +43,10 @@ from cairn_matcher.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+ACK_EVERY = 1.0
+"""Seconds between acknowledgements of a busy partition consumer (far below its ack wait)."""
+
+
 def consumer_name(partition: int, epoch: int) -> str:
     return f"matcher-{partition}-e{epoch}"
 
@@ -65,6 +69,10 @@ class PartitionWorker:
         self.waiting_since: float | None = None
         """Since when (``time.monotonic``) the batch in hand (or the consumer's binding) has been
         waiting to commit; ``None`` between batches."""
+        self._unacked: Msg | None = None
+        """The last committed message not acknowledged yet (``AckPolicy.ALL``: it acks all)."""
+        self._unacked_count = 0
+        self._acked_at = time.monotonic()
 
     @property
     def _stopping(self) -> bool:
@@ -81,7 +89,10 @@ class PartitionWorker:
                 msgs = await self._fetch(sub)
                 if msgs:
                     await self._handle(msgs)
+                else:
+                    await self._ack()  # idle: acknowledge what is committed
         finally:
+            await self._ack()
             await _unless_transient(sub.unsubscribe())
 
     async def _bind(self) -> JetStreamContext.PullSubscription | None:
@@ -147,9 +158,22 @@ class PartitionWorker:
         items = [_decoded(m) for m in msgs]
         if not await self._commit(items):
             return  # not committed: nothing is acked, the next worker replays from the commit
-        # AckPolicy.ALL acknowledges the whole batch; a lost ack only means a redelivery, which
-        # the committed sequence skips.
-        await _unless_transient(msgs[-1].ack())
+        self._unacked = msgs[-1]
+        self._unacked_count += len(msgs)
+        s = self._ctx.settings
+        if self._unacked_count >= s.fetch_batch or time.monotonic() - self._acked_at >= ACK_EVERY:
+            await self._ack()
+
+    async def _ack(self) -> None:
+        """Acknowledge everything committed so far (``AckPolicy.ALL``), at most every
+        ``ACK_EVERY`` seconds or ``fetch_batch`` messages while busy: the commit, not the ack,
+        is what records progress (a new consumer starts after ``last_applied_seq``), so an ack
+        only keeps the server from redelivering after ``ack_wait`` and under
+        ``max_ack_pending``. A lost ack means a redelivery, which the committed sequence skips."""
+        msg, self._unacked, self._unacked_count = self._unacked, None, 0
+        self._acked_at = time.monotonic()
+        if msg is not None:
+            await _unless_transient(msg.ack())
 
     async def _commit(self, items: list[Input]) -> bool:
         backoff = Backoff()

@@ -239,7 +239,7 @@ WITH saved AS (
 INSERT INTO outbox (subject, msg_id, payload, traceparent)
 SELECT * FROM unnest($27::text[], $28::text[], $29::bytea[], $30::text[])
 ON CONFLICT (msg_id) DO NOTHING
-RETURNING id, subject, msg_id, payload, traceparent
+RETURNING id, msg_id
 """
 
 
@@ -267,7 +267,8 @@ async def write_batch(
         shard,
         *_columns(rows.outbox, 4, key=_emitted),
     )
-    return [(r["id"], r["subject"], r["msg_id"], r["payload"], r["traceparent"]) for r in result]
+    sent = {row[1]: row for row in rows.outbox}  # the rows' ids come back, not their payloads
+    return [(r["id"], *sent[r["msg_id"]]) for r in result]
 
 
 async def last_applied(conn: asyncpg.Connection, partition: int) -> int:
