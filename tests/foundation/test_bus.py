@@ -22,7 +22,7 @@ from cairn_common.consume import (
     one_at_a_time,
 )
 from cairn_common.messages import DeadLetter, Event, decode
-from cairn_common.topology import ConsumerSpec, Topology
+from cairn_common.topology import GIVE_UPS_MAX_BYTES, ConsumerSpec, Topology
 
 
 def make_event(n: int, partition: int = 0) -> Event:
@@ -106,6 +106,7 @@ async def test_provisioning_twice_and_concurrently_leaves_one_identical_topology
         topology.inputs_stream,
         topology.deliveries_stream,
         topology.dead_letter_stream,
+        topology.give_ups_stream,
     }
     for spec in topology.streams():
         await js.delete_stream(spec.name)
@@ -130,6 +131,7 @@ async def test_streams_are_bounded_and_only_dead_letters_make_room_by_dropping(
         topology.dead_letter_stream: (
             topology.dead_letters_max_bytes, api.DiscardPolicy.OLD, 30 * 86400.0,
         ),
+        topology.give_ups_stream: (GIVE_UPS_MAX_BYTES, api.DiscardPolicy.OLD, 7 * 86400.0),
     }  # fmt: skip
     assert {n: (c.max_bytes, c.discard, c.max_age) for n, c in configs.items()} == bounds
     for name in configs:

@@ -31,6 +31,7 @@ from cairn_common.bus import connect, provision_topology
 from cairn_common.consume import BatchHandler, PullConsumer
 from cairn_common.db import apply_migrations, create_pool
 from cairn_common.failures import describe, is_transient
+from cairn_common.give_ups import GiveUps
 from cairn_common.observability import configure_logging, configure_tracing
 from cairn_common.settings import CommonSettings, SettingsError, load_settings
 from cairn_common.topology import ConsumerSpec, Topology
@@ -234,4 +235,7 @@ async def consume(
     )
     ctx.started.set()
     log.info("consuming", stream=spec.stream, consumer=spec.durable)
-    await consumer.run(ctx.stopping)
+    async with asyncio.TaskGroup() as tg:
+        # What JetStream stops delivering because a replica died on its last delivery.
+        tg.create_task(GiveUps(ctx.js, ctx.topology).run(ctx.stopping), name="give-ups")
+        await consumer.run(ctx.stopping)

@@ -10,6 +10,10 @@ Subjects:
                                      ``event``, ``timer`` (fired), ``result`` (delivery result)
 - ``{ns}.deliveries.{channel}``      delivery requests from the matcher's outbox (work queue)
 - ``{ns}.dlq.{stream}``              messages a consumer gave up on, with the reason
+- ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}``
+                                     JetStream's notice that it stopped redelivering a message no
+                                     consumer settled (kept in the give-ups stream, see
+                                     ``cairn_common.give_ups``)
 
 Every stream is bounded in bytes (``CAIRN_INPUTS_MAX_BYTES`` and friends). The inputs and the
 deliveries refuse new messages when full (discard ``new``), so nothing accepted is ever dropped
@@ -44,6 +48,8 @@ MIB = 1 << 20
 DEFAULT_INPUTS_MAX_BYTES = 1024 * MIB
 DEFAULT_DELIVERIES_MAX_BYTES = 256 * MIB
 DEFAULT_DEAD_LETTERS_MAX_BYTES = 256 * MIB
+GIVE_UPS_MAX_BYTES = 16 * MIB
+"""Max-deliveries advisories are a few hundred bytes each; they wait here only until handled."""
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +84,10 @@ class Topology(msgspec.Struct, frozen=True):
     def dead_letter_stream(self) -> str:
         return f"{self._upper}_DEAD_LETTERS"
 
+    @property
+    def give_ups_stream(self) -> str:
+        return f"{self._upper}_GIVE_UPS"
+
     # ---- subjects ------------------------------------------------------------------------------
     def input_subject(self, partition: int, kind: InputKind) -> str:
         return f"{self.namespace}.inputs.{partition}.{kind}"
@@ -99,6 +109,14 @@ class Topology(msgspec.Struct, frozen=True):
     @property
     def dispatcher_consumer(self) -> str:
         return "dispatcher"
+
+    @property
+    def give_ups_consumer(self) -> str:
+        return "give-ups"
+
+    def _delivering(self) -> list[ConsumerSpec]:
+        """The consumers with a delivery limit, whose give-ups are dead-lettered."""
+        return [c for c in self.consumers() if c.stream != self.give_ups_stream]
 
     def streams(self) -> list[StreamSpec]:
         ns = self.namespace
@@ -133,6 +151,19 @@ class Topology(msgspec.Struct, frozen=True):
                 discard="old",
                 description="Messages consumers gave up on, with the reason",
             ),
+            StreamSpec(
+                name=self.give_ups_stream,
+                subjects=tuple(
+                    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{c.stream}.{c.durable}"
+                    for c in self._delivering()
+                ),
+                retention="workqueue",
+                duplicate_window=timedelta(minutes=2),
+                max_age=timedelta(days=7),
+                max_bytes=GIVE_UPS_MAX_BYTES,
+                discard="old",
+                description="JetStream's notices of messages it stopped delivering unsettled",
+            ),
         ]
 
     def consumer(self, durable: str) -> ConsumerSpec:
@@ -156,6 +187,15 @@ class Topology(msgspec.Struct, frozen=True):
                 ack_wait=timedelta(seconds=60),
                 backoff=backoff,
                 description="Shared by all dispatcher replicas",
+            ),
+            ConsumerSpec(
+                stream=self.give_ups_stream,
+                durable=self.give_ups_consumer,
+                filter_subject=None,
+                max_deliver=1000,  # a notice is retried (with backoff) until it is handled
+                ack_wait=timedelta(seconds=30),
+                backoff=backoff,
+                description="Dead-letters what JetStream stopped delivering unsettled",
             ),
         ]
 
