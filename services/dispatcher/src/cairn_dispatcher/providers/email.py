@@ -45,6 +45,42 @@ class OutgoingEmail(msgspec.Struct, frozen=True):
     message_id: str
 
 
+_LINE_BREAKS = re.compile(r"[\r\n\x00\x0b\x0c\x85\u2028\u2029]")
+_ADDR_SPEC = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]{1,64}"
+    r"@(?=.{1,253}$)[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]{0,61}"
+    r"[A-Za-z0-9\u0080-\U0010ffff])?(?:\.[A-Za-z0-9\u0080-\U0010ffff]"
+    r"(?:[A-Za-z0-9\-\u0080-\U0010ffff]{0,61}[A-Za-z0-9\u0080-\U0010ffff])?)*$"
+)
+
+
+def checked(name: str, value: str) -> str:
+    """A header value built from templates or traits, refused when it could start a new header.
+
+    A CR, LF (or another line separator, or NUL) anywhere is a permanent failure of the delivery
+    naming the header, whatever the Python version's own email package would do with it: never an
+    injected header line and never a retry."""
+    if _LINE_BREAKS.search(value):
+        raise PermanentError(f"{name} contains a line break, refused: {value[:80]!r}")
+    return value
+
+
+def valid_address(name: str, value: str, *, display_name: bool) -> str:
+    """``value`` as one valid email address (``local@domain``; with ``display_name``, also
+    ``Name <local@domain>``), else a permanent failure naming the header. Returns the bare
+    address."""
+    checked(name, value)
+    _shown, address = parseaddr(value)
+    bare = value.strip()
+    if not display_name and address != bare:
+        address = ""
+    if display_name and address not in (bare, bare.rsplit("<", 1)[-1].rstrip(">").strip()):
+        address = ""
+    if not address or not _ADDR_SPEC.match(address) or ".." in address:
+        raise PermanentError(f"{name} address {value[:80]!r} is not a valid email address")
+    return address
+
+
 def _header(value: str) -> str:
     """A header value, RFC 2047-encoded when it is not plain ASCII (names and subjects)."""
     if value.isascii():
@@ -133,10 +169,12 @@ class Smtp:
             raise PermanentError("email needs a template")
         if not job.address:
             raise PermanentError("no address")
+        recipient = valid_address("To", job.address, display_name=False)
         sender = rendered.from_ or str(self.target.require("from"))
-        envelope_from = parseaddr(sender)[1]
-        if not envelope_from:
-            raise PermanentError(f"from address {sender!r} is not valid")
+        envelope_from = valid_address("From", sender, display_name=True)
+        subject = checked("Subject", rendered.subject or "")
+        if rendered.reply_to:
+            valid_address("Reply-To", rendered.reply_to, display_name=True)
         html, text = rendered.html, rendered.text
         headers: list[tuple[str, str]] = []
         if self._tracking.enabled:
@@ -157,8 +195,8 @@ class Smtp:
             msg = MIMEText(html or text or "", "html" if html else "plain", "utf-8")
         message_id = f"<{_SAFE_ID.sub('.', job.idempotency_key)}@cairn>"
         msg["From"] = _header(sender)
-        msg["To"] = job.address
-        msg["Subject"] = _header(rendered.subject or "")
+        msg["To"] = recipient
+        msg["Subject"] = _header(subject)
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = message_id
         msg["X-Cairn-Delivery-Id"] = job.idempotency_key
@@ -168,7 +206,7 @@ class Smtp:
             msg[name] = value
         return OutgoingEmail(
             sender=envelope_from,
-            recipient=job.address,
+            recipient=recipient,
             data=msg.as_bytes(policy=_UNFOLDED),
             message_id=message_id,
         )
