@@ -32,6 +32,8 @@ class Recorded(msgspec.Struct):
     headers: dict[str, str]
     body: bytes
     query: dict[str, str]
+    raw_path: str = ""
+    """The path as sent, percent-encoding kept (``path`` is decoded)."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -78,6 +80,7 @@ class HttpSink:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
                 query=dict(request.query),
+                raw_path=request.raw_path.split("?", 1)[0],
             )
         )
         self.arrived.set()

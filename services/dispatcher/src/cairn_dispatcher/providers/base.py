@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -95,6 +96,18 @@ class Provider(Protocol):
 
 class PermanentError(Exception):
     """Raised inside a provider for a failure retrying cannot fix (bad config, bad address)."""
+
+
+def path_segment(name: str, value: str) -> str:
+    """``value`` (from data: a profile id, an address) as one percent-encoded URL path segment.
+
+    Every character outside the unreserved set is encoded, ``/``, ``?``, ``#`` and ``%`` included,
+    so data can never add a segment, a query or a fragment to a provider's URL and reach another
+    endpoint with the destination's credentials. A value that would still be a dot segment (or
+    empty) is a permanent failure naming it."""
+    if value in ("", ".", ".."):
+        raise PermanentError(f"{name} {value!r} cannot be a URL path segment")
+    return quote(value, safe="")
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cairn_dispatcher.providers.base import Job
+from cairn_dispatcher.providers.base import Job, path_segment
 from cairn_dispatcher.providers.http import HttpProvider, HttpRequest
 
 DEFAULT_EVENT = "Journey Step Entered"
@@ -50,9 +50,10 @@ class CustomerIo(HttpProvider):
     async def build(self, job: Job) -> HttpRequest:
         site_id = str(self.target.require("site_id"))
         base = self.base_url("https://track.customer.io")
+        customer = path_segment("profile id", job.request.profile_id)
         return HttpRequest(
             method="POST",
-            url=f"{base}/api/v1/customers/{job.request.profile_id}/events",
+            url=f"{base}/api/v1/customers/{customer}/events",
             json={
                 "name": str(self.target.setting("event", DEFAULT_EVENT)),
                 "id": job.idempotency_key,
