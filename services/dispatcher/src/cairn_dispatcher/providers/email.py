@@ -70,13 +70,11 @@ def valid_address(name: str, value: str, *, display_name: bool) -> str:
     ``Name <local@domain>``), else a permanent failure naming the header. Returns the bare
     address."""
     checked(name, value)
-    _shown, address = parseaddr(value)
-    bare = value.strip()
-    if not display_name and address != bare:
-        address = ""
-    if display_name and address not in (bare, bare.rsplit("<", 1)[-1].rstrip(">").strip()):
-        address = ""
-    if not address or not _ADDR_SPEC.match(address) or ".." in address:
+    written = value.strip()
+    if display_name:
+        written = written.rsplit("<", 1)[-1].rstrip(">").strip()
+    address = parseaddr(value)[1]
+    if address != written or not _ADDR_SPEC.match(address) or ".." in address:
         raise PermanentError(f"{name} address {value[:80]!r} is not a valid email address")
     return address
 
