@@ -307,3 +307,8 @@ def self_signed_tls(directory: Any) -> Any:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context
+
+
+LOOPBACK = ["127.0.0.0/8"]
+"""``allow_networks`` for channels whose provider is one of these local servers: the egress policy
+refuses loopback otherwise (docs/security.md)."""

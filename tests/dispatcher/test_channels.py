@@ -24,6 +24,7 @@ from cairn_common import tracking
 from cairn_common.topology import Topology
 from tests.dispatcher.conftest import TRACKING_SECRET
 from tests.dispatcher.support import (
+    LOOPBACK,
     HttpSink,
     Reply,
     Results,
@@ -152,6 +153,7 @@ async def test_sms_through_the_twilio_messages_api(
             "provider": "twilio",
             "options": {
                 "base_url": sink.url,
+                "allow_networks": LOOPBACK,
                 "account_sid": "AC42",
                 "auth_token": {"env": "TEST_API_KEY"},
                 "from": "+15550001",
@@ -211,6 +213,7 @@ async def test_push_through_fcm_v1_with_a_service_account_token(
             "provider": "fcm",
             "options": {
                 "base_url": sink.url,
+                "allow_networks": LOOPBACK,
                 "project_id": "p1",
                 "service_account": {"file": str(account)},
             },
@@ -280,6 +283,7 @@ async def test_web_push_is_encrypted_for_the_subscription_and_vapid_signed(
         {
             "provider": "webpush",
             "options": {
+                "allow_networks": LOOPBACK,
                 "vapid_private_key": {"env": "TEST_VAPID_KEY"},
                 "vapid_subject": "mailto:ops@shop.test",
             },
@@ -428,7 +432,7 @@ async def test_sms_to_a_number_that_replied_stop_suppresses_it(
         {
             "provider": "twilio",
             "base_url": sink.url,
-            "options": {"account_sid": "AC42", "from": "+15550001"},
+            "options": {"account_sid": "AC42", "from": "+15550001", "allow_networks": LOOPBACK},
             "credentials": {"auth_token": {"env": "TEST_API_KEY"}},
         },
     )

@@ -15,7 +15,15 @@ from cairn_common.bus import provision_topology
 from cairn_common.give_ups import GiveUps
 from cairn_common.messages import DeadLetter, DeliveryRequested, decode
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Results, apply, delivery, ledger, send_requests
+from tests.dispatcher.support import (
+    LOOPBACK,
+    HttpSink,
+    Results,
+    apply,
+    delivery,
+    ledger,
+    send_requests,
+)
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +38,10 @@ async def test_sigkill_after_the_provider_call_resends_once_with_the_same_idempo
     start_dispatcher: Callable[..., ServiceProcess],
 ) -> None:
     await apply(
-        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/hook"}}
+        db,
+        "Channel",
+        "webhook",
+        {"provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"}},
     )
     sink.hold = asyncio.Event()  # the provider has the request but has not answered yet
     first = start_dispatcher()
@@ -67,7 +78,10 @@ async def test_a_delivery_whose_dispatcher_dies_on_its_last_attempt_is_dead_lett
     ``GiveUps`` (run by every dispatcher) dead-letters the message with the reason and removes
     it from the work queue, and the next delivery is sent as usual."""
     await apply(
-        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/hook"}}
+        db,
+        "Channel",
+        "webhook",
+        {"provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"}},
     )
     await provision_topology(js, topology)
     stream, durable = topology.deliveries_stream, topology.dispatcher_consumer

@@ -11,7 +11,15 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Reply, Results, apply, delivery, send_requests
+from tests.dispatcher.support import (
+    LOOPBACK,
+    HttpSink,
+    Reply,
+    Results,
+    apply,
+    delivery,
+    send_requests,
+)
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +40,10 @@ async def test_braze_customerio_and_iterable_receive_the_journey_context(
         db,
         "Destination",
         "braze",
-        {"provider": "braze", "options": {"base_url": sink.url, "api_key": KEY}},
+        {
+            "provider": "braze",
+            "options": {"base_url": sink.url, "allow_networks": LOOPBACK, "api_key": KEY},
+        },
     )
     await apply(
         db,
@@ -40,7 +51,12 @@ async def test_braze_customerio_and_iterable_receive_the_journey_context(
         "cio",
         {
             "provider": "customerio",
-            "options": {"base_url": sink.url, "site_id": "site1", "api_key": KEY},
+            "options": {
+                "base_url": sink.url,
+                "allow_networks": LOOPBACK,
+                "site_id": "site1",
+                "api_key": KEY,
+            },
         },
     )
     await apply(
@@ -49,7 +65,12 @@ async def test_braze_customerio_and_iterable_receive_the_journey_context(
         "iterable",
         {
             "provider": "iterable",
-            "options": {"base_url": sink.url, "api_key": KEY, "event": "Cart Journey"},
+            "options": {
+                "base_url": sink.url,
+                "allow_networks": LOOPBACK,
+                "api_key": KEY,
+                "event": "Cart Journey",
+            },
         },
     )
     await start_dispatcher().wait_ready()
@@ -178,7 +199,13 @@ async def test_runaway_functions_are_contained_and_the_dispatcher_keeps_running(
     for name, code in functions.items():
         await apply(db, "Destination", name, {"provider": "function", "function": code})
     await apply(
-        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/after"}}
+        db,
+        "Channel",
+        "webhook",
+        {
+            "provider": "webhook",
+            "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/after"},
+        },
     )
     proc = start_dispatcher()
     await proc.wait_ready()

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Results, apply, eventually
+from tests.dispatcher.support import LOOPBACK, HttpSink, Results, apply, eventually
 from tests.support.engine import Inputs, metric, prepared, publish_journey
 from tests.support.processes import ServiceProcess
 
@@ -41,7 +41,16 @@ async def test_journey_send_arrives_and_an_exit_drops_a_send_already_queued(
     start_dispatcher: Callable[..., ServiceProcess],
 ) -> None:
     pool = await prepared(database_url, js, topology)
-    await apply(db, "Channel", "webhook", {"provider": "webhook", "endpoint": f"{sink.url}/hook"})
+    await apply(
+        db,
+        "Channel",
+        "webhook",
+        {
+            "provider": "webhook",
+            "endpoint": f"{sink.url}/hook",
+            "options": {"allow_networks": LOOPBACK},
+        },
+    )
     await apply(
         db,
         "Template",

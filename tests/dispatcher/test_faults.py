@@ -21,6 +21,7 @@ from cairn_common.messages import DeliveryRequested
 from cairn_common.topology import Topology
 from cairn_control.deadletters import redrive
 from tests.dispatcher.support import (
+    LOOPBACK,
     HttpSink,
     Results,
     SmtpSink,
@@ -42,7 +43,10 @@ TEMPLATE = {"channel": "email", "subject": "Your cart", "html": "<p>Hi</p>", "te
 
 async def webhook_channel(db: asyncpg.Connection, sink: HttpSink) -> None:
     await apply(
-        db, "Channel", "webhook", {"provider": "webhook", "options": {"url": f"{sink.url}/hook"}}
+        db,
+        "Channel",
+        "webhook",
+        {"provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"}},
     )
 
 

@@ -11,14 +11,22 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Results, apply, delivery, ledger, send_requests
+from tests.dispatcher.support import (
+    LOOPBACK,
+    HttpSink,
+    Results,
+    apply,
+    delivery,
+    ledger,
+    send_requests,
+)
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
 
 async def _hook(db: asyncpg.Connection, sink: HttpSink, **policies: object) -> None:
-    options = dict(policies)
+    options = {"allow_networks": LOOPBACK, **policies}
     await apply(
         db,
         "Channel",
@@ -152,6 +160,7 @@ async def test_template_that_cannot_render_dead_letters_that_delivery_only(
             "provider": "twilio",
             "options": {
                 "base_url": sink.url,
+                "allow_networks": LOOPBACK,
                 "account_sid": "AC1",
                 "auth_token": {"env": "TEST_API_KEY"},
                 "from": "+1",
@@ -195,6 +204,7 @@ async def test_profile_without_an_address_is_skipped_with_the_reason(
             "provider": "twilio",
             "options": {
                 "base_url": sink.url,
+                "allow_networks": LOOPBACK,
                 "account_sid": "AC1",
                 "auth_token": {"env": "TEST_API_KEY"},
                 "from": "+1",

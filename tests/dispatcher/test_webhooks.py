@@ -17,6 +17,7 @@ from cairn_common.messages import DeadLetter, decode
 from cairn_common.topology import Topology
 from tests.dispatcher.conftest import WEBHOOK_SECRET
 from tests.dispatcher.support import (
+    LOOPBACK,
     HttpSink,
     Reply,
     Results,
@@ -39,6 +40,7 @@ async def _webhook_channel(db: asyncpg.Connection, sink: HttpSink) -> None:
         {
             "provider": "webhook",
             "endpoint": f"{sink.url}/hook",
+            "options": {"allow_networks": LOOPBACK},
             "credentials": {"secret": {"env": "TEST_WEBHOOK_SECRET"}},
         },
     )

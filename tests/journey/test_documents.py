@@ -239,6 +239,21 @@ BAD = [
         ],
     ),
     (
+        "kind: Channel\nname: hooks\ntype: webhook\nprovider: webhook\noptions:\n"
+        "  allow_networks: [10.0.0.0/8, 127.0.0.1/33, intranet]\n",
+        [
+            "options.allow_networks[1]: '127.0.0.1/33' is not a network like 10.0.0.0/8 or "
+            "fd00::/8 (j.yaml:6)",
+            "options.allow_networks[2]: 'intranet' is not a network like 10.0.0.0/8 or "
+            "fd00::/8 (j.yaml:6)",
+        ],
+    ),
+    (
+        "kind: Channel\nname: hooks\ntype: webhook\nprovider: webhook\n"
+        "options: {allow_networks: 10.0.0.0/8}\n",
+        ["options.allow_networks: expected a list of networks like 10.0.0.0/8 (j.yaml:5)"],
+    ),
+    (
         "kind: Channel\nname: mail\nprovider: smtp\n",
         ["type: required but missing (one of email, sms, push, webhook) (j.yaml:1)"],
     ),

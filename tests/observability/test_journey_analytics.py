@@ -22,7 +22,7 @@ from cairn_common.messages import DeliveryResult
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 from tests.control.conftest import run_cli
-from tests.dispatcher.support import HttpSink, Reply, SmtpSink, apply, eventually
+from tests.dispatcher.support import LOOPBACK, HttpSink, Reply, SmtpSink, apply, eventually
 from tests.observability.support import ADMIN_TOKEN, PARTITIONS, System, start_system
 from tests.support.engine import prepared, publish_journey
 from tests.support.processes import ServiceProcess
@@ -63,8 +63,8 @@ async def _resources(pool: asyncpg.Pool, smtp: SmtpSink, twilio: HttpSink) -> No
         })  # fmt: skip
         await apply(db, "Channel", "sms", {
             "provider": "twilio",
-            "options": {"base_url": twilio.url, "account_sid": "AC1", "from": "+15550100",
-                        "auth_token": {"env": "TEST_TWILIO_TOKEN"}},
+            "options": {"base_url": twilio.url, "allow_networks": LOOPBACK, "account_sid": "AC1",
+                        "from": "+15550100", "auth_token": {"env": "TEST_TWILIO_TOKEN"}},
         })  # fmt: skip
         for doc in yaml.safe_load_all(
             (EXAMPLES / "templates/cart-reminder-email.yaml").read_text()
@@ -228,7 +228,12 @@ async def test_the_funnel_stays_exact_when_the_matcher_and_dispatcher_are_killed
     sink = twilio  # any recording HTTP server does: the journey sends webhooks
     pool = await prepared(database_url, js, topology)
     async with pool.acquire() as db:
-        await apply(db, "Channel", "hooks", {"provider": "webhook", "endpoint": sink.url})
+        await apply(
+            db,
+            "Channel",
+            "hooks",
+            {"provider": "webhook", "endpoint": sink.url, "options": {"allow_networks": LOOPBACK}},
+        )
         await apply(db, "Template", "hook", {"channel": "webhook", "body": "{}"})
     await publish_journey(pool, CRASHED)
     system = await start_system(spawn, pool)

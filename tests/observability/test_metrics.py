@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Reply, apply, eventually
+from tests.dispatcher.support import LOOPBACK, HttpSink, Reply, apply, eventually
 from tests.observability.support import OtlpCollector, start_system
 from tests.support.engine import prepared, publish_journey
 from tests.support.processes import ServiceProcess
@@ -73,7 +73,12 @@ async def test_every_service_exposes_the_series_an_operator_graphs(
 ) -> None:
     pool = await prepared(database_url, js, topology)
     async with pool.acquire() as db:
-        await apply(db, "Channel", "webhook", {"provider": "webhook", "endpoint": sink.url})
+        await apply(
+            db,
+            "Channel",
+            "webhook",
+            {"provider": "webhook", "endpoint": sink.url, "options": {"allow_networks": LOOPBACK}},
+        )
         await apply(db, "Template", "hook", {"channel": "webhook", "body": '{"n": 1}'})
     await publish_journey(pool, JOURNEY)
     sink.script.append(Reply(status=503))  # the first call fails and is retried

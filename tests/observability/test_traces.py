@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, apply, eventually
+from tests.dispatcher.support import LOOPBACK, HttpSink, apply, eventually
 from tests.observability.support import Link, OtlpCollector, RecordedSpan, start_system
 from tests.support.engine import prepared, publish_journey
 from tests.support.processes import ServiceProcess
@@ -87,7 +87,12 @@ async def test_one_trace_runs_from_the_tracking_request_to_the_provider_call(
 ) -> None:
     pool = await prepared(database_url, js, topology)
     async with pool.acquire() as db:
-        await apply(db, "Channel", "webhook", {"provider": "webhook", "endpoint": sink.url})
+        await apply(
+            db,
+            "Channel",
+            "webhook",
+            {"provider": "webhook", "endpoint": sink.url, "options": {"allow_networks": LOOPBACK}},
+        )
         await apply(db, "Template", "hook", {"channel": "webhook", "body": '{"n": 1}'})
     await publish_journey(pool, TRACED)
     system = await start_system(spawn, pool, **collector.env())

@@ -17,7 +17,15 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cairn_common.topology import Topology
-from tests.dispatcher.support import HttpSink, Reply, Results, apply, delivery, send_requests
+from tests.dispatcher.support import (
+    LOOPBACK,
+    HttpSink,
+    Reply,
+    Results,
+    apply,
+    delivery,
+    send_requests,
+)
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +48,7 @@ async def test_profile_ids_cannot_leave_their_path_segment(
             "provider": "customerio",
             "options": {
                 "base_url": sink.url,
+                "allow_networks": LOOPBACK,
                 "site_id": "site1",
                 "api_key": {"env": "TEST_API_KEY"},
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -220,8 +221,26 @@ class ResourceReader(Reader):
                     "looks like a secret: put it under credentials as {env: VAR} or {file: /path}",
                     self.line_in(options, key),
                 )
+        if options is not None and "allow_networks" in options:
+            self.networks(options["allow_networks"], self.line_in(options, "allow_networks"))
         plain: dict[str, Any] = _plain(options or {})
         return plain
+
+    def networks(self, value: Any, line: int | None) -> None:
+        """``options.allow_networks``: the non-public networks (CIDRs) the channel may reach."""
+        path = "options.allow_networks"
+        if not isinstance(value, list):
+            self.problem(path, "expected a list of networks like 10.0.0.0/8", line)
+            return
+        for index, cidr in enumerate(value):
+            try:
+                ipaddress.ip_network(str(cidr), strict=False)
+            except ValueError:
+                self.problem(
+                    f"{path}[{index}]",
+                    f"{cidr!r} is not a network like 10.0.0.0/8 or fd00::/8",
+                    self.line_in(value, index) or line,
+                )
 
     def credentials(self, data: dict[str, Any]) -> dict[str, SecretRef]:
         if data.get("credentials") is None:

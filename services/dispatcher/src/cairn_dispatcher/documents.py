@@ -35,6 +35,10 @@ mapping (an older ``settings:`` mapping is read too). Provider settings by name:
 - webhook: url (= endpoint), secret (``whsec_...``, Standard Webhooks), headers
 - braze / iterable: api_key, base_url, event; customerio: site_id, api_key, base_url, event
 - function: the ``function`` source, allowed_hosts (for ``fetch``), any settings the code reads
+
+Every HTTP provider reaches public addresses only (``cairn_dispatcher.egress``): a webhook URL or
+a push endpoint that resolves to loopback, link-local, private or reserved space is refused unless
+``options.allow_networks`` lists its network, e.g. ``allow_networks: ["10.20.0.0/16"]``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+
+from cairn_dispatcher.egress import PUBLIC, EgressPolicy
 
 CHANNEL_TYPES = frozenset({"smtp", "twilio", "fcm", "webpush", "webhook"})
 DESTINATION_TYPES = frozenset({"braze", "customerio", "iterable", "function", "webhook"})
@@ -79,6 +85,8 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     frequency_cap: FrequencyCap | None = None
     quiet_hours: QuietHours | None = None
     code: str | None = None
+    egress: EgressPolicy = PUBLIC
+    """The non-public networks this target's requests may reach (``allow_networks``)."""
 
     @property
     def key(self) -> str:
@@ -235,4 +243,17 @@ def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> T
             else None
         ),
         code=code if isinstance(code, str) else None,
+        egress=_egress(_policy(doc, "allow_networks"), where),
     )
+
+
+def _egress(value: Any, where: str) -> EgressPolicy:
+    """``allow_networks: [CIDR, ...]``: the non-public networks the target may reach."""
+    if value is None:
+        return PUBLIC
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise DocumentError(f"{where}: allow_networks must be a list of networks like 10.0.0.0/8")
+    try:
+        return EgressPolicy(allow_networks=tuple(value))
+    except ValueError as exc:
+        raise DocumentError(f"{where}: {exc}") from None

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from cairn_common.messages import DeliveryRequested
 from cairn_dispatcher.documents import Target
+from cairn_dispatcher.egress import sanitise
 from cairn_journey.render import Rendered
 
 tracer = trace.get_tracer("cairn.dispatcher.providers")
@@ -126,15 +127,38 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
+MAX_BODY = 64 * 1024
+"""The most of a provider's answer read: enough for any API's JSON, and a hostile endpoint that
+streams without end costs nothing."""
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_BODY) -> bytes:
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await response.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 async def http_outcome(
     response: aiohttp.ClientResponse, provider: str, id_field: str | None = None
 ) -> SendOutcome:
-    """429 and 5xx retry (honouring Retry-After), other 4xx are permanent, 2xx sent."""
-    body = await response.read()
+    """429 and 5xx retry (honouring Retry-After), other 4xx are permanent, 2xx sent.
+
+    A 3xx is permanent too: redirects are not followed (a hop could lead anywhere). The reason
+    keeps the status and a short, single-line excerpt of the body (``egress.sanitise``), never
+    the whole answer of a server the address came from data."""
+    body = await read_bounded(response)
     if 200 <= response.status < 300:
         return Sent(_field(body.decode("utf-8", "replace"), id_field) if id_field else None)
-    text = body.decode("utf-8", "replace")
-    reason = f"{provider} answered {response.status}: {text[:300]}"
+    if 300 <= response.status < 400:
+        return Failed(
+            reason=f"{provider} answered {response.status}, a redirect, which is not followed",
+            retryable=False,
+        )
+    reason = f"{provider} answered {response.status}: {sanitise(body.decode('utf-8', 'replace'))}"
     if response.status == 429 or response.status >= 500 or response.status == 408:
         return Failed(
             reason=reason,
@@ -157,4 +181,4 @@ def _field(text: str, path: str) -> str | None:
 
 
 def connection_failed(provider: str, exc: BaseException) -> Failed:
-    return Failed(reason=f"{provider}: {type(exc).__name__}: {exc}", retryable=True)
+    return Failed(reason=sanitise(f"{provider}: {type(exc).__name__}: {exc}"), retryable=True)

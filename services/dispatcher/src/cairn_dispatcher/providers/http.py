@@ -1,4 +1,9 @@
-"""Providers reached over HTTP: one aiohttp session and one concurrency bound per provider."""
+"""Providers reached over HTTP: one aiohttp session and one concurrency bound per provider.
+
+Every request goes out through the target's egress policy (``cairn_dispatcher.egress``): the
+addresses its host resolves to are checked at connect time, and redirects are never followed (a
+3xx is the outcome), so a URL taken from data cannot reach loopback, cloud metadata or the
+private network, directly or by a hop."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import msgspec
 from opentelemetry import propagate
 from yarl import URL
 
+from cairn_dispatcher import egress
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.providers.base import (
     Failed,
@@ -53,8 +59,9 @@ class HttpProvider(ABC):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = egress.session(
+                self.target.egress, timeout=self._timeout, limit=self._concurrency
+            )
         return self._session
 
     def base_url(self, default: str) -> str:
@@ -68,6 +75,12 @@ class HttpProvider(ABC):
             request = await self.build(job)
         except (PermanentError, DocumentError) as exc:
             return Failed(reason=f"{self.name}: {exc}", retryable=False)
+        except egress.EgressRefused as exc:  # a request made while building (a token exchange)
+            return Failed(reason=f"{self.name}: {exc.reason}", retryable=False)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return connection_failed(self.name, exc)
+        if refused := egress.check_url(request.url):
+            return Failed(reason=egress.sanitise(f"{self.name}: {refused}"), retryable=False)
         auth = aiohttp.BasicAuth(*request.auth) if request.auth else None
         url = URL(request.url)
         async with self._limit:
@@ -88,9 +101,13 @@ class HttpProvider(ABC):
                         json=request.json,
                         data=request.data,
                         auth=auth,
+                        allow_redirects=False,
                     ) as response:
                         span.set_attribute("http.response.status_code", response.status)
                         outcome = await self.outcome(response)
+                except egress.EgressRefused as exc:
+                    span.set_attribute("error.type", "EgressRefused")
+                    outcome = Failed(reason=f"{self.name}: {exc.reason}", retryable=False)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     span.set_attribute("error.type", type(exc).__name__)
                     outcome = connection_failed(self.name, exc)

@@ -15,8 +15,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from py_vapid import Vapid  # type: ignore[import-untyped]
 from pywebpush import WebPusher  # type: ignore[import-untyped]
 
+from cairn_dispatcher import egress
 from cairn_dispatcher.documents import DocumentError
-from cairn_dispatcher.providers.base import Failed, Job, PermanentError, SendOutcome, http_outcome
+from cairn_dispatcher.providers.base import (
+    Failed,
+    Job,
+    PermanentError,
+    SendOutcome,
+    http_outcome,
+    read_bounded,
+)
 from cairn_dispatcher.providers.http import HttpProvider, HttpRequest
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -97,10 +105,15 @@ class Fcm(HttpProvider):
         }
         assertion = _rs256_jwt(claims, account["private_key"])
         form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
-        async with self._client().post(token_uri, data=form) as response:
-            body = await response.json(content_type=None)
+        if refused := egress.check_url(token_uri):
+            raise PermanentError(f"token_uri: {refused}")
+        async with self._client().post(token_uri, data=form, allow_redirects=False) as response:
+            text = (await read_bounded(response)).decode("utf-8", "replace")
             if response.status != 200:
-                raise PermanentError(f"token exchange failed: {response.status} {body}")
+                raise PermanentError(
+                    f"token exchange failed: {response.status} {egress.sanitise(text)}"
+                )
+        body = json.loads(text)
         return str(body["access_token"]), now + float(body.get("expires_in", 3600))
 
 
