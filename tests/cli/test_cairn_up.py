@@ -61,6 +61,24 @@ def _status(home: Path) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+ANONYMOUS_NATS = """
+import asyncio, sys
+import nats
+
+async def main() -> int:
+    try:
+        nc = await nats.connect(sys.argv[1], allow_reconnect=False, max_reconnect_attempts=0,
+                                connect_timeout=3)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+        return 3 if "authorization" in str(exc).lower() else 4
+    await nc.close()
+    return 0
+
+sys.exit(asyncio.run(main()))
+"""
+
+
 def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
     home = tmp_path / "cairn"
     proc = _start_up(home)
@@ -80,6 +98,24 @@ def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path
         pids += [int(nats_ports.stem.rsplit("_", 1)[1])]
         assert all(_alive(pid) for pid in pids)
         assert json.loads((home / "cli.json").read_text())["api_url"] == state["admin_url"]
+        for secret in (
+            "admin-token",
+            "tracking-secret",
+            "write-key",
+            "cli.json",
+            "nats-credentials.json",
+            "nats/nats.conf",
+        ):
+            assert (home / secret).stat().st_mode & 0o077 == 0, secret  # owner-only
+        # NATS refuses a client without credentials (services and tools have their users).
+        refused = subprocess.run(
+            [sys.executable, "-c", ANONYMOUS_NATS, state["nats_url"]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert refused.returncode == 3, refused.stdout + refused.stderr
 
         # What Ctrl-C does, pressed again and again by an impatient user until Cairn is gone.
         deadline = time.monotonic() + 60

@@ -593,3 +593,27 @@ def test_postgres_accepts_every_pool_at_full_scale(
     assert demand <= limit, (
         f"{rendered.overlay}: pools may open {demand} connections, limit {limit}"
     )
+
+
+def test_nats_runs_with_the_users_the_topology_derives_and_each_service_is_one(
+    rendered: Rendered, secrets_in_docs: dict[str, set[str]]
+) -> None:
+    from cairn_cli.local_system import nats_users_values
+    from cairn_common import nats_auth
+
+    namespace = _shared_config(rendered)["CAIRN_NAMESPACE"]
+    committed = (K8S / "nats-users-values.yaml").read_text()
+    assert committed == nats_users_values(namespace), "regenerate: uv run cairn nats-users"
+    values = yaml.safe_load(committed)
+    users = {u["user"] for u in values["config"]["merge"]["authorization"]["users"]}
+    assert users == {nats_auth.user_name(namespace, role) for role in nats_auth.ROLES}
+    secret = {v["valueFrom"]["secretKeyRef"]["name"] for v in values["container"]["env"].values()}
+    assert secret == {nats_auth.NATS_USERS_SECRET}
+    assert set(nats_auth.ROLES) <= secrets_in_docs.get(nats_auth.NATS_USERS_SECRET, set())
+    assert "nats-users-values.yaml" in DEPLOY_DOC.read_text()
+    for dep in rendered.cairn_deployments():
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        role = module_command(container).removeprefix("cairn_")  # type: ignore[union-attr]
+        env = cairn_env(rendered, container, secrets_in_docs)
+        assert env["CAIRN_NATS_USER"] == nats_auth.user_name(namespace, role)
+        assert env["CAIRN_NATS_PASSWORD"]

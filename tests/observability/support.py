@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -197,8 +197,10 @@ async def start_system(
     pool: asyncpg.Pool,
     *,
     services: Sequence[str] = ("ingest", "matcher", "scheduler", "dispatcher"),
+    env_of: Mapping[str, Mapping[str, str]] | None = None,
     **env: str,
 ) -> System:
+    """The services as real processes, each with ``env`` and its own ``env_of[name]``."""
     write_key = (await create_key(pool, "shop")).secret
     http_port, admin_port = free_port(), free_port()
     common = {
@@ -218,7 +220,7 @@ async def start_system(
     }
 
     def start(name: str) -> ServiceProcess:
-        return spawn(f"cairn_{name}", **common, **own.get(name, {}))
+        return spawn(f"cairn_{name}", **common, **own.get(name, {}), **(env_of or {}).get(name, {}))
 
     procs = {name: start(name) for name in services}
     await asyncio.gather(*(p.wait_ready() for p in procs.values()))

@@ -21,9 +21,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from cairn_common.nats_auth import authorization_block
 
 PG_USER = "postgres"
 PG_SYSTEM_USER = "embedded_postgres"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, atomically: the file is created
+    0600 under a temporary name and renamed, so it is never visible with wider permissions, nor
+    half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also when a stale temporary file had other permissions
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 class LocalServerError(Exception):
@@ -78,8 +100,12 @@ class LocalNats:
         port: int = 0,
         monitor_port: int = 0,
         max_file_store: int = 64 << 30,
+        users: list[dict[str, Any]] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.users = users
+        """NATS users with their permissions (``cairn_common.nats_auth.users``): with any, the
+        server refuses anonymous clients. ``None``: no authentication (test and bench servers)."""
         self.port = port
         self.monitor_port = monitor_port
         self.max_file_store = max_file_store
@@ -111,7 +137,10 @@ class LocalNats:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         config = self.data_dir / "nats.conf"
-        config.write_text(f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n")
+        text = f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n"
+        if self.users is not None:
+            text += authorization_block(self.users)
+        write_private(config, text)  # it holds the users' passwords
         args = [
             exe, "--config", str(config),
             "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),

@@ -21,7 +21,14 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from cairn_cli.local import LocalNats, LocalPostgres, LocalServerError, free_port, port_is_free
+from cairn_cli.local import (
+    LocalNats,
+    LocalPostgres,
+    LocalServerError,
+    free_port,
+    port_is_free,
+    write_private,
+)
 from cairn_cli.local_system import (
     SERVICES,
     LocalState,
@@ -31,12 +38,15 @@ from cairn_cli.local_system import (
     write_state,
 )
 from cairn_cli.sinks import Sinks
+from cairn_common import nats_auth
 from cairn_common.bus import connect, provision_topology
 from cairn_common.db import migrate
 from cairn_common.observability import configure_logging
 from cairn_common.topology import Topology
 
 DATABASE = "cairn"
+NATS_CREDENTIALS = "nats-credentials.json"
+"""Each NATS user's password, owner-only (see nats_passwords)."""
 READY_TIMEOUT = 90.0
 SERVICE_STOP_TIMEOUT = 20.0
 
@@ -96,7 +106,13 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
     except LocalServerError as exc:
         print(f"cairn up: {exc}", file=sys.stderr)
         return 1
-    nats_server = LocalNats(home / "nats", port=ports.nats, monitor_port=ports.nats_monitor)
+    passwords = nats_passwords(home)
+    nats_server = LocalNats(
+        home / "nats",
+        port=ports.nats,
+        monitor_port=ports.nats_monitor,
+        users=nats_auth.users(Topology(), passwords),
+    )
     pg = LocalPostgres(home / "postgres", port=ports.postgres)
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
@@ -105,7 +121,7 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
         nats_server.start(log_file=logs / "nats.log")
         pg.start(log_file=logs / "postgres.log")
         pg.create_database(DATABASE)
-        return asyncio.run(_supervise(home, args, ports, nats_server, pg, started))
+        return asyncio.run(_supervise(home, args, ports, nats_server, pg, passwords, started))
     except LocalServerError as exc:
         print(f"cairn up: {exc} (logs in {logs})", file=sys.stderr)
         return 1
@@ -121,13 +137,36 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
             signal.signal(sig, signal.SIG_IGN)  # nothing left to stop; exit with our own code
 
 
-async def _prepare(nats_url: str, database_url: str) -> None:
+def nats_passwords(home: Path) -> dict[str, str]:
+    """Each NATS user's password (``cairn_common.nats_auth``): made once, kept owner-only in the
+    data folder, so a restart, and any tool run beside it, agree with the server."""
+    path = home / NATS_CREDENTIALS
+    if path.exists():
+        try:
+            kept = msgspec.json.decode(path.read_bytes(), type=dict[str, str])
+        except msgspec.DecodeError:
+            kept = {}
+        if set(kept) == set(nats_auth.ROLES):
+            return kept
+    passwords = nats_auth.new_passwords()
+    write_private(path, msgspec.json.format(msgspec.json.encode(passwords)).decode())
+    return passwords
+
+
+async def _prepare(nats_url: str, database_url: str, setup_password: str) -> None:
     configure_logging("cairn-up", fmt="console", level="error")  # we narrate ourselves
     applied = await migrate(database_url)
     _say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-    nc = await connect(nats_url, name="cairn-up")
+    topology = Topology()
+    nc = await connect(
+        nats_url,
+        name="cairn-up",
+        user=nats_auth.user_name(topology.namespace, "setup"),
+        password=setup_password,
+        inbox_prefix=nats_auth.inbox_prefix(topology.namespace, "setup"),
+    )
     try:
-        await provision_topology(nc.jetstream(), Topology())
+        await provision_topology(nc.jetstream(), topology)
     finally:
         await nc.close()
 
@@ -138,10 +177,11 @@ async def _supervise(
     ports: Ports,
     nats_server: LocalNats,
     pg: LocalPostgres,
+    passwords: dict[str, str],
     started: float,
 ) -> int:
     database_url = pg.url(DATABASE)
-    await _prepare(nats_server.url, database_url)
+    await _prepare(nats_server.url, database_url, passwords["setup"])
     admin_token = secret_in(home, "admin-token")
     env = {
         **os.environ,
@@ -167,7 +207,15 @@ async def _supervise(
     )
     await sinks.start()
     services = {
-        name: SupervisedService(name, {**env, "CAIRN_HEALTH_PORT": str(ports.health[name])})
+        name: SupervisedService(
+            name,
+            {
+                **env,
+                "CAIRN_HEALTH_PORT": str(ports.health[name]),
+                "CAIRN_NATS_USER": nats_auth.user_name(Topology().namespace, name),
+                "CAIRN_NATS_PASSWORD": passwords[name],
+            },
+        )
         for name in SERVICES
     }
     async with asyncio.TaskGroup() as tg:
@@ -238,8 +286,7 @@ async def _default_write_key(home: Path, admin_url: str, token: str) -> str | No
         except (aiohttp.ClientError, TimeoutError) as exc:
             _say(f"could not create a default write key: {exc}")
             return None
-    path.write_text(secret)
-    path.chmod(0o600)
+    write_private(path, secret)
     return secret
 
 

@@ -26,8 +26,18 @@ REDRIVE_HEADER = "Cairn-Redrive"
 consumer that recorded the original as dead-lettered takes the re-driven copy as a new try."""
 
 
-async def connect(url: str, *, name: str) -> NATS:
-    """Connect with endless reconnects: a NATS restart must not kill a service, only pause it."""
+async def connect(
+    url: str,
+    *,
+    name: str,
+    user: str = "",
+    password: str = "",
+    inbox_prefix: str = "_INBOX",
+) -> NATS:
+    """Connect with endless reconnects: a NATS restart must not kill a service, only pause it.
+
+    ``user``/``password`` authenticate (``cairn_common.nats_auth``); replies arrive under
+    ``inbox_prefix``, the one inbox subject space that user may subscribe to."""
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -47,6 +57,9 @@ async def connect(url: str, *, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        user=user or None,
+        password=password or None,
+        inbox_prefix=inbox_prefix,
     )
 
 

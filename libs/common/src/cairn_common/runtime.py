@@ -32,6 +32,7 @@ from cairn_common.consume import BatchHandler, PullConsumer
 from cairn_common.db import apply_migrations, create_pool
 from cairn_common.failures import describe, is_transient
 from cairn_common.give_ups import GiveUps
+from cairn_common.nats_auth import inbox_prefix
 from cairn_common.observability import configure_logging, configure_tracing
 from cairn_common.settings import CommonSettings, SettingsError, load_settings
 from cairn_common.topology import ConsumerSpec, Topology
@@ -96,7 +97,15 @@ async def _serve(settings: S, work: Work[S]) -> None:
         loop.add_signal_handler(sig, stopping.set)
 
     nc = await _retry_until(
-        "nats", lambda: connect(settings.nats_url, name=settings.service_name), stopping
+        "nats",
+        lambda: connect(
+            settings.nats_url,
+            name=settings.service_name,
+            user=settings.nats_user,
+            password=settings.nats_password,
+            inbox_prefix=inbox_prefix(settings.namespace, settings.service_name),
+        ),
+        stopping,
     )
     pool = await _retry_until(
         "postgres",

@@ -32,6 +32,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     nats_url: str
     database_url: str
+    nats_user: str = ""
+    """This service's NATS user (``cairn_common.nats_auth``); empty on a server without users."""
+    nats_password: str = ""
     namespace: str = "cairn"
     """Prefix of every stream and subject, so several Cairns (or tests) can share one NATS."""
     partitions: int = 64
