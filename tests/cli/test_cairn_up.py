@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cairn_cli.local import free_port
+from cairn_cli.local import LocalPostgres, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -105,8 +105,20 @@ def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path
             "cli.json",
             "nats-credentials.json",
             "nats/nats.conf",
+            "postgres-password",
+            "state.json",
         ):
             assert (home / secret).stat().st_mode & 0o077 == 0, secret  # owner-only
+        # PostgreSQL takes SCRAM passwords only: a login without one is refused.
+        anonymous = state["database_url"].split("@", 1)[1]
+        denied = subprocess.run(
+            [str(LocalPostgres.bin_dir() / "psql"), "-w", f"postgresql://postgres@{anonymous}",
+             "-tAc", "SELECT 1"],
+            capture_output=True, text=True, timeout=30, check=False,
+            env={**os.environ, "PGPASSWORD": ""},
+        )  # fmt: skip
+        assert denied.returncode != 0
+        assert "password" in denied.stderr, denied.stderr
         # NATS refuses a client without credentials (services and tools have their users).
         refused = subprocess.run(
             [sys.executable, "-c", ANONYMOUS_NATS, state["nats_url"]],

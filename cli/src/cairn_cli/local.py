@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cairn_common.nats_auth import authorization_block
 
@@ -172,15 +173,35 @@ class LocalNats:
         _stop(self.proc, signal.SIGTERM, 10)
 
 
+SCRAM_HBA = (
+    "# Written by cairn_cli.local: TCP on loopback only, SCRAM-SHA-256 passwords, nothing else.\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
+
+
 class LocalPostgres:
-    def __init__(self, data_dir: Path, *, port: int = 0, fsync: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, fsync: bool = True, password: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.fsync = fsync
+        self.password = password
+        """With a password the server takes only SCRAM-SHA-256 logins over TCP (``cairn up``);
+        without, it trusts every local login (the test session's throwaway server)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, database: str = "postgres") -> str:
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://{PG_USER}{secret}@127.0.0.1:{self.port}/{database}"
+
+    def display_url(self, database: str = "postgres") -> str:
+        """``url`` without the password, for what is printed or kept in plain files."""
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def _client_env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.password} if self.password else dict(os.environ)
 
     @staticmethod
     def bin_dir() -> Path:
@@ -219,6 +240,10 @@ class LocalPostgres:
             if result.returncode != 0:
                 err = result.stderr.decode(errors="replace").strip()
                 raise LocalServerError(f"initdb failed in {self.data_dir}: {err}")
+        # Started trusting (a fresh folder, or one from before passwords): the password is set,
+        # then pg_hba.conf switched to SCRAM and reloaded, before anything else connects.
+        hba = self.data_dir / "pg_hba.conf"
+        trusting = self.password is not None and hba.read_text() != SCRAM_HBA
         _remove_stale_pid(self.data_dir)
         explicit = bool(self.port)
         if explicit and not port_is_free(self.port):
@@ -236,6 +261,45 @@ class LocalPostgres:
             args, user=user, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         _wait_until(self._accepting, 30, "postgres", self.proc)
+        if trusting:
+            self._require_password(hba, user)
+
+    def _require_password(self, hba: Path, user: str | None) -> None:
+        assert self.password is not None
+        assert self.proc is not None
+        literal = self.password.replace("'", "''")
+        # On stdin, not the command line, which other users can read in `ps`.
+        self._psql("-q", "-f", "-", "postgres", stdin=f"ALTER USER {PG_USER} PASSWORD '{literal}';")
+        hba.write_text(SCRAM_HBA)
+        if user is not None:
+            shutil.chown(hba, user, user)
+        hba.chmod(0o600)
+        self.proc.send_signal(signal.SIGHUP)  # reload: new logins need the password
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            anonymous = subprocess.run(
+                [*self._psql_args(), "-tAc", "SELECT 1", "postgres"],
+                env={**os.environ, "PGPASSWORD": ""}, capture_output=True, check=False,
+            )  # fmt: skip
+            if anonymous.returncode != 0:
+                return
+            time.sleep(0.1)
+        raise LocalServerError("PostgreSQL did not start requiring a password")
+
+    def _psql_args(self) -> list[str]:
+        return [
+            str(self.bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER,
+            "-w",  # never prompt
+        ]  # fmt: skip
+
+    def _psql(self, *args: str, stdin: str | None = None) -> bytes:
+        return subprocess.run(
+            [*self._psql_args(), *args],
+            env=self._client_env(),
+            input=stdin.encode() if stdin is not None else None,
+            capture_output=True,
+            check=True,
+        ).stdout
 
     def _accepting(self) -> bool:
         result = subprocess.run(
@@ -246,21 +310,11 @@ class LocalPostgres:
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE unless it exists (used at start-up, not on a hot path)."""
-        psql = [
-            str(self.bin_dir() / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            PG_USER,
-        ]
-        exists = subprocess.run(
-            [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres"],
-            capture_output=True, check=True,
-        ).stdout.strip()  # fmt: skip
+        exists = self._psql(
+            "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres"
+        ).strip()
         if not exists:
-            subprocess.run([*psql, "-qc", f'CREATE DATABASE "{name}"', "postgres"], check=True)
+            self._psql("-qc", f'CREATE DATABASE "{name}"', "postgres")
 
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit.

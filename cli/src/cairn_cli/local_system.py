@@ -71,7 +71,8 @@ def read_state(home: Path) -> LocalState | None:
 
 
 def write_state(home: Path, state: LocalState, admin_token: str) -> None:
-    (home / STATE_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+    # Owner-only: it holds the database URL with its password.
+    write_private(home / STATE_FILE, msgspec.json.format(msgspec.json.encode(state)).decode())
     cli = home / CLI_FILE
     write_private(cli, json.dumps({"api_url": state.admin_url, "token": admin_token}, indent=2))
 

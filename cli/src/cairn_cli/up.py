@@ -113,7 +113,9 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
         monitor_port=ports.nats_monitor,
         users=nats_auth.users(Topology(), passwords),
     )
-    pg = LocalPostgres(home / "postgres", port=ports.postgres)
+    pg = LocalPostgres(
+        home / "postgres", port=ports.postgres, password=secret_in(home, "postgres-password")
+    )
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     try:
@@ -352,10 +354,17 @@ def _print_summary(home: Path, state: LocalState, seconds: float) -> None:
         f"  write key      {state.write_key}   (HTTP Basic user, or writeKey in the body)",
         f"  admin API      {state.admin_url}   (token in {home / 'admin-token'})",
         f"  NATS           {state.nats_url}   (monitoring {state.nats_monitor_url})",
-        f"  PostgreSQL     {state.database_url}",
+        f"  PostgreSQL     {_without_password(state.database_url)}",
         f"  mail sink      {state.sink_smtp}   (every email sent lands here)",
         f"  http sink      {state.sink_http}   (webhooks; GET /messages lists what arrived)",
         *(f"  {n:<14} {ep.health_url}/readyz" for n, ep in state.services.items()),
         "Check it with `cairn status`; stop it with Ctrl-C.",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _without_password(url: str) -> str:
+    """A database URL fit to print: the password (in ``.cairn/postgres-password``) left out."""
+    scheme, _, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}{at}{host}" if at else url

@@ -15,6 +15,7 @@ import time
 import asyncpg
 import msgspec
 import structlog
+from prometheus_client import Counter
 
 from cairn_ingest.keys import active_key_hashes, hash_secret
 
@@ -22,6 +23,16 @@ log = structlog.get_logger(__name__)
 CHANNEL = "cairn_write_keys"
 MISS_TTL_SECONDS = 2.0
 MAX_REMEMBERED_MISSES = 10_000
+MISS_QUERIES_PER_SECOND = 50
+"""How many unknown keys a replica looks up in PostgreSQL per second. A flood of random keys is
+refused from memory beyond that, so it cannot turn into a flood of queries; a key created a
+moment ago still works at once, through NOTIFY, which adds it to the cache without a lookup."""
+
+UNKNOWN_KEYS = Counter(
+    "cairn_ingest_unknown_key_lookups_total",
+    "Unknown write keys: looked up in PostgreSQL, or refused from memory (flood bound)",
+    ["outcome"],
+)
 
 
 class KnownKey(msgspec.Struct, frozen=True):
@@ -57,6 +68,7 @@ class WriteKeys:
         self._keys: dict[str, KnownKey] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._changed = asyncio.Event()
+        self._miss_queries = TokenBucket(MISS_QUERIES_PER_SECOND)
         self._unknown: dict[str, float] = {}
         """Recent misses (digest → when), so a flood of bad keys costs no database queries.
         A key created meanwhile still works at once: NOTIFY refreshes ``_keys``, read first."""
@@ -84,6 +96,10 @@ class WriteKeys:
         missed = self._unknown.get(digest)
         if missed is not None and now - missed < MISS_TTL_SECONDS:
             return None
+        if self._miss_queries.take(1):
+            UNKNOWN_KEYS.labels("refused").inc()
+            return None
+        UNKNOWN_KEYS.labels("queried").inc()
         row = await self._pool.fetchrow(
             "SELECT key_id, rate_limit FROM write_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             digest,
