@@ -140,7 +140,12 @@ async def test_destination_function_runs_on_track_and_fetches_allowed_hosts(
 ) -> None:
     sink.script.append(Reply(502, "bad gateway"))
     sink.default = Reply(200, {"ok": True})
-    settings = {"url": f"{sink.url}/collect", "apiKey": KEY, "allowed_hosts": ["127.0.0.1"]}
+    settings = {
+        "url": f"{sink.url}/collect",
+        "apiKey": {"env": "CAIRN_FUNCTION_SECRET_API_KEY"},
+        "allowed_hosts": ["127.0.0.1"],
+        "allow_networks": LOOPBACK,
+    }
     await apply(
         db,
         "Destination",

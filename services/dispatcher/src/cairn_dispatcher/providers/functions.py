@@ -5,7 +5,14 @@ run in an embedded V8 isolate (mini-racer; see docs/decisions/0006-function-sand
 
 - a time limit per call (``CAIRN_FUNCTION_TIMEOUT_SECONDS``): an endless loop is terminated;
 - a hard heap limit (``CAIRN_FUNCTION_MEMORY_MB``): a memory hog is terminated;
-- no filesystem, no network except ``fetch`` to the hosts in ``settings.allowed_hosts``.
+- no filesystem, no network except ``fetch`` to the hosts in ``settings.allowed_hosts``, made by
+  the dispatcher through the egress policy (``cairn_dispatcher.egress``: no loopback, metadata or
+  private addresses unless ``allow_networks`` lists them), redirects followed by hand (at most
+  ``MAX_REDIRECTS``) with every hop checked again, answers cut at ``MAX_FETCH_BYTES``;
+- only function secrets: a setting may reference an environment variable named
+  ``CAIRN_FUNCTION_SECRET_*`` or a file under ``CAIRN_FUNCTION_SECRETS_DIR``, never the
+  dispatcher's own (admin token, database URL, tracking secret, other destinations' keys);
+- reasons scrubbed: the function's secret values never reach the ledger or the logs.
 
 Throwing ``RetryError`` retries the delivery; ``EventNotSupported`` and ``ValidationError`` (and
 any other error) fail it permanently with the message. An isolate that hit a limit is thrown
@@ -17,15 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
 from py_mini_racer import JSEvalException, JSOOMException, JSTimeoutException, MiniRacer
 
+from cairn_dispatcher import egress
 from cairn_dispatcher.documents import DocumentError, Target, is_secret_ref, read_secret
-from cairn_dispatcher.providers.base import Failed, Job, SendOutcome, Sent
+from cairn_dispatcher.providers.base import Failed, Job, SendOutcome, Sent, read_bounded
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +70,14 @@ globalThis.__cairn_run = async function (handler, event, settings) {
 };
 """
 
+SECRET_ENV_PREFIX = "CAIRN_FUNCTION_SECRET_"
+SECRETS_DIR_ENV = "CAIRN_FUNCTION_SECRETS_DIR"
+MAX_REDIRECTS = 5
+MAX_FETCH_BYTES = 1 << 20
+MAX_FETCHES_PER_CALL = 50
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+REDACTED = "[redacted]"
+
 HANDLERS = {
     "track": "onTrack",
     "identify": "onIdentify",
@@ -88,6 +106,8 @@ class DestinationFunction:
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._result: asyncio.Future[str] | None = None
+        self._secrets: list[str] = []
+        self._fetches = 0
 
     async def _ensure(self) -> MiniRacer:
         if self._isolate is None:
@@ -125,11 +145,26 @@ class DestinationFunction:
                 )
 
     def _settings(self) -> dict[str, Any]:
+        """The settings the function sees, function secrets read; ``self._secrets`` their values
+        (to scrub from reasons). A reference to anything but a function secret is refused."""
         out: dict[str, Any] = {}
+        secrets: list[str] = []
         for key, value in self.target.settings.items():
-            ref = is_secret_ref(value)
-            out[key] = read_secret(value, f"{self.target.key}: {key}") if ref else value
+            if is_secret_ref(value):
+                where = f"{self.target.key}: {key}"
+                _check_function_secret(value, where)
+                out[key] = read_secret(value, where)
+                secrets.append(out[key])
+            else:
+                out[key] = value
+        self._secrets = [v for v in secrets if len(v) >= 4]
         return out
+
+    def scrub(self, text: str) -> str:
+        """``text`` fit for the ledger and the logs: the function's secrets redacted, one line."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return egress.sanitise(text, limit=300)
 
     @staticmethod
     def event(job: Job, event_name: str) -> dict[str, Any]:
@@ -151,10 +186,17 @@ class DestinationFunction:
             settings = self._settings()
         except DocumentError as exc:
             return Failed(reason=f"function: {exc}", retryable=False)
+        outcome = await self._call(job, settings)
+        if isinstance(outcome, Failed):
+            return Failed(reason=self.scrub(outcome.reason), retryable=outcome.retryable)
+        return outcome
+
+    async def _call(self, job: Job, settings: dict[str, Any]) -> SendOutcome:
         event = self.event(job, str(settings.get("event", "Journey Step Entered")))
         args = [HANDLERS[event["type"]], json.dumps(event), json.dumps(settings)]
         call = f"__cairn_run({', '.join(json.dumps(a) for a in args)})"
         async with self._lock:
+            self._fetches = 0
             try:
                 mr = await self._ensure()
                 raw = await asyncio.wait_for(self._run(mr, call), timeout=self._timeout)
@@ -180,26 +222,53 @@ class DestinationFunction:
         return await self._result
 
     async def _fetch(self, *args: Any) -> str:
+        """``fetch`` for the function: each hop to an allowed host only, through the egress
+        policy, redirects followed here (never by aiohttp) so every hop is checked again."""
         url = str(args[0]) if args else ""
         init = json.loads(str(args[1])) if len(args) > 1 else {}
-        host = (urlsplit(url).hostname or "").lower()
-        if host not in self._allowed:
-            return json.dumps({"error": f"fetch to {host or url!r} is not allowed"})
+        self._fetches += 1
+        if self._fetches > MAX_FETCHES_PER_CALL:
+            return json.dumps({"error": f"more than {MAX_FETCHES_PER_CALL} fetches in one call"})
+        method = str(init.get("method", "GET")).upper()
+        headers = {str(k): str(v) for k, v in (init.get("headers") or {}).items()}
+        body = init.get("body")
+        follow = str(init.get("redirect", "follow"))
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._http_timeout)
-        try:
-            async with self._session.request(
-                str(init.get("method", "GET")),
-                url,
-                headers={str(k): str(v) for k, v in (init.get("headers") or {}).items()},
-                data=init.get("body"),
-            ) as resp:
-                body = await resp.text()
-                return json.dumps(
-                    {"status": resp.status, "headers": dict(resp.headers), "body": body}
-                )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return json.dumps({"error": f"fetch failed: {type(exc).__name__}: {exc}"})
+            self._session = egress.session(self.target.egress, timeout=self._http_timeout)
+        origin = _origin(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            host = (urlsplit(url).hostname or "").lower()
+            if host not in self._allowed:
+                return json.dumps({"error": f"fetch to {host or url!r} is not allowed"})
+            if refused := egress.check_url(url):
+                return json.dumps({"error": f"fetch refused: {refused}"})
+            try:
+                async with self._session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                ) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in REDIRECTS and location and follow == "follow":
+                        url = urljoin(url, location)
+                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                            method, body = "GET", None
+                        if _origin(url) != origin:  # credentials stay with their origin
+                            headers = {
+                                k: v
+                                for k, v in headers.items()
+                                if k.lower() not in ("authorization", "cookie")
+                            }
+                        continue
+                    if resp.status in REDIRECTS and follow == "error":
+                        return json.dumps({"error": f"fetch to {host} was redirected"})
+                    text = (await read_bounded(resp, MAX_FETCH_BYTES)).decode("utf-8", "replace")
+                    return json.dumps(
+                        {"status": resp.status, "headers": dict(resp.headers), "body": text}
+                    )
+            except egress.EgressRefused as exc:
+                return json.dumps({"error": f"fetch to {host} is not allowed: {exc.reason}"})
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                return json.dumps({"error": f"fetch failed: {type(exc).__name__}: {exc}"})
+        return json.dumps({"error": f"fetch followed more than {MAX_REDIRECTS} redirects"})
 
     async def close(self) -> None:
         await self._discard()
@@ -213,3 +282,31 @@ def _outcome(raw: str) -> SendOutcome:
         return Sent(None)
     name, message = result.get("name", "Error"), result.get("message", "")
     return Failed(reason=f"function {name}: {message}", retryable=name == "RetryError")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _check_function_secret(ref: Any, where: str) -> None:
+    """A function may read only secrets meant for functions, never the dispatcher's own."""
+    env, file = ref.get("env"), ref.get("file")
+    if env:
+        if not str(env).startswith(SECRET_ENV_PREFIX):
+            raise DocumentError(
+                f"{where}: a function may read only environment variables named "
+                f"{SECRET_ENV_PREFIX}*, not {env}"
+            )
+        return
+    root = os.environ.get(SECRETS_DIR_ENV)
+    if not root:
+        raise DocumentError(f"{where}: function secret files need {SECRETS_DIR_ENV} set")
+    base = Path(root).resolve()
+    path = Path(str(file)).resolve()  # symlinks and `..` resolved before the check
+    if not path.is_relative_to(base):
+        raise DocumentError(f"{where}: a function may read only files under {SECRETS_DIR_ENV}")
