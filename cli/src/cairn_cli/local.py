@@ -196,10 +196,6 @@ class LocalPostgres:
         secret = f":{quote(self.password, safe='')}" if self.password else ""
         return f"postgresql://{PG_USER}{secret}@127.0.0.1:{self.port}/{database}"
 
-    def display_url(self, database: str = "postgres") -> str:
-        """``url`` without the password, for what is printed or kept in plain files."""
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
-
     def _client_env(self) -> dict[str, str]:
         return {**os.environ, "PGPASSWORD": self.password} if self.password else dict(os.environ)
 

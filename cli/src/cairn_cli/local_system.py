@@ -23,7 +23,7 @@ from cairn_cli.local import write_private
 from cairn_common import nats_auth
 from cairn_common.topology import Topology
 
-SERVICES = ("ingest", "matcher", "scheduler", "dispatcher")
+SERVICES = nats_auth.SERVICES
 STATE_FILE = "state.json"
 CLI_FILE = "cli.json"
 

@@ -79,7 +79,7 @@ def _provisioning(topology: Topology) -> list[str]:
     return allowed
 
 
-def _consuming(topology: Topology, *streams: str) -> list[str]:
+def _consuming(*streams: str) -> list[str]:
     """Pull from, and settle messages of, durable consumers on ``streams``."""
     allowed: list[str] = []
     for stream in streams:
@@ -90,7 +90,7 @@ def _consuming(topology: Topology, *streams: str) -> list[str]:
 def _give_ups(topology: Topology) -> list[str]:
     """Settle JetStream's max-deliveries notices: read and delete the message a consumer gave
     up on (``cairn_common.give_ups``), in the streams whose consumers deliver."""
-    allowed = _consuming(topology, topology.give_ups_stream)
+    allowed = _consuming(topology.give_ups_stream)
     for stream in (topology.inputs_stream, topology.deliveries_stream):
         allowed += [f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.STREAM.MSG.DELETE.{stream}"]
     return allowed
@@ -132,8 +132,7 @@ def permissions(topology: Topology, role: str) -> dict[str, Any]:
     if role == "ingest":
         dead = topology.dead_letter_stream
         publish += [
-            f"{ns}.inputs.*.event",
-            # The admin API re-drives a dead letter to where it came from.
+            # Events; and the admin API re-drives a dead letter to where it came from.
             f"{ns}.inputs.>",
             f"{ns}.deliveries.>",
             f"{JS}.STREAM.MSG.GET.{dead}",
@@ -144,7 +143,7 @@ def permissions(topology: Topology, role: str) -> dict[str, Any]:
     elif role == "matcher":
         inputs = topology.inputs_stream
         publish += [
-            *_consuming(topology, inputs),
+            *_consuming(inputs),
             f"{JS}.CONSUMER.DELETE.{inputs}.*",
             f"{JS}.STREAM.PURGE.{inputs}",
             f"{ns}.deliveries.>",
@@ -152,7 +151,7 @@ def permissions(topology: Topology, role: str) -> dict[str, Any]:
     elif role == "scheduler":
         publish.append(f"{ns}.inputs.*.timer")
     elif role == "dispatcher":
-        publish += [*_consuming(topology, topology.deliveries_stream), f"{ns}.inputs.*.result"]
+        publish += [*_consuming(topology.deliveries_stream), f"{ns}.inputs.*.result"]
     return {
         "publish": {"allow": sorted(set(publish))},
         "subscribe": {"allow": subscribe},
@@ -189,14 +188,7 @@ def helm_values(topology: Topology, secret: str = NATS_USERS_SECRET) -> dict[str
     """Values for the NATS Helm chart (1.x) that add these users to the server: each password is
     a variable of the NATS container (``<< $VAR >>`` is written unquoted, so nats-server reads
     it from its environment), filled from ``secret``; the config file holds no password."""
-    entries = [
-        {
-            "user": user_name(topology.namespace, role),
-            "password": f"<< ${password_variable(role)} >>",
-            "permissions": permissions(topology, role),
-        }
-        for role in ROLES
-    ]
+    entries = users(topology, {role: f"<< ${password_variable(role)} >>" for role in ROLES})
     env = {
         password_variable(role): {"valueFrom": {"secretKeyRef": {"name": secret, "key": role}}}
         for role in ROLES

@@ -152,8 +152,7 @@ class DestinationFunction:
         for key, value in self.target.settings.items():
             if is_secret_ref(value):
                 where = f"{self.target.key}: {key}"
-                _check_function_secret(value, where)
-                out[key] = read_secret(value, where)
+                out[key] = read_secret(_function_secret(value, where), where)
                 secrets.append(out[key])
             else:
                 out[key] = value
@@ -293,8 +292,9 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-def _check_function_secret(ref: Any, where: str) -> None:
-    """A function may read only secrets meant for functions, never the dispatcher's own."""
+def _function_secret(ref: Any, where: str) -> dict[str, str]:
+    """``ref`` if it names a secret meant for functions (a file by its resolved path, so what is
+    read is what was checked), never one of the dispatcher's own."""
     env, file = ref.get("env"), ref.get("file")
     if env:
         if not str(env).startswith(SECRET_ENV_PREFIX):
@@ -302,7 +302,7 @@ def _check_function_secret(ref: Any, where: str) -> None:
                 f"{where}: a function may read only environment variables named "
                 f"{SECRET_ENV_PREFIX}*, not {env}"
             )
-        return
+        return {"env": str(env)}
     root = os.environ.get(SECRETS_DIR_ENV)
     if not root:
         raise DocumentError(f"{where}: function secret files need {SECRETS_DIR_ENV} set")
@@ -310,3 +310,4 @@ def _check_function_secret(ref: Any, where: str) -> None:
     path = Path(str(file)).resolve()  # symlinks and `..` resolved before the check
     if not path.is_relative_to(base):
         raise DocumentError(f"{where}: a function may read only files under {SECRETS_DIR_ENV}")
+    return {"file": str(path)}
