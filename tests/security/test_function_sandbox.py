@@ -1,4 +1,10 @@
-"""A destination function reaches only what it was given (issue 11, item 2, holes c and d).
+"""A destination function reaches only what it was given (issue 11, item 2, holes a to d).
+
+Holes a and b: top-level ``while (true) {}`` froze the dispatcher's event loop (``/healthz``
+timed out, SIGTERM was ignored), and ArrayBuffers, which V8's heap limit does not count, took
+the dispatcher from 124 MB to 1.17 GB. A function now runs in a worker process of its own
+(decision 0054): the dispatcher keeps the clock and kills the worker, and the worker's data
+limit refuses the buffers, so the dispatcher stays responsive and small.
 
 The issue's cases: an allowed host answering 302 let a function read the admin API on 127.0.0.1
 (``fetch`` followed redirects), and a function's settings could reference any environment
@@ -12,14 +18,18 @@ arrives there); only function secrets can be read; a function that throws its ow
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from cairn_common.bus import provision_topology
 from cairn_common.topology import Topology
 from tests.dispatcher.support import (
     LOOPBACK,
@@ -28,6 +38,7 @@ from tests.dispatcher.support import (
     Results,
     apply,
     delivery,
+    eventually,
     ledger,
     send_requests,
 )
@@ -133,3 +144,123 @@ async def test_redirects_are_checked_hop_by_hop_and_only_function_secrets_are_re
     assert "/admin" not in paths  # neither by redirect nor directly
     assert paths.count("/loop") == 6  # the first request and five followed hops, then stop
     assert paths.count("/final") == 1
+
+
+TOP_LEVEL_LOOP = "while (true) {}\nasync function onTrack(event, settings) { return 1; }"
+BUFFER_HOG = """
+async function onTrack(event, settings) {
+  const kept = [];
+  while (true) { kept.push(new Uint8Array(16 << 20).fill(1)); }
+}
+"""
+NEIGHBOUR = """
+async function onTrack(event, settings) {
+  return (await fetch(settings.url + '/' + event.messageId)).status;
+}
+"""
+
+
+def _workers(parent: int) -> list[int]:
+    """The function workers the dispatcher ``parent`` has started and that are still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"cairn_dispatcher.function_worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_top_level_loops_and_buffer_hogs_stay_in_their_worker(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    neighbour = {"allowed_hosts": ["127.0.0.1"], "allow_networks": LOOPBACK, "url": sink.url}
+    documents = {
+        "top-level-loop": {"provider": "function", "function": TOP_LEVEL_LOOP},
+        "buffer-hog": {"provider": "function", "function": BUFFER_HOG},
+        "neighbour": {"provider": "function", "function": NEIGHBOUR, "options": neighbour},
+    }
+    for name, document in documents.items():
+        await apply(db, "Destination", name, document)
+    await apply(db, "Channel", "webhook", {
+        "provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"},
+    })  # fmt: skip
+
+    # 1. Published before the dispatcher starts, so they come in one batch. With a time limit
+    # longer than the test, the loop spins in its worker while the dispatcher answers its health
+    # check, sends the neighbours beside it, and honours SIGTERM.
+    await provision_topology(js, topology)
+    await send_requests(
+        js,
+        topology,
+        delivery("loop-1", destination="top-level-loop"),
+        delivery("fn-1", destination="neighbour"),
+        delivery("hook-1", channel="webhook"),
+    )
+    first = start_dispatcher(CAIRN_FUNCTION_TIMEOUT_SECONDS="600")
+    await first.wait_ready()
+    assert first.proc is not None
+
+    async def spinning() -> bool:
+        return any(_cpu_seconds(w) > 1.0 for w in _workers(first.proc.pid))
+
+    await eventually(spinning)
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(5),
+        http.get(f"{first.health_url}/healthz") as resp,
+    ):
+        assert resp.status == 200
+    await eventually(lambda: {"/fn-1", "/hook"} <= {r.path for r in sink.requests})
+    workers = _workers(first.proc.pid)
+    assert workers
+    assert await ledger(db, "loop-1") is None  # still looping: nothing recorded, nothing sent
+    first.terminate()
+    assert await first.wait_exit(timeout=30) == 0
+    await eventually(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), timeout=10)
+
+    # 2. With the time limit the tests use (1 s), the loop fails at its load, the buffer hog at
+    # its data limit, and the dispatcher's own memory stays where it was: 16 MiB buffers without
+    # end took it to 1.17 GB when functions ran inside it.
+    second = start_dispatcher(CAIRN_FUNCTION_MEMORY_MB="64")
+    await second.wait_ready()
+    assert second.proc is not None
+    results = await Results.listen(nc, topology)
+    await send_requests(
+        js,
+        topology,
+        delivery("loop-2", destination="top-level-loop"),
+        delivery("hog-2", destination="buffer-hog"),
+        delivery("fn-2", destination="neighbour"),
+        delivery("hook-2", channel="webhook"),
+    )
+    loop = await results.wait("loop-2", "failed")
+    assert loop.reason == "function exceeded its 1s time limit"
+    hog = await results.wait("hog-2", "failed")
+    assert hog.reason == "function exceeded its memory limit"
+    await results.wait("fn-2", "sent")
+    await results.wait("hook-2", "sent")
+    assert "/fn-2" in {r.path for r in sink.requests}
+    peak = _peak_rss_mb(second.proc.pid)
+    assert peak < 400, f"the dispatcher reached {peak:.0f} MB"

@@ -20,7 +20,8 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     smtp_pool_size: int = 16
     """Open SMTP connections per email channel."""
     function_timeout_seconds: float = 2.0
-    """Wall-clock (≈ CPU) budget of one destination-function call."""
+    """Wall-clock budget of loading a destination function's source (its top-level code) and of
+    each call; past it the function's worker process is killed."""
     function_memory_mb: int = 64
     progress_interval_seconds: float = 0.4
     """How often a batch in flight tells JetStream it is still being worked on (below the

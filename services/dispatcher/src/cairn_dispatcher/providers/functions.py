@@ -1,10 +1,15 @@
 """Destination functions: user JavaScript with Segment's handler signatures, sandboxed in V8.
 
 ``async function onTrack(event, settings)`` (and onIdentify, onPage, onScreen, onGroup, onAlias)
-run in an embedded V8 isolate (mini-racer; see docs/decisions/0006-function-sandbox.md) with:
+run in a V8 isolate (mini-racer; docs/decisions/0006-function-sandbox.md) inside a worker process
+of their own (``cairn_dispatcher.function_worker``; decision 0054), with:
 
-- a time limit per call (``CAIRN_FUNCTION_TIMEOUT_SECONDS``): an endless loop is terminated;
-- a hard heap limit (``CAIRN_FUNCTION_MEMORY_MB``): a memory hog is terminated;
+- a time limit (``CAIRN_FUNCTION_TIMEOUT_SECONDS``) on loading the source (its top-level code)
+  and on each call, kept by the dispatcher: a worker that does not answer in time is killed, so
+  an endless loop anywhere never reaches the dispatcher's event loop;
+- a memory limit (``CAIRN_FUNCTION_MEMORY_MB``): V8's heap limit, and the worker's
+  ``RLIMIT_DATA`` for what lives outside the heap (ArrayBuffers); either way the function fails
+  with "exceeded its memory limit" and the dispatcher's own memory is untouched;
 - no filesystem, no network except ``fetch`` to the hosts in ``settings.allowed_hosts``, made by
   the dispatcher through the egress policy (``cairn_dispatcher.egress``: no loopback, metadata or
   private addresses unless ``allow_networks`` lists them), redirects followed by hand (at most
@@ -15,8 +20,8 @@ run in an embedded V8 isolate (mini-racer; see docs/decisions/0006-function-sand
 - reasons scrubbed: the function's secret values never reach the ledger or the logs.
 
 Throwing ``RetryError`` retries the delivery; ``EventNotSupported`` and ``ValidationError`` (and
-any other error) fail it permanently with the message. An isolate that hit a limit is thrown
-away and a fresh one built, so one bad call never poisons the next.
+any other error) fail it permanently with the message. A worker that hit a limit is killed and
+a fresh one started, so one bad call never poisons the next.
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import msgspec
 import structlog
-from py_mini_racer import JSEvalException, JSOOMException, JSTimeoutException, MiniRacer
 
-from cairn_dispatcher import egress
+from cairn_dispatcher import egress, function_worker
 from cairn_dispatcher.documents import DocumentError, Target, is_secret_ref, read_secret
 from cairn_dispatcher.providers.base import Failed, Job, SendOutcome, Sent, read_bounded
 
@@ -77,6 +84,10 @@ MAX_FETCH_BYTES = 1 << 20
 MAX_FETCHES_PER_CALL = 50
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 REDACTED = "[redacted]"
+MEMORY_REASON = "function exceeded its memory limit"
+WORKER_START_SECONDS = 30.0
+STDERR_TAIL = 8192
+OOM_WORDS = ("out of memory", "MemoryError", "Allocation failed")
 
 HANDLERS = {
     "track": "onTrack",
@@ -86,6 +97,112 @@ HANDLERS = {
     "group": "onGroup",
     "alias": "onAlias",
 }
+
+
+class WorkerGone(Exception):
+    """The worker stopped answering: killed at the time limit, or dead (``out_of_memory`` when
+    V8 said so on its way out)."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+class WorkerTimeout(Exception):
+    pass
+
+
+class _Worker:
+    """One worker process (``cairn_dispatcher.function_worker``) and the frames to and from it.
+    Only the dispatcher's loop waits on it, never on V8: the worker can hang, loop or die and
+    the worst it costs is a kill and a fresh one."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self._stderr = bytearray()
+        self._tail = asyncio.get_running_loop().create_task(self._read_stderr())
+
+    @classmethod
+    async def start(cls, memory_bytes: int) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-m", "cairn_dispatcher.function_worker",
+            str(memory_bytes), str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={}, start_new_session=True,
+            limit=function_worker.MAX_FRAME,
+        )  # fmt: skip
+        worker = cls(proc)
+        try:
+            await worker.request(None, timeout=WORKER_START_SECONDS)
+        except BaseException:
+            await worker.kill()
+            raise
+        return worker
+
+    async def _read_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        while chunk := await self._proc.stderr.read(4096):
+            self._stderr = (self._stderr + chunk)[-STDERR_TAIL:]
+
+    async def request(
+        self,
+        frame: function_worker.Frame | None,
+        *,
+        timeout: float,
+        fetch: Callable[[str, str], Awaitable[str]] | None = None,
+    ) -> function_worker.Frame:
+        """Send ``frame`` and wait up to ``timeout`` for its answer, serving the worker's
+        ``Fetch`` frames meanwhile; ``WorkerTimeout`` or ``WorkerGone`` otherwise."""
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+        fetches: set[asyncio.Task[None]] = set()
+
+        async def serve(ask: function_worker.Fetch) -> None:
+            reply = await fetch(ask.url, ask.init) if fetch else '{"error": "no fetch here"}'
+            stdin.write(function_worker.encode(function_worker.Fetched(ask.id, reply)))
+
+        async def answer() -> function_worker.Frame:
+            while True:
+                got = await function_worker.read_frame(stdout)
+                if not isinstance(got, function_worker.Fetch):
+                    return got
+                task = asyncio.get_running_loop().create_task(serve(got))
+                fetches.add(task)
+                task.add_done_callback(fetches.discard)
+
+        try:
+            if frame is not None:
+                stdin.write(function_worker.encode(frame))
+                await stdin.drain()
+            return await asyncio.wait_for(answer(), timeout=timeout)
+        except TimeoutError:
+            raise WorkerTimeout from None
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, msgspec.DecodeError):
+            raise await self._gone() from None
+        finally:
+            for task in fetches:
+                task.cancel()
+
+    async def _gone(self) -> WorkerGone:
+        code = await self._wait(5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._tail), timeout=1)
+        tail = self._stderr.decode("utf-8", "replace")
+        oom = any(words in tail for words in OOM_WORDS)
+        log.warning("a function worker stopped", code=code, stderr=tail[-500:])
+        return WorkerGone(f"worker exited with {code}", out_of_memory=oom or code == -9)
+
+    async def _wait(self, timeout: float) -> int | None:
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(self._proc.wait(), timeout=timeout)
+        return None
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        await self._wait(5)
+        self._tail.cancel()
 
 
 class DestinationFunction:
@@ -102,47 +219,27 @@ class DestinationFunction:
         self._http_timeout = aiohttp.ClientTimeout(total=http_timeout)
         self._allowed = {str(h).lower() for h in target.setting("allowed_hosts", []) or []}
         self._lock = asyncio.Lock()
-        self._isolate: MiniRacer | None = None
-        self._stack = contextlib.AsyncExitStack()
+        self._worker: _Worker | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._result: asyncio.Future[str] | None = None
         self._secrets: list[str] = []
         self._fetches = 0
 
-    async def _ensure(self) -> MiniRacer:
-        if self._isolate is None:
-            mr = MiniRacer()
-            mr.set_hard_memory_limit(self._memory)
-            fetch = await self._stack.enter_async_context(mr.wrap_py_function(self._fetch))
-            done = await self._stack.enter_async_context(mr.wrap_py_function(self._done))
-            install = mr.eval(
-                "(f, d) => { globalThis.__cairn_fetch = f; globalThis.__cairn_done = d; }"
-            )
-            install(fetch, done)  # type: ignore[operator,misc]
-            mr.eval(PRELUDE)
-            mr.eval(self.target.code or "")
-            self._isolate = mr
-        return self._isolate
-
-    async def _done(self, *args: Any) -> None:
-        """Called from JavaScript when a handler settles (never a blocking call into V8)."""
-        if self._result is not None and not self._result.done():
-            self._result.set_result(str(args[0]) if args else "")
+    async def _ensure(self) -> _Worker:
+        """The worker with the function loaded; its top-level code runs under the time limit."""
+        if self._worker is None:
+            worker = await _Worker.start(self._memory)
+            self._worker = worker
+            load = function_worker.Load(PRELUDE, self.target.code or "", self._memory)
+            loaded = await worker.request(load, timeout=self._timeout, fetch=self._fetch)
+            if isinstance(loaded, function_worker.Error):
+                raise FunctionRefused(loaded)
+        return self._worker
 
     async def _discard(self) -> None:
-        """Throw the isolate away. Closing terminates any script still running in it, even one
-        looping in a promise continuation; it runs in a thread so it can never stall the loop."""
-        mr, self._isolate = self._isolate, None
-        await self._stack.aclose()
-        self._stack = contextlib.AsyncExitStack()
-        if mr is not None:
-            closing = asyncio.get_running_loop().run_in_executor(None, mr.close)
-            try:
-                await asyncio.wait_for(asyncio.shield(closing), timeout=5)
-            except TimeoutError:
-                log.error(
-                    "a function isolate did not close; it is abandoned", target=self.target.key
-                )
+        """Kill the worker: whatever it was running, looping or allocating stops with it."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.kill()
 
     def _settings(self) -> dict[str, Any]:
         """The settings the function sees, function secrets read; ``self._secrets`` their values
@@ -192,39 +289,43 @@ class DestinationFunction:
 
     async def _call(self, job: Job, settings: dict[str, Any]) -> SendOutcome:
         event = self.event(job, str(settings.get("event", "Journey Step Entered")))
-        args = [HANDLERS[event["type"]], json.dumps(event), json.dumps(settings)]
-        call = f"__cairn_run({', '.join(json.dumps(a) for a in args)})"
+        call = function_worker.Call(
+            HANDLERS[event["type"]], json.dumps(event), json.dumps(settings)
+        )
         async with self._lock:
             self._fetches = 0
             try:
-                mr = await self._ensure()
-                raw = await asyncio.wait_for(self._run(mr, call), timeout=self._timeout)
-            except (TimeoutError, JSTimeoutException):
+                worker = await self._ensure()
+                reply = await worker.request(call, timeout=self._timeout, fetch=self._fetch)
+                if isinstance(reply, function_worker.Error):
+                    raise FunctionRefused(reply)
+                outcome = _outcome(str(getattr(reply, "raw", "")))
+            except WorkerTimeout:
                 await self._discard()
                 limit = f"{self._timeout:g}s"
                 return Failed(reason=f"function exceeded its {limit} time limit", retryable=False)
-            except JSOOMException:
+            except WorkerGone as exc:
                 await self._discard()
-                return Failed(reason="function exceeded its memory limit", retryable=False)
-            except JSEvalException as exc:
+                if exc.out_of_memory:
+                    return Failed(reason=MEMORY_REASON, retryable=False)
+                return Failed(reason=f"function worker failed: {exc}", retryable=True)
+            except FunctionRefused as exc:
                 await self._discard()
-                return Failed(reason=f"function error: {str(exc).splitlines()[0]}", retryable=False)
-            finally:
-                self._result = None
-        return _outcome(raw)
+                return Failed(reason=exc.reason, retryable=False)
+            if isinstance(outcome, Failed) and outcome.reason == MEMORY_REASON:
+                await self._discard()  # an allocation was refused: start the next call clean
+        return outcome
 
-    async def _run(self, mr: MiniRacer, call: str) -> str:
-        """Start the handler with a cancelable eval (a synchronous endless loop is terminated by
-        cancelling it) and wait for ``__cairn_done``; nothing here blocks on the isolate."""
-        self._result = asyncio.get_running_loop().create_future()
-        await mr.eval_cancelable(f"{call}.then(__cairn_done); 0")
-        return await self._result
-
-    async def _fetch(self, *args: Any) -> str:
-        """``fetch`` for the function: each hop to an allowed host only, through the egress
-        policy, redirects followed here (never by aiohttp) so every hop is checked again."""
-        url = str(args[0]) if args else ""
-        init = json.loads(str(args[1])) if len(args) > 1 else {}
+    async def _fetch(self, url: str, raw_init: str) -> str:
+        """``fetch`` for the function, made here in the dispatcher (the worker has no network):
+        each hop to an allowed host only, through the egress policy, redirects followed here
+        (never by aiohttp) so every hop is checked again."""
+        try:
+            init = json.loads(raw_init) or {}
+        except ValueError:
+            init = {}
+        if not isinstance(init, dict):
+            init = {}
         self._fetches += 1
         if self._fetches > MAX_FETCHES_PER_CALL:
             return json.dumps({"error": f"more than {MAX_FETCHES_PER_CALL} fetches in one call"})
@@ -270,16 +371,34 @@ class DestinationFunction:
         return json.dumps({"error": f"fetch followed more than {MAX_REDIRECTS} redirects"})
 
     async def close(self) -> None:
-        await self._discard()
+        async with self._lock:
+            await self._discard()
         if self._session is not None:
             await self._session.close()
 
 
-def _outcome(raw: str) -> SendOutcome:
-    result = json.loads(raw)
+class FunctionRefused(Exception):
+    """The worker answered that the function cannot run: its source does not evaluate, or
+    V8's heap limit stopped it."""
+
+    def __init__(self, error: function_worker.Error) -> None:
+        super().__init__(error.message)
+        if error.kind == "memory":
+            self.reason = MEMORY_REASON
+        else:
+            self.reason = f"function error: {error.message}"
+
+
+def _outcome(raw: str) -> Failed | Sent:
+    try:
+        result = json.loads(raw)
+    except ValueError:
+        return Failed(reason="function worker answered something unreadable", retryable=True)
     if result.get("ok"):
         return Sent(None)
-    name, message = result.get("name", "Error"), result.get("message", "")
+    name, message = str(result.get("name", "Error")), str(result.get("message", ""))
+    if name == "RangeError" and "allocation failed" in message:
+        return Failed(reason=MEMORY_REASON, retryable=False)  # the data limit refused a buffer
     return Failed(reason=f"function {name}: {message}", retryable=name == "RetryError")
 
 
