@@ -164,9 +164,14 @@ async def apply(db: asyncpg.Connection, kind: str, name: str, document: dict[str
 
 
 async def email_channel(
-    db: asyncpg.Connection, smtp: SmtpSink, template: str, document: dict[str, Any]
+    db: asyncpg.Connection,
+    smtp: SmtpSink,
+    template: str,
+    document: dict[str, Any],
+    **options: Any,
 ) -> None:
-    """Channel ``email`` over SMTP to ``smtp`` (no STARTTLS), and Template ``template``."""
+    """Channel ``email`` over SMTP to ``smtp`` (no STARTTLS, more ``options`` if given), and
+    Template ``template``."""
     await apply(
         db,
         "Channel",
@@ -175,7 +180,7 @@ async def email_channel(
             "type": "email",
             "provider": "smtp",
             "endpoint": f"smtp://127.0.0.1:{smtp.port}",
-            "options": {"starttls": False, "from": "Shop <shop@example.test>"},
+            "options": {"starttls": False, "from": "Shop <shop@example.test>", **options},
         },
     )
     await apply(db, "Template", template, document)

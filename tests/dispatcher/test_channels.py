@@ -55,7 +55,9 @@ def _b64url(data: bytes) -> str:
 
 
 async def _email_channel(db: asyncpg.Connection, smtp: SmtpSink) -> None:
-    await email_channel(db, smtp, "cart-reminder-email", EMAIL_TEMPLATE)
+    # The cart link is built from the event: tracked because the shop's host is listed.
+    tracking = {"link_hosts": ["shop.test"]}
+    await email_channel(db, smtp, "cart-reminder-email", EMAIL_TEMPLATE, tracking=tracking)
 
 
 async def test_email_over_smtp_carries_tracking_unsubscribe_and_delivery_id(

@@ -137,7 +137,7 @@ async def in_process(
         await triggers.refresh()
         publisher = EventPublisher(nc, pool, topology, timeout=s.publish_timeout_seconds)
         ingestor = Ingestor(s, keys, publisher, triggers.current)
-        links = EmailLinks(ingestor, pool, s.tracking_secrets, s.partitions)
+        links = EmailLinks(ingestor, pool, s)
         runner = web.AppRunner(build_app(ingestor, links), access_log=None, auto_decompress=False)
         await runner.setup()
         port = free_port()

@@ -249,6 +249,16 @@ BAD = [
         ],
     ),
     (
+        "kind: Channel\nname: mail\ntype: email\nprovider: smtp\noptions:\n  tracking:\n"
+        "    link_hosts: [shop.example, '*.shop.example', 'https://x.example', 'a@b.example']\n",
+        [
+            "options.tracking.link_hosts[2]: 'https://x.example' is not a host like shop.example "
+            "or *.shop.example (no scheme, path, port or user) (j.yaml:7)",
+            "options.tracking.link_hosts[3]: 'a@b.example' is not a host like shop.example "
+            "or *.shop.example (no scheme, path, port or user) (j.yaml:7)",
+        ],
+    ),
+    (
         "kind: Channel\nname: hooks\ntype: webhook\nprovider: webhook\n"
         "options: {allow_networks: 10.0.0.0/8}\n",
         ["options.allow_networks: expected a list of networks like 10.0.0.0/8 (j.yaml:5)"],

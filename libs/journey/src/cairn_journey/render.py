@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import html
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,7 +63,10 @@ CHANNEL_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "webhook": (("body",), ("headers",)),
 }
 _MAPPING_FIELDS = frozenset({"data", "headers"})
+LINK_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+"""An ``<a href="http(s)://...">`` in HTML: group 3 is the (HTML-escaped) target."""
 _HTML_FIELDS = frozenset({"html"})
+_LIQUID = re.compile(r"\{\{|\{%")
 
 _missing: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "cairn_render_missing", default=None
@@ -91,6 +96,10 @@ class Rendered(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     missing: tuple[str, ...] = ()
     """Dotted paths of variables that were undefined and rendered empty."""
+    literal_links: tuple[str, ...] = ()
+    """The ``<a href>`` targets written literally in the template's HTML (no Liquid in them):
+    the links its author chose, which email tracking may rewrite; links built from data are not
+    among them (decision 0055)."""
 
 
 class _RecordingUndefined(Undefined):
@@ -227,6 +236,7 @@ def render(template: Mapping[str, Any], scope: Mapping[str, Any]) -> Rendered:
         raise RenderError(f"template has no valid channel (got {channel!r})")
     data = {name: scope.get(name) or {} for name in SCOPE_NAMES}
     missing: list[str] = []
+    literal: set[str] = set()
     token = _missing.set(missing)
     try:
         values: dict[str, Any] = {}
@@ -237,6 +247,8 @@ def render(template: Mapping[str, Any], scope: Mapping[str, Any]) -> Rendered:
             ):
                 raise RenderError(f"{path}: not a template string")
             text = _render_one(path, source, field in _HTML_FIELDS, data)
+            if field in _HTML_FIELDS:
+                literal |= _literal_links(source)
             if field in _MAPPING_FIELDS:
                 mappings[field][path.split(".", 1)[1]] = text
             else:
@@ -260,6 +272,14 @@ def render(template: Mapping[str, Any], scope: Mapping[str, Any]) -> Rendered:
         data=mappings["data"],
         headers=mappings["headers"],
         missing=tuple(missing),
+        literal_links=tuple(sorted(literal)),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal_links(source: str) -> frozenset[str]:
+    return frozenset(
+        html.unescape(m[3]) for m in LINK_HREF.finditer(source) if not _LIQUID.search(m[3])
     )
 
 

@@ -19,6 +19,12 @@ from cairn_journey.model import (
 )
 from cairn_journey.reader import Reader, join, type_name
 
+LINK_HOST = re.compile(
+    r"(\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*"
+)
+"""A host of ``options.tracking.link_hosts``: ``shop.example``, or ``*.shop.example`` for its
+subdomains."""
+
 TEMPLATE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # channel: (required, optional); email needs html and/or text besides
     "email": (("subject",), ("html", "text", "from", "reply_to", "preheader")),
@@ -223,6 +229,10 @@ class ResourceReader(Reader):
                 )
         if options is not None and "allow_networks" in options:
             self.networks(options["allow_networks"], self.line_in(options, "allow_networks"))
+        if options is not None and isinstance(options.get("tracking"), dict):
+            tracking = options["tracking"]
+            if "link_hosts" in tracking:
+                self.link_hosts(tracking["link_hosts"], self.line_in(tracking, "link_hosts"))
         plain: dict[str, Any] = _plain(options or {})
         return plain
 
@@ -239,6 +249,22 @@ class ResourceReader(Reader):
                 self.problem(
                     f"{path}[{index}]",
                     f"{cidr!r} is not a network like 10.0.0.0/8 or fd00::/8",
+                    self.line_in(value, index) or line,
+                )
+
+    def link_hosts(self, value: Any, line: int | None) -> None:
+        """``options.tracking.link_hosts``: hosts whose links are tracked even when built from
+        data (decision 0055)."""
+        path = "options.tracking.link_hosts"
+        if not isinstance(value, list):
+            self.problem(path, "expected a list of hosts like shop.example or *.shop.example", line)
+            return
+        for index, host in enumerate(value):
+            if not isinstance(host, str) or not LINK_HOST.fullmatch(host):
+                self.problem(
+                    f"{path}[{index}]",
+                    f"{host!r} is not a host like shop.example or *.shop.example"
+                    " (no scheme, path, port or user)",
                     self.line_in(value, index) or line,
                 )
 

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from cairn_dispatcher.egress import PUBLIC, EgressPolicy
+from cairn_journey.resource_reader import LINK_HOST
 
 CHANNEL_TYPES = frozenset({"smtp", "twilio", "fcm", "webpush", "webhook"})
 DESTINATION_TYPES = frozenset({"braze", "customerio", "iterable", "function", "webhook"})
@@ -87,6 +88,9 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     code: str | None = None
     egress: EgressPolicy = PUBLIC
     """The non-public networks this target's requests may reach (``allow_networks``)."""
+    link_hosts: tuple[str, ...] = ()
+    """Hosts (``shop.example``, ``*.shop.example``) whose links email tracking rewrites even
+    when a template built them from data (``options.tracking.link_hosts``)."""
 
     @property
     def key(self) -> str:
@@ -244,7 +248,23 @@ def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> T
         ),
         code=code if isinstance(code, str) else None,
         egress=_egress(_policy(doc, "allow_networks"), where),
+        link_hosts=_link_hosts(_policy(doc, "tracking"), where),
     )
+
+
+def _link_hosts(value: Any, where: str) -> tuple[str, ...]:
+    """``tracking: {link_hosts: [host, "*.suffix", ...]}``."""
+    hosts = value.get("link_hosts") if isinstance(value, Mapping) else None
+    if hosts is None:
+        return ()
+    if not isinstance(hosts, list | tuple) or not all(
+        isinstance(h, str) and LINK_HOST.fullmatch(h) for h in hosts
+    ):
+        raise DocumentError(
+            f"{where}: tracking.link_hosts must be a list of hosts like shop.example or "
+            "*.shop.example"
+        )
+    return tuple(h.lower() for h in hosts)
 
 
 def _egress(value: Any, where: str) -> EgressPolicy:

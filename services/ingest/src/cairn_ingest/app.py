@@ -56,9 +56,11 @@ async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
 
 async def prune_dedupe(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
     keep = timedelta(hours=settings.dedupe_retention_hours)
+    # A tracking hit's messageId is kept as long as its link works, so no replay gets through.
+    links = max(keep, timedelta(days=settings.tracking_link_ttl_days))
     while not await _stopped_within(stop, settings.dedupe_prune_interval_seconds):
         try:
-            pruned = await repo.prune_dedupe(pool, keep)
+            pruned = await repo.prune_dedupe(pool, keep, tracking_older_than=links)
             log.info("dedupe pruned", rows=pruned)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("dedupe prune failed", error=str(exc))
@@ -77,11 +79,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         timeout=s.publish_timeout_seconds,
     )
     ingestor = Ingestor(s, keys, publisher, triggers.current)
-    links = (
-        EmailLinks(ingestor, ctx.pool, s.tracking_secrets, s.partitions)
-        if s.tracking_secrets
-        else None
-    )
+    links = EmailLinks(ingestor, ctx.pool, s) if s.tracking_secrets else None
     runner = web.AppRunner(
         build_app(ingestor, links),
         access_log=None,

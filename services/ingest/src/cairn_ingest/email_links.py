@@ -1,9 +1,16 @@
-"""Email open pixel, click redirect and one-click unsubscribe (links signed by the dispatcher
-with ``cairn_common.tracking``).
+"""Email open pixel, click redirect and one-click unsubscribe (links sealed by the dispatcher
+with ``cairn_common.tracking``; decision 0055).
 
 A hit becomes a ``track`` event in the profile's partition, so journeys can wait for it:
 ``Email Opened``, ``Email Link Clicked`` (with ``url``) and ``Unsubscribed``, each with
-``delivery_id``, ``instance_id``, ``journey``, ``step_id`` and ``channel``.
+``delivery_id``, ``instance_id``, ``journey``, ``step_id`` and ``channel``. Its messageId is the
+same for every replay of a link (``tracking.hit_id``), so a journey and the analytics see one
+input per (delivery, kind, link) however often the link is hit; every hit is counted in
+``cairn_tracking_hits_total``.
+
+A link past its time-to-live answers 410 and one that is not genuine 404 (the pixel still as a
+GIF), or both redirect to ``CAIRN_TRACKING_FALLBACK_URL`` when it is set: a token that fails never
+redirects anywhere it carries.
 
 The person comes first: the pixel is served and the click redirected even if the event could
 not be stored (that is logged). Unsubscribing happens on POST only (RFC 8058 one-click, or the
@@ -13,22 +20,29 @@ button on the page GET shows), because mail scanners follow GET links nobody cli
 from __future__ import annotations
 
 import html
-import uuid
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 from aiohttp import web
+from prometheus_client import Counter
 
 from cairn_common.messages import Event
 from cairn_common.partitioning import partition_for
-from cairn_common.tracking import InvalidToken, LinkKind, LinkPayload, verify
+from cairn_common.tracking import (
+    ExpiredToken,
+    InvalidToken,
+    LinkKind,
+    LinkPayload,
+    TrackingKeys,
+    hit_id,
+)
 from cairn_ingest import repo
 from cairn_ingest.intake import Ingestor
 from cairn_ingest.publisher import Unavailable
 from cairn_ingest.segment import now
+from cairn_ingest.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +51,13 @@ PIXEL = (
     b"\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
+DAY = 86400.0
+HITS = Counter(
+    "cairn_tracking_hits_total",
+    "Tracking link hits: first (entered an event), replay (the same link again: no new event),"
+    " expired, refused (not genuine)",
+    ["kind", "outcome"],
+)
 _NAMES: dict[LinkKind, str] = {
     "open": "Email Opened",
     "click": "Email Link Clicked",
@@ -45,13 +66,18 @@ _NAMES: dict[LinkKind, str] = {
 
 
 class EmailLinks:
-    def __init__(
-        self, ingestor: Ingestor, pool: asyncpg.Pool, secrets: Sequence[str], partitions: int
-    ) -> None:
+    def __init__(self, ingestor: Ingestor, pool: asyncpg.Pool, settings: Settings) -> None:
         self._ingestor = ingestor
         self._pool = pool
-        self._secrets = list(secrets)
-        self._partitions = partitions
+        self._keys = TrackingKeys(settings.tracking_secrets)
+        self._partitions = settings.partitions
+        self._fallback = settings.tracking_fallback_url
+        unsubscribe = settings.tracking_unsubscribe_ttl_days
+        self._ttl: dict[LinkKind, float | None] = {
+            "open": settings.tracking_link_ttl_days * DAY,
+            "click": settings.tracking_link_ttl_days * DAY,
+            "unsubscribe": unsubscribe * DAY if unsubscribe else None,
+        }
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/t/o/{token}", self.opened)
@@ -59,20 +85,35 @@ class EmailLinks:
         router.add_get("/t/u/{token}", self.unsubscribe_page)
         router.add_post("/t/u/{token}", self.unsubscribe)
 
-    def _verify(self, kind: LinkKind, token: str) -> LinkPayload:
+    def _open(self, kind: LinkKind, token: str) -> LinkPayload:
+        """The token's payload; a plain 410 (expired) or 404 (not genuine), or a redirect to
+        the fallback URL, otherwise (the pixel: ``_Refused``, answered with the GIF)."""
         try:
-            return verify(self._secrets, kind, token)
-        except InvalidToken:
+            return self._keys.open(kind, token, ttl=self._ttl[kind])
+        except InvalidToken as exc:
+            expired = isinstance(exc, ExpiredToken)
+            HITS.labels(kind, "expired" if expired else "refused").inc()
+            if kind == "open":
+                raise _Refused(410 if expired else 404) from None
+            if self._fallback:
+                raise web.HTTPFound(self._fallback, headers=NO_STORE) from None
+            if expired:
+                raise web.HTTPGone(text="this link has expired") from None
             raise web.HTTPNotFound(text="unknown or forged tracking link") from None
 
     async def opened(self, request: web.Request) -> web.Response:
         token = request.match_info["token"].removesuffix(".gif")
-        payload = self._verify("open", token)
+        try:
+            payload = self._open("open", token)
+        except _Refused as refused:  # still an image: a broken-image icon helps nobody
+            return web.Response(
+                body=PIXEL, status=refused.status, content_type="image/gif", headers=NO_STORE
+            )
         await self._enter("open", payload, request)
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
     async def clicked(self, request: web.Request) -> web.Response:
-        payload = self._verify("click", request.match_info["token"])
+        payload = self._open("click", request.match_info["token"])
         url = payload.url or ""
         if urlsplit(url).scheme.lower() not in ("http", "https", "mailto", "tel"):
             raise web.HTTPBadRequest(text="the link's target is not a web address")
@@ -80,7 +121,7 @@ class EmailLinks:
         raise web.HTTPFound(url, headers=NO_STORE)
 
     async def unsubscribe_page(self, request: web.Request) -> web.Response:
-        self._verify("unsubscribe", request.match_info["token"])
+        self._open("unsubscribe", request.match_info["token"])
         page = (
             "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
             "<p>Stop receiving these emails?</p>"
@@ -90,7 +131,7 @@ class EmailLinks:
         return web.Response(text=page, content_type="text/html", headers=NO_STORE)
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
-        payload = self._verify("unsubscribe", request.match_info["token"])
+        payload = self._open("unsubscribe", request.match_info["token"])
         m = payload.message
         try:
             await repo.suppress(self._pool, m.profile_id, m.channel, m.address, "unsubscribed")
@@ -113,7 +154,7 @@ class EmailLinks:
         if agent := request.headers.get("User-Agent"):
             context["userAgent"] = agent
         event = Event(
-            message_id=str(uuid.uuid4()),
+            message_id=hit_id(kind, payload),
             type="track",
             event=_NAMES[kind],
             profile_id=m.profile_id,
@@ -133,6 +174,13 @@ class EmailLinks:
             source="tracking",
         )
         try:
-            await self._ingestor.internal([event])
+            duplicates = await self._ingestor.internal([event])
+            HITS.labels(kind, "replay" if duplicates else "first").inc()
         except Unavailable as exc:
             log.warning("tracking event lost", kind=kind, delivery_id=m.delivery_id, error=str(exc))
+
+
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status

@@ -128,9 +128,10 @@ class Ingestor:
 
         return await self._accept(write_key, "cloudevents", [body], single=True, decode=binary)
 
-    async def internal(self, events: Sequence[Event]) -> None:
-        """Events Cairn makes itself (email opens, clicks, unsubscribes); no write key."""
-        await self.publisher.publish(events)
+    async def internal(self, events: Sequence[Event]) -> int:
+        """Events Cairn makes itself (email opens, clicks, unsubscribes); no write key. Returns
+        how many were duplicates."""
+        return await self.publisher.publish(events)
 
     # ---- the one mechanism ----------------------------------------------------------------------
     async def _accept(

@@ -27,9 +27,16 @@ async def remember(pool: asyncpg.Pool, message_ids: list[str], received_at: date
     )
 
 
-async def prune_dedupe(pool: asyncpg.Pool, older_than: timedelta) -> int:
+async def prune_dedupe(
+    pool: asyncpg.Pool, older_than: timedelta, *, tracking_older_than: timedelta | None = None
+) -> int:
+    """Forget messageIds accepted before ``older_than``; tracking hits' (``tracking:...``)
+    before ``tracking_older_than`` (their links' time-to-live) instead."""
     status: str = await pool.execute(
-        "DELETE FROM ingest_dedupe WHERE received_at < now() - $1::interval", older_than
+        "DELETE FROM ingest_dedupe WHERE received_at < now() - $1::interval"
+        " AND (message_id NOT LIKE 'tracking:%' OR received_at < now() - $2::interval)",
+        older_than,
+        max(older_than, tracking_older_than or older_than),
     )
     return int(status.rsplit(" ", 1)[-1])
 

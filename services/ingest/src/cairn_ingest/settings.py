@@ -45,8 +45,16 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
 
     # ---- email tracking links -------------------------------------------------------------------
     tracking_secret: str = ""
-    """HMAC key of open/click/unsubscribe links (shared with the dispatcher). Empty: the /t/
-    endpoints answer 404. Retired secrets may follow, comma-separated, still honoured."""
+    """The secret open/click/unsubscribe links are sealed with (shared with the dispatcher).
+    Empty: the /t/ endpoints answer 404. Retired secrets may follow, comma-separated, still
+    honoured: keep one for at least ``tracking_link_ttl_days`` after a rotation."""
+    tracking_link_ttl_days: float = 180.0
+    """How long an open pixel or a click link works after the email was sent; past it 410."""
+    tracking_unsubscribe_ttl_days: float = 0.0
+    """How long an unsubscribe link works; 0: as long as its secret is honoured."""
+    tracking_fallback_url: str = ""
+    """Where an expired or unknown click or unsubscribe link sends the person (the shop's home
+    page, say) instead of a plain 410/404 page. Never a URL a token carries."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +66,15 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
             raise SettingsError("CAIRN_MAX_BATCH_EVENTS must be positive")
         if self.dedupe_retention_hours < 24:
             raise SettingsError("CAIRN_DEDUPE_RETENTION_HOURS must be at least 24")
+        if self.tracking_link_ttl_days <= 0 or self.tracking_unsubscribe_ttl_days < 0:
+            raise SettingsError(
+                "CAIRN_TRACKING_LINK_TTL_DAYS must be positive, "
+                "CAIRN_TRACKING_UNSUBSCRIBE_TTL_DAYS zero (never) or positive"
+            )
+        if self.tracking_fallback_url and not self.tracking_fallback_url.startswith(
+            ("https://", "http://")
+        ):
+            raise SettingsError("CAIRN_TRACKING_FALLBACK_URL must be an http(s) URL")
         if self.publish_timeout_seconds <= 0:
             raise SettingsError("CAIRN_PUBLISH_TIMEOUT_SECONDS must be positive")
 

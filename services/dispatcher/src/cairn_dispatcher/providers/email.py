@@ -3,7 +3,7 @@
 Every email carries ``Message-ID: <{delivery id}@cairn>`` (the idempotency key travels with it),
 an open pixel and click-tracking links when tracking is configured, and for marketing channels a
 ``List-Unsubscribe`` header (RFC 8058 one-click) plus an unsubscribe link in the footer, all
-pointing at ingest's ``/t/...`` endpoints with signed tokens.
+pointing at ingest's ``/t/...`` endpoints with sealed tokens (``cairn_common.tracking``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import formataddr, formatdate, parseaddr
+from urllib.parse import urlsplit
 
 import aiosmtplib
 import msgspec
@@ -32,8 +33,8 @@ from cairn_dispatcher.providers.base import (
     client_span,
     mark_outcome,
 )
+from cairn_journey.render import LINK_HREF
 
-_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 _UNFOLDED = compat32.clone(max_line_length=0)  # tracking URLs stay on one header line
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -90,15 +91,19 @@ def _header(value: str) -> str:
 
 
 class EmailTracking:
-    """Writes the open pixel, click redirects and unsubscribe link for one email."""
+    """Writes the open pixel, click redirects and unsubscribe link for one email.
+
+    Only links the template's author wrote are tracked (``Rendered.literal_links``), or links to
+    a host the channel lists in ``options.tracking.link_hosts``: a URL taken from an event or a
+    trait is left as it is, so a sealed Cairn link never redirects where data said."""
 
     def __init__(self, base_url: str, secret: str) -> None:
         self.base_url = base_url.rstrip("/")
-        self.secret = secret
+        self.keys = tracking.TrackingKeys(secret) if secret else None
 
     @property
     def enabled(self) -> bool:
-        return bool(self.secret)
+        return self.keys is not None
 
     def _message(self, job: Job) -> tracking.TrackedMessage:
         req = job.request
@@ -112,19 +117,28 @@ class EmailTracking:
             address=job.address,
         )
 
+    def _seal(self) -> tracking.TrackingKeys:
+        if self.keys is None:
+            raise PermanentError("email tracking is not configured")
+        return self.keys
+
     def unsubscribe_url(self, job: Job) -> str:
-        return tracking.unsubscribe_url(self.base_url, self.secret, self._message(job))
+        return tracking.unsubscribe_url(self.base_url, self._seal(), self._message(job))
 
     def decorate_html(self, job: Job, body: str, marketing: bool) -> str:
-        message = self._message(job)
+        keys, message = self._seal(), self._message(job)
+        literal = set(job.rendered.literal_links) if job.rendered else set()
+        hosts = job.target.link_hosts
 
         def rewrite(match: re.Match[str]) -> str:
             url = html_lib.unescape(match[3])
-            link = tracking.click_url(self.base_url, self.secret, message, url)
+            if url not in literal and not host_listed(url, hosts):
+                return match[0]
+            link = tracking.click_url(self.base_url, keys, message, url)
             return f"{match[1]}{match[2]}{link}{match[2]}"
 
-        body = _HREF.sub(rewrite, body)
-        pixel = tracking.open_url(self.base_url, self.secret, message)
+        body = LINK_HREF.sub(rewrite, body)
+        pixel = tracking.open_url(self.base_url, keys, message)
         extra = f'<img src="{pixel}" width="1" height="1" alt="">'
         if marketing:
             extra = (
@@ -133,6 +147,22 @@ class EmailTracking:
             )
         index = body.lower().rfind("</body>")
         return body + extra if index < 0 else body[:index] + extra + body[index:]
+
+
+_UNSAFE_URL = re.compile(r"[\\\s\x00-\x1f\x7f]")
+
+
+def host_listed(url: str, hosts: tuple[str, ...]) -> bool:
+    """Whether ``url`` is an http(s) link to one of ``hosts``, read the way a browser reads it:
+    anything a browser and ``urlsplit`` could disagree on (userinfo, backslashes, whitespace,
+    control characters) is refused outright."""
+    if not hosts or _UNSAFE_URL.search(url):
+        return False
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or "@" in parts.netloc:
+        return False
+    host = (parts.hostname or "").lower()
+    return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in hosts)
 
 
 class Smtp:
