@@ -46,7 +46,8 @@ async def test_a_message_id_seen_a_day_ago_is_still_a_duplicate(
     ingest = await in_process()
     assert ingest.pool is not None
     await ingest.pool.execute(
-        "INSERT INTO ingest_dedupe VALUES ('m-old', now() - interval '23 hours')"
+        "INSERT INTO ingest_dedupe VALUES ($1, now() - interval '23 hours')",
+        f"{ingest.key_id}/m-old",
     )
     batch = [
         {"type": "track", "userId": "u1", "event": "Replayed", "messageId": "m-old"},
@@ -56,6 +57,30 @@ async def test_a_message_id_seen_a_day_ago_is_still_a_duplicate(
     assert [e.message_id for e in await ingest.events(1)] == ["m-new"]
     remembered = await ingest.pool.fetchval("SELECT count(*) FROM ingest_dedupe")
     assert remembered == 2
+
+
+async def test_one_write_keys_message_ids_never_shadow_anothers(
+    in_process: InProcessFactory, http: aiohttp.ClientSession
+) -> None:
+    """A messageId is unique within its source (Segment's rule): a client holding one public
+    write key who sends another source's (predictable) messageIds first drops none of them."""
+    ingest = await in_process()
+    attacker = ingest.write_key
+    shop = await ingest.new_key("shop")
+    event = {"type": "track", "userId": "u1", "event": "Order Completed", "messageId": "order-7"}
+    assert await send(http, ingest, "/v1/track", event) == (200, {"success": True})
+    ingest.write_key = shop
+    assert await send(http, ingest, "/v1/track", {**event, "userId": "u2"}) == (
+        200,
+        {"success": True},
+    )
+    assert await send(http, ingest, "/v1/track", {**event, "userId": "u2"}) == (
+        200,
+        {"success": True},
+    )  # the shop's own repeat is still a duplicate
+    ingest.write_key = attacker
+    events = await ingest.events(2)
+    assert [(e.message_id, e.profile_id) for e in events] == [("order-7", "u1"), ("order-7", "u2")]
 
 
 async def test_pruning_forgets_only_message_ids_older_than_the_retention(
@@ -70,6 +95,24 @@ async def test_pruning_forgets_only_message_ids_older_than_the_retention(
     assert await repo.prune_dedupe(ingest.pool, timedelta(hours=48)) == 1
     rows = await ingest.pool.fetch("SELECT message_id FROM ingest_dedupe")
     assert [r["message_id"] for r in rows] == ["recent"]
+
+
+async def test_tracking_hits_are_remembered_as_long_as_their_links_work(
+    in_process: InProcessFactory,
+) -> None:
+    ingest = await in_process()
+    assert ingest.pool is not None
+    await ingest.pool.execute(
+        "INSERT INTO ingest_dedupe VALUES ('old', now() - interval '49 hours'), "
+        "('tracking:open:a', now() - interval '100 days'), "
+        "('tracking:open:b', now() - interval '181 days')"
+    )
+    pruned = await repo.prune_dedupe(
+        ingest.pool, timedelta(hours=48), tracking_older_than=timedelta(days=180)
+    )
+    assert pruned == 2
+    rows = await ingest.pool.fetch("SELECT message_id FROM ingest_dedupe")
+    assert [r["message_id"] for r in rows] == ["tracking:open:a"]
 
 
 TRIGGER = {

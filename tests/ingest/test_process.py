@@ -101,12 +101,13 @@ async def test_sigkill_under_load_loses_nothing_that_was_answered_200(
     assert set(load.acknowledged) <= stored
     assert load.unanswered  # the kill really hit requests in flight
 
-    # The clients retry what was never answered against a new replica: each event once.
+    # The clients retry what was never answered against a new replica, with the same write key
+    # (a messageId is unique within its source): each event once.
     retry: Ingest = await ingest_process()
     async with aiohttp.ClientSession() as http:
         for batch in load.unanswered:
             async with http.post(
-                retry.url + "/v1/batch", json={"batch": batch}, headers=basic(retry)
+                retry.url + "/v1/batch", json={"batch": batch}, headers=basic(ingest)
             ) as resp:
                 assert resp.status == 200
     expected = set(load.acknowledged) | {m["messageId"] for b in load.unanswered for m in b}

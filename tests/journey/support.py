@@ -77,10 +77,18 @@ class Profile:
         self._seq += 1
         return f"msg-{self._seq}"
 
-    def track(self, name: str, message_id: str | None = None, **properties: Any) -> list[Effect]:
+    def track(
+        self,
+        name: str,
+        message_id: str | None = None,
+        *,
+        write_key: str | None = None,
+        **properties: Any,
+    ) -> list[Effect]:
         return self.apply(
             Event(
                 message_id=message_id or self._id(),
+                write_key=write_key,
                 type="track",
                 profile_id=self.profile_id,
                 partition=0,

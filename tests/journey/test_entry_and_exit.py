@@ -38,6 +38,17 @@ def test_repeat_always_without_unique_by_keeps_one_instance_at_a_time() -> None:
     assert len(p.started()) == 2
 
 
+def test_a_message_id_repeats_only_within_its_source() -> None:
+    p = welcome("always")
+    p.track("Signed Up", message_id="signup-1", write_key="web")
+    p.fire_next()  # completed
+    p.track("Signed Up", message_id="signup-1", write_key="web")  # a redelivery: ignored
+    assert len(p.started()) == 1
+    # Another source's event with the same messageId is its own input (Segment's rule).
+    p.track("Signed Up", message_id="signup-1", write_key="mobile")
+    assert len(p.started()) == 2
+
+
 def test_repeat_once_never_enters_again() -> None:
     p = welcome("once")
     p.track("Signed Up")

@@ -54,6 +54,13 @@ class Event(Wire, frozen=True, kw_only=True, tag="event"):
     source: EventSource = "http"
     write_key: str | None = None
 
+    @property
+    def dedupe_key(self) -> str:
+        """What makes an event a repeat: its messageId within its source (the write key's id),
+        as Segment's are unique per source, so one source's messageIds never shadow another's.
+        Cairn's own events (tracking hits) have no write key and keep their messageId."""
+        return f"{self.write_key}/{self.message_id}" if self.write_key else self.message_id
+
 
 class TimerFired(Wire, frozen=True, kw_only=True, tag="timer_fired"):
     """A timer came due. Sent by the scheduler into the profile's partition.

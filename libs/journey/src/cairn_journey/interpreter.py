@@ -73,7 +73,7 @@ def run_input(
             return state, []
         if not identify and (inp.type != "track" or not catalogue.interested(inp.event)):
             return state, []  # no journey can react: nothing to remember either
-        fingerprint = input_fingerprint(inp.message_id)
+        fingerprint = input_fingerprint(inp.dedupe_key)  # a repeat within its source
         if fingerprint in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)

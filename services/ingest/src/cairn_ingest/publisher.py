@@ -7,6 +7,10 @@ The order matters for "nothing answered 200 is lost":
    (JetStream itself drops a repeat inside its window, which also covers two racing requests);
 3. only then record the messageIds in PostgreSQL.
 
+A messageId is unique within its source, as Segment's are: the key of both steps is
+``Event.dedupe_key`` (the write key's id and the messageId), so one write key's messageIds can never
+shadow another's events. Cairn's own events (tracking hits) have no write key and keep theirs.
+
 A crash between 2 and 3 leaves the events in JetStream but unrecorded: the client, never having
 seen a 200, retries, and JetStream's window drops the repeat. Recording *before* publishing would
 instead turn that crash into a loss (the retry would look like a duplicate).
@@ -65,11 +69,11 @@ class EventPublisher:
         """Publish what is new; return how many were duplicates. ``Unavailable`` on failure."""
         fresh = _first_of_each_id(events)
         try:
-            seen = await repo.already_seen(self._pool, [e.message_id for e in fresh])
+            seen = await repo.already_seen(self._pool, [e.dedupe_key for e in fresh])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
         if seen:
-            fresh = [e for e in fresh if e.message_id not in seen]
+            fresh = [e for e in fresh if e.dedupe_key not in seen]
         refused: PublishError | None = None
         if fresh:
             try:
@@ -84,7 +88,7 @@ class EventPublisher:
             if stored:
                 try:
                     await repo.remember(
-                        self._pool, [e.message_id for e in stored], stored[0].received_at
+                        self._pool, [e.dedupe_key for e in stored], stored[0].received_at
                     )
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     # In JetStream already; a retry inside its window is dropped there.
@@ -132,7 +136,7 @@ class EventPublisher:
         base = trace_headers()
         subject = self._topology.input_subject
         messages = [
-            (subject(e.partition, "event"), encode(e), {**base, MSG_ID: e.message_id})
+            (subject(e.partition, "event"), encode(e), {**base, MSG_ID: e.dedupe_key})
             for e in events
         ]
         try:
@@ -151,7 +155,7 @@ def _first_of_each_id(events: Sequence[Event]) -> list[Event]:
     seen: set[str] = set()
     unique: list[Event] = []
     for event in events:
-        if event.message_id not in seen:
-            seen.add(event.message_id)
+        if (key := event.dedupe_key) not in seen:
+            seen.add(key)
             unique.append(event)
     return unique
