@@ -114,13 +114,14 @@ def strategic_merge(base: Any, patch: Any) -> Any:
     if isinstance(base, list) and isinstance(patch, list) and _named(base) and _named(patch):
         merged_list = copy.deepcopy(base)
         positions = {item["name"]: i for i, item in enumerate(merged_list)}
+        added = []
         for item in patch:
             if item["name"] in positions:
                 at = positions[item["name"]]
                 merged_list[at] = strategic_merge(merged_list[at], item)
             else:
-                merged_list.append(copy.deepcopy(item))
-        return merged_list
+                added.append(copy.deepcopy(item))
+        return added + merged_list  # as kubectl kustomize does: new items come first
     return copy.deepcopy(patch)
 
 

@@ -40,7 +40,7 @@ from tests.deploy.manifests import (
 
 # Oldest Kubernetes we support, and the newest whose schemas kubernetes-validate bundles.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-CRD_KINDS = {"ScaledObject", "Cluster"}
+CRD_KINDS = {"ScaledObject", "Cluster", "Issuer", "Certificate"}
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 # The settings struct each `python -m MODULE` loads at start.
@@ -215,6 +215,66 @@ def test_the_postgres_cluster_has_the_shape_cloudnative_pg_accepts(rendered: Ren
     )
     if "affinity" in spec:
         assert spec["affinity"].get("podAntiAffinityType", "preferred") in {"preferred", "required"}
+
+
+CERTIFICATE_SPEC = {
+    "secretName", "commonName", "dnsNames", "duration", "renewBefore", "isCA", "usages",
+    "privateKey", "issuerRef",
+}  # fmt: skip
+
+
+def test_cert_manager_objects_have_the_shape_cert_manager_accepts(rendered: Rendered) -> None:
+    issuers = {i["metadata"]["name"]: i for i in rendered.of_kind("Issuer")}
+    for issuer in issuers.values():
+        assert issuer["apiVersion"] == "cert-manager.io/v1"
+        (how,) = issuer["spec"]
+        assert how in {"selfSigned", "ca"}
+        if how == "ca":  # a CA issuer signs with a Secret some Certificate writes
+            secret = issuer["spec"]["ca"]["secretName"]
+            assert any(
+                c["spec"]["secretName"] == secret and c["spec"].get("isCA")
+                for c in rendered.of_kind("Certificate")
+            )
+    for cert in rendered.of_kind("Certificate"):
+        spec = cert["spec"]
+        assert cert["apiVersion"] == "cert-manager.io/v1"
+        assert set(spec) <= CERTIFICATE_SPEC, f"unknown fields {set(spec) - CERTIFICATE_SPEC}"
+        assert spec["issuerRef"]["kind"] == "Issuer"
+        assert spec["issuerRef"]["name"] in issuers
+        assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+        assert spec.get("commonName") or spec.get("dnsNames")
+
+
+def test_prod_reaches_nats_over_tls_trusting_only_its_ca() -> None:
+    """Passwords never cross the network in clear text: prod's services connect to tls:// and
+    verify the servers against the CA cert-manager issued their certificate from; the chart
+    serves that certificate (nats-tls-values.yaml); dev stays plain."""
+    prod = render_overlay("prod")
+    config = _shared_config(prod)
+    assert config["CAIRN_NATS_URL"].startswith("tls://")
+    assert _shared_config(render_overlay("dev"))["CAIRN_NATS_URL"].startswith("nats://")
+    server = prod.find("Certificate", "nats-server-tls")
+    assert server is not None
+    host = config["CAIRN_NATS_URL"].removeprefix("tls://").rsplit(":", 1)[0]
+    assert host in server["spec"]["dnsNames"]
+    values = yaml.safe_load((K8S / "nats-tls-values.yaml").read_text())["config"]
+    assert values["nats"]["tls"] == {"enabled": True, "secretName": server["spec"]["secretName"]}
+    assert values["cluster"]["tls"]["secretName"] == server["spec"]["secretName"]
+    for dep in prod.cairn_deployments():
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        name = dep["metadata"]["name"]
+        (volume,) = [
+            n for n, path in mounts.items() if config["CAIRN_NATS_CA_FILE"].startswith(path)
+        ]
+        secret = volumes[volume]["secret"]
+        assert secret["secretName"] == server["spec"]["secretName"], name
+        # The CA only: the servers' private key stays out of Cairn's pods.
+        assert secret["items"] == [{"key": "ca.crt", "path": "ca.crt"}], name
+        assert config["CAIRN_NATS_CA_FILE"] == f"{mounts[volume]}/ca.crt", name
+    assert "nats-tls-values.yaml" in DEPLOY_DOC.read_text()
 
 
 # ---- the services' promises ----------------------------------------------------------------------
@@ -471,7 +531,7 @@ def test_services_reach_nats_and_postgres_by_the_names_their_charts_give(
     rendered: Rendered,
 ) -> None:
     config = _shared_config(rendered)
-    assert re.fullmatch(r"nats://nats(\.[a-z0-9-]+)*:4222", config["CAIRN_NATS_URL"])
+    assert re.fullmatch(r"(nats|tls)://nats(\.[a-z0-9-]+)*:4222", config["CAIRN_NATS_URL"])
     (cluster,) = rendered.of_kind("Cluster")
     assert cluster["metadata"]["name"] == "cairn-pg"  # its Secret cairn-pg-app feeds the URL
 

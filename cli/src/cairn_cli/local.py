@@ -102,9 +102,12 @@ class LocalNats:
         monitor_port: int = 0,
         max_file_store: int = 64 << 30,
         users: list[dict[str, Any]] | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.users = users
+        self.tls = tls
+        """``(certificate, key)`` PEM files: clients must then speak TLS (``tls://`` URLs)."""
         """NATS users with their permissions (``cairn_common.nats_auth.users``): with any, the
         server refuses anonymous clients. ``None``: no authentication (test and bench servers)."""
         self.port = port
@@ -117,7 +120,7 @@ class LocalNats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -141,6 +144,10 @@ class LocalNats:
         text = f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n"
         if self.users is not None:
             text += authorization_block(self.users)
+        if self.tls is not None:
+            cert, key = self.tls
+            files = f"cert_file: {json.dumps(str(cert))}\n  key_file: {json.dumps(str(key))}"
+            text += f"tls {{\n  {files}\n}}\n"
         write_private(config, text)  # it holds the users' passwords
         args = [
             exe, "--config", str(config),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,11 +34,15 @@ async def connect(
     user: str = "",
     password: str = "",
     inbox_prefix: str = "_INBOX",
+    ca_file: str = "",
 ) -> NATS:
     """Connect with endless reconnects: a NATS restart must not kill a service, only pause it.
 
     ``user``/``password`` authenticate (``cairn_common.nats_auth``); replies arrive under
-    ``inbox_prefix``, the one inbox subject space that user may subscribe to."""
+    ``inbox_prefix``, the one inbox subject space that user may subscribe to. With ``ca_file`` or
+    a ``tls://`` URL the connection is TLS, the server's certificate verified against
+    ``ca_file`` (else the system's CAs) and its name checked: credentials never cross the wire in
+    clear text."""
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -60,7 +65,17 @@ async def connect(
         user=user or None,
         password=password or None,
         inbox_prefix=inbox_prefix,
+        tls=tls_context(url, ca_file),
     )
+
+
+def tls_context(url: str, ca_file: str = "") -> ssl.SSLContext | None:
+    """The TLS context of a NATS connection, or ``None`` for a plain one."""
+    if not ca_file and not url.startswith("tls://"):
+        return None
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _stream_config(spec: StreamSpec, replicas: int) -> api.StreamConfig:

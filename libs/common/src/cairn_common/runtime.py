@@ -104,6 +104,7 @@ async def _serve(settings: S, work: Work[S]) -> None:
             user=settings.nats_user,
             password=settings.nats_password,
             inbox_prefix=inbox_prefix(settings.namespace, settings.service_name),
+            ca_file=settings.nats_ca_file,
         ),
         stopping,
     )

@@ -35,6 +35,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_user: str = ""
     """This service's NATS user (``cairn_common.nats_auth``); empty on a server without users."""
     nats_password: str = ""
+    nats_ca_file: str = ""
+    """The CA certificate that signed the NATS servers' (PEM). With it, or with a ``tls://`` URL,
+    the connection is TLS and the server's certificate is verified; deploy/k8s's prod overlay sets
+    both."""
     namespace: str = "cairn"
     """Prefix of every stream and subject, so several Cairns (or tests) can share one NATS."""
     partitions: int = 64
