@@ -124,7 +124,7 @@ class EventPublisher:
             "messaging.operation.type": "send",
         }
         if len(events) == 1:
-            attributes["messaging.message.id"] = events[0].message_id
+            attributes["messaging.message.id"] = events[0].dedupe_key  # its Nats-Msg-Id
         else:
             attributes["messaging.batch.message_count"] = len(events)
         with tracer.start_as_current_span(
