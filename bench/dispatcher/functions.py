@@ -15,11 +15,11 @@ import argparse
 import asyncio
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from cairn_cli.local import memory_mb
 from cairn_dispatcher.documents import Target
 from cairn_dispatcher.egress import EgressPolicy
 from cairn_dispatcher.providers.functions import DestinationFunction
@@ -38,13 +38,6 @@ def _target(code: str, **settings: Any) -> Target:
         code=code,
         egress=EgressPolicy(("127.0.0.0/8",)),
     )
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def _timed(fn: DestinationFunction, n: int) -> list[float]:
@@ -86,7 +79,7 @@ async def main(calls: int) -> None:
     echo = function(ECHO)
     warm = await _timed(echo, calls)
     assert echo._worker is not None
-    rss = _rss_mb(echo._worker._proc.pid)
+    rss = memory_mb(echo._worker._proc.pid)
     loop = function(LOOP)
     await _timed(loop, 1)
     loops = await _timed(loop, 5)

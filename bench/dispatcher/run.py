@@ -28,6 +28,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 
 from cairn_cli.local import LocalNats, LocalPostgres, free_port
+from cairn_cli.local import cpu_seconds as process_cpu_seconds
 from cairn_common.bus import provision_topology
 from cairn_common.db import migrate
 from cairn_common.messages import DeliveryRequested, encode
@@ -65,10 +66,9 @@ def cpu_seconds(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class SmtpCounter:

@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from cairn_cli.local import LocalNats, LocalPostgres, free_port
+from cairn_cli.local import LocalNats, LocalPostgres, cpu_seconds, free_port
 from cairn_common.db import migrate
 from cairn_control.keys import create_key
 
@@ -129,12 +129,6 @@ async def server_buckets(url: str) -> dict[str, float]:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[le] = float(line.rsplit(" ", 1)[1])
     return buckets
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -19,7 +19,6 @@ arrives there); only function secrets can be read; a function that throws its ow
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from cairn_cli.local import cpu_seconds, memory_mb
 from cairn_common.bus import provision_topology
 from cairn_common.topology import Topology
 from tests.dispatcher.support import (
@@ -175,18 +175,6 @@ def _workers(parent: int) -> list[int]:
     return found
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 async def test_top_level_loops_and_buffer_hogs_stay_in_their_worker(
     db: asyncpg.Connection,
     sink: HttpSink,
@@ -223,7 +211,7 @@ async def test_top_level_loops_and_buffer_hogs_stay_in_their_worker(
     assert first.proc is not None
 
     async def spinning() -> bool:
-        return any(_cpu_seconds(w) > 1.0 for w in _workers(first.proc.pid))
+        return any(cpu_seconds(w) > 1.0 for w in _workers(first.proc.pid))
 
     await eventually(spinning)
     async with (
@@ -262,5 +250,5 @@ async def test_top_level_loops_and_buffer_hogs_stay_in_their_worker(
     await results.wait("fn-2", "sent")
     await results.wait("hook-2", "sent")
     assert "/fn-2" in {r.path for r in sink.requests}
-    peak = _peak_rss_mb(second.proc.pid)
+    peak = memory_mb(second.proc.pid, "VmHWM")
     assert peak < 400, f"the dispatcher reached {peak:.0f} MB"

@@ -69,6 +69,21 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc); ``OSError`` once it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory from /proc/PID/status: ``VmRSS`` (resident now) or ``VmHWM`` (its
+    peak); ``OSError`` once it is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise OSError(f"/proc/{pid}/status has no {field}")
+
+
 def _wait_until(check: object, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
     """Poll an external process's readiness (it offers no event to wait on)."""
     assert callable(check)

@@ -30,7 +30,6 @@ import binascii
 import hashlib
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Literal
 
 import msgspec
@@ -103,10 +102,7 @@ class TrackingKeys:
         self.secrets = [s for s in listed if s]
         if not self.secrets:
             raise ValueError("a tracking secret is required to seal links")
-
-    @cached_property
-    def _keys(self) -> list[_Key]:
-        return [_Key(s) for s in self.secrets]
+        self._keys = [_Key(s) for s in self.secrets]
 
     def seal(self, kind: LinkKind, payload: LinkPayload, *, now: float | None = None) -> str:
         if kind == "click" and not payload.url:
@@ -153,13 +149,13 @@ class TrackingKeys:
         return payload
 
 
-def _keys(keys: TrackingKeys | str | Sequence[str]) -> TrackingKeys:
+def _as_keys(keys: TrackingKeys | str | Sequence[str]) -> TrackingKeys:
     return keys if isinstance(keys, TrackingKeys) else TrackingKeys(keys)
 
 
 def sign(keys: TrackingKeys | str | Sequence[str], kind: LinkKind, payload: LinkPayload) -> str:
     """Seal ``payload`` as a ``kind`` token with the first secret."""
-    return _keys(keys).seal(kind, payload)
+    return _as_keys(keys).seal(kind, payload)
 
 
 def verify(
@@ -170,7 +166,7 @@ def verify(
     ttl: float | None = None,
 ) -> LinkPayload:
     """Open a ``kind`` token with any of the secrets; ``InvalidToken`` otherwise."""
-    return _keys(keys).open(kind, token, ttl=ttl)
+    return _as_keys(keys).open(kind, token, ttl=ttl)
 
 
 def hit_id(kind: LinkKind, payload: LinkPayload) -> str:

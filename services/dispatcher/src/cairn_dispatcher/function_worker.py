@@ -2,7 +2,7 @@
 
 The dispatcher starts one worker per function destination::
 
-    python -I -m cairn_dispatcher.function_worker <memory_bytes>
+    python -I -m cairn_dispatcher.function_worker <memory_bytes> <dispatcher pid>
 
 with an empty environment, in a session of its own, killed if the dispatcher dies. Everything
 the worker owns is the function's: a V8 isolate, and ``RLIMIT_DATA`` set to the function's memory
@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 import msgspec
+from py_mini_racer import JSEvalException, JSOOMException, MiniRacer, init_mini_racer
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 8 << 20
@@ -42,7 +43,6 @@ class Load(msgspec.Struct, tag="load"):
 
     prelude: str
     code: str
-    heap_bytes: int
 
 
 class Call(msgspec.Struct, tag="call"):
@@ -97,8 +97,9 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
 
 
 class _Worker:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, memory_bytes: int) -> None:
         self._writer = writer
+        self._memory = memory_bytes
         self._mr: Any = None
         self._done: asyncio.Future[str] | None = None
         self._fetches: dict[int, asyncio.Future[str]] = {}
@@ -123,10 +124,8 @@ class _Worker:
                 asyncio.get_running_loop().create_task(self._call(frame))
 
     async def _load(self, frame: Load) -> Frame:
-        from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
-
         mr = MiniRacer()
-        mr.set_hard_memory_limit(frame.heap_bytes)
+        mr.set_hard_memory_limit(self._memory)
         fetch = await self._stack.enter_async_context(mr.wrap_py_function(self._fetch))
         done = await self._stack.enter_async_context(mr.wrap_py_function(self._settled))
         install = mr.eval(
@@ -144,8 +143,6 @@ class _Worker:
         return Ready()
 
     async def _call(self, frame: Call) -> None:
-        from py_mini_racer import JSEvalException, JSOOMException
-
         args = msgspec.json.encode([frame.handler, frame.event, frame.settings]).decode()[1:-1]
         self._done = asyncio.get_running_loop().create_future()
         try:
@@ -194,13 +191,11 @@ async def _main(memory_bytes: int) -> None:
         asyncio.streams.FlowControlMixin, sys.stdout
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    from py_mini_racer import init_mini_racer
-
     init_mini_racer(flags=V8_FLAGS)
     limit = memory_bytes + INTERPRETER_BYTES
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash never writes its memory to disk
-    worker = _Worker(writer)
+    worker = _Worker(writer, memory_bytes)
     worker.send(Ready())  # up: the dispatcher's clock for the load starts now
     await worker.serve(reader)
 

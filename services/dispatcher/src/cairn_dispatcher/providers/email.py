@@ -23,6 +23,7 @@ import aiosmtplib
 import msgspec
 
 from cairn_common import tracking
+from cairn_dispatcher import egress
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.providers.base import (
     Failed,
@@ -154,14 +155,11 @@ _UNSAFE_URL = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 def host_listed(url: str, hosts: tuple[str, ...]) -> bool:
     """Whether ``url`` is an http(s) link to one of ``hosts``, read the way a browser reads it:
-    anything a browser and ``urlsplit`` could disagree on (userinfo, backslashes, whitespace,
-    control characters) is refused outright."""
-    if not hosts or _UNSAFE_URL.search(url):
+    what ``egress.check_url`` refuses (another scheme, userinfo), and anything a browser and
+    ``urlsplit`` could disagree on (backslashes, whitespace, control characters), is not."""
+    if not hosts or _UNSAFE_URL.search(url) or egress.check_url(url) is not None:
         return False
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or "@" in parts.netloc:
-        return False
-    host = (parts.hostname or "").lower()
+    host = (urlsplit(url).hostname or "").lower()
     return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in hosts)
 
 

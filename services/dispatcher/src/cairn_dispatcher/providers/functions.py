@@ -100,8 +100,8 @@ HANDLERS = {
 
 
 class WorkerGone(Exception):
-    """The worker stopped answering: killed at the time limit, or dead (``out_of_memory`` when
-    V8 said so on its way out)."""
+    """The worker died or sent what is not a frame (``out_of_memory`` when V8 said so on its
+    way out, or the kernel killed it)."""
 
     def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
         super().__init__(message)
@@ -109,7 +109,7 @@ class WorkerGone(Exception):
 
 
 class WorkerTimeout(Exception):
-    pass
+    """The worker did not answer within the time limit."""
 
 
 class _Worker:
@@ -229,7 +229,7 @@ class DestinationFunction:
         if self._worker is None:
             worker = await _Worker.start(self._memory)
             self._worker = worker
-            load = function_worker.Load(PRELUDE, self.target.code or "", self._memory)
+            load = function_worker.Load(PRELUDE, self.target.code or "")
             loaded = await worker.request(load, timeout=self._timeout, fetch=self._fetch)
             if isinstance(loaded, function_worker.Error):
                 raise FunctionRefused(loaded)
@@ -299,7 +299,8 @@ class DestinationFunction:
                 reply = await worker.request(call, timeout=self._timeout, fetch=self._fetch)
                 if isinstance(reply, function_worker.Error):
                     raise FunctionRefused(reply)
-                outcome = _outcome(str(getattr(reply, "raw", "")))
+                raw = reply.raw if isinstance(reply, function_worker.Result) else ""
+                outcome = _outcome(raw)
             except WorkerTimeout:
                 await self._discard()
                 limit = f"{self._timeout:g}s"
