@@ -31,14 +31,14 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
 
 
-def _start_up(home: Path) -> subprocess.Popen[str]:
+def _start_up(home: Path, *extra: str) -> subprocess.Popen[str]:
     # Pre-seed the port choices so the test never takes the well-known ports of a real Cairn.
     home.mkdir(parents=True, exist_ok=True)
     (home / "ports.json").write_text(json.dumps({"nats_monitor": free_port()}))
     return subprocess.Popen(
         [*CAIRN, "up", "--data-dir", str(home), "--http-port", str(free_port()),
          "--admin-port", str(free_port()), "--nats-port", str(free_port()),
-         "--postgres-port", str(free_port())],
+         "--postgres-port", str(free_port()), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -98,6 +98,21 @@ def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path
         pids += [int(nats_ports.stem.rsplit("_", 1)[1])]
         assert all(_alive(pid) for pid in pids)
         assert json.loads((home / "cli.json").read_text())["api_url"] == state["admin_url"]
+        # JetStream syncs every write by default, as deploy/k8s does (decision 0056).
+        assert 'sync_interval: "always"' in (home / "nats" / "nats.conf").read_text()
+
+        # A killed service comes back, and state.json names its new process.
+        killed = state["services"]["ingest"]["pid"]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = json.loads((home / "state.json").read_text())["services"]["ingest"]["pid"]
+            if now != killed and _alive(now) and _status(home)[0] == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"ingest was not restarted, or state.json still names {killed}")
+        pids.append(now)
         for secret in (
             "admin-token",
             "tracking-secret",
@@ -148,8 +163,8 @@ def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path
 
 def test_second_run_resumes_with_the_data_it_left(tmp_path: Path) -> None:
     home = tmp_path / "cairn"
-    for _ in range(2):
-        proc = _start_up(home)
+    for extra in ([], ["--jetstream-sync", "default"]):
+        proc = _start_up(home, *extra)
         try:
             output = _read_until_up(proc)
             proc.send_signal(signal.SIGINT)
@@ -159,3 +174,15 @@ def test_second_run_resumes_with_the_data_it_left(tmp_path: Path) -> None:
                 proc.kill()
     # The second start found its database and migrations in place.
     assert "migrations: up to date" in output
+    # ... and JetStream at the server's own sync interval, as asked.
+    assert "sync_interval" not in (home / "nats" / "nats.conf").read_text()
+
+
+@pytest.mark.parametrize("value", ["never", "0s", "10", "1d", ""])
+def test_jetstream_sync_takes_always_default_or_a_duration(value: str) -> None:
+    result = subprocess.run(
+        [*CAIRN, "up", "--jetstream-sync", value, "--data-dir", "/nonexistent"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "expected always, default or a duration" in result.stderr

@@ -118,8 +118,12 @@ class LocalNats:
         max_file_store: int = 64 << 30,
         users: list[dict[str, Any]] | None = None,
         tls: tuple[Path, Path] | None = None,
+        sync_interval: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.sync_interval = sync_interval
+        """JetStream's ``sync_interval``: ``"always"`` (fsync every write before its ack), a
+        duration such as ``"2m"``, or ``None`` for the server's default (two minutes)."""
         self.users = users
         self.tls = tls
         """``(certificate, key)`` PEM files: clients must then speak TLS (``tls://`` URLs)."""
@@ -156,7 +160,8 @@ class LocalNats:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         config = self.data_dir / "nats.conf"
-        text = f"jetstream {{\n  max_file_store: {self.max_file_store}\n}}\n"
+        sync = f"\n  sync_interval: {json.dumps(self.sync_interval)}" if self.sync_interval else ""
+        text = f"jetstream {{\n  max_file_store: {self.max_file_store}{sync}\n}}\n"
         if self.users is not None:
             text += authorization_block(self.users)
         if self.tls is not None:

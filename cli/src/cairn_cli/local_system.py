@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 # ---- wiring --------------------------------------------------------------------------------------
 
 
+def jetstream_sync(value: str) -> str:
+    """``--jetstream-sync``: ``always``, ``default`` or a NATS duration (``500ms``, ``10s``,
+    ``2m``, ``1h``)."""
+    if value in ("always", "default") or re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r}: expected always, default or a duration such as 10s or 2m"
+    )
+
+
 def up_command(args: argparse.Namespace) -> int:
     from cairn_cli.up import run_up
 
@@ -260,6 +271,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--postgres-port", type=int, help="PostgreSQL port (default: last run's, else 5432 if free)"
+    )
+    up.add_argument(
+        "--jetstream-sync",
+        type=jetstream_sync,
+        default="always",
+        metavar="always|default|DURATION",
+        help="when JetStream fsyncs what it stores: 'always' (default, as deploy/k8s: every "
+        "write is on disk before it is acknowledged, so a 200 from ingest survives a power cut), "
+        "'default' (the server's own, every 2 minutes) or an interval such as 10s "
+        "(docs/decisions/0056-jetstream-sync-always.md)",
     )
     up.add_argument(
         "--otlp-endpoint",

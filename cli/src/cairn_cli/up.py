@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -49,6 +50,8 @@ NATS_CREDENTIALS = "nats-credentials.json"
 """Each NATS user's password, owner-only (see nats_passwords)."""
 READY_TIMEOUT = 90.0
 SERVICE_STOP_TIMEOUT = 20.0
+RESTART_RESET = 10.0
+"""A service that ran this long before it died is restarted without a pause."""
 
 
 class Ports(msgspec.Struct, kw_only=True):
@@ -112,6 +115,7 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
         port=ports.nats,
         monitor_port=ports.nats_monitor,
         users=nats_auth.users(Topology(), passwords),
+        sync_interval=None if args.jetstream_sync == "default" else args.jetstream_sync,
     )
     pg = LocalPostgres(
         home / "postgres", port=ports.postgres, password=secret_in(home, "postgres-password")
@@ -119,7 +123,10 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     try:
-        _say(f"starting NATS (JetStream) on {ports.nats} and PostgreSQL on {ports.postgres}")
+        _say(
+            f"starting NATS (JetStream, sync {args.jetstream_sync}) on {ports.nats} "
+            f"and PostgreSQL on {ports.postgres}"
+        )
         nats_server.start(log_file=logs / "nats.log")
         pg.start(log_file=logs / "postgres.log")
         pg.create_database(DATABASE)
@@ -236,13 +243,20 @@ async def _supervise(
                 admin_url=f"http://127.0.0.1:{ports.admin}",
                 sink_smtp=f"smtp://127.0.0.1:{ports.sink_smtp}",
                 sink_http=f"http://127.0.0.1:{ports.sink_http}",
-                services={
-                    n: ServiceEndpoint(s.pid or 0, s.health_url) for n, s in services.items()
-                },
+                services={},
                 write_key=write_key,
             )
-            write_state(home, state, admin_token)
-            _print_summary(home, state, time.monotonic() - started)
+
+            def record_state() -> LocalState:
+                """state.json names every service's current process: rewritten on restarts."""
+                current = {n: ServiceEndpoint(s.pid or 0, s.health_url) for n, s in services.items()}
+                now = msgspec.structs.replace(state, services=current)
+                write_state(home, now, admin_token)
+                return now
+
+            for svc in services.values():
+                svc.on_start = record_state
+            _print_summary(home, record_state(), time.monotonic() - started)
         else:
             stopping.set()
         await stopping.wait()
@@ -300,9 +314,11 @@ class SupervisedService:
         self.env = env
         self.health_url = f"http://127.0.0.1:{env['CAIRN_HEALTH_PORT']}"
         self.pid: int | None = None
+        self.on_start: Callable[[], object] | None = None
+        """Called after each (re)start, once ``pid`` is the new process's."""
 
     async def run(self, stopping: asyncio.Event) -> None:
-        pause = 1.0
+        pause = 0.0
         while not stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"cairn_{self.name}",
@@ -310,6 +326,8 @@ class SupervisedService:
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the services in order
             )  # fmt: skip
             self.pid = proc.pid
+            if self.on_start is not None:
+                self.on_start()
             ran_from = time.monotonic()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._relay_output(proc))
@@ -321,8 +339,11 @@ class SupervisedService:
                 stop.cancel()
             if stopping.is_set():
                 return
-            pause = 1.0 if time.monotonic() - ran_from > 30 else min(pause * 2, 30.0)
-            _say(f"{self.name} exited with code {proc.returncode}; restarting in {pause:.0f}s")
+            # A service that ran a while comes back at once (its traffic is waiting); one that
+            # keeps dying is given a doubling pause, so a crash loop does not spin.
+            ran = time.monotonic() - ran_from
+            pause = 0.0 if ran > RESTART_RESET else min(max(pause * 2, 0.5), 30.0)
+            _say(f"{self.name} exited with code {proc.returncode}; restarting in {pause:.1f}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=pause)
 
