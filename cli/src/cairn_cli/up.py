@@ -249,7 +249,10 @@ async def _supervise(
 
             def record_state() -> LocalState:
                 """state.json names every service's current process: rewritten on restarts."""
-                current = {n: ServiceEndpoint(s.pid or 0, s.health_url) for n, s in services.items()}
+                current = {
+                    name: ServiceEndpoint(svc.pid or 0, svc.health_url)
+                    for name, svc in services.items()
+                }
                 now = msgspec.structs.replace(state, services=current)
                 write_state(home, now, admin_token)
                 return now
