@@ -1,0 +1,126 @@
+"""The load client of the end-to-end bench: carts in through the Segment HTTP API (/v1/batch).
+
+Each cart is an ``identify`` and a ``Cart Abandoned`` in one request's batch (``--carts-per-batch``
+carts a request); 5 % of triggers are posted again in a later request with the same messageId, as
+a client that retries does. ``--rate 0`` sends as fast as ingest accepts over ``--connections``
+connections; ``--rate R`` sends R carts a second, open loop (a slow answer does not slow the
+offered load). Writes, as JSON to ``--out``: when each cart's request left, every request's
+accept latency, the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import cart
+
+
+class Result(msgspec.Struct):
+    sent_at: dict[str, float]
+    """cart id -> wall-clock time its (first) request left."""
+    accept_latency: list[float]
+    events: int
+    accepted_events: int
+    failed_requests: int
+    retried_requests: int
+    started: float
+    finished: float
+    cpu_s: float = 0.0
+    peak_mb: float = 0.0
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--write-key", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--carts", type=int, required=True)
+    p.add_argument("--rate", type=float, default=0.0)
+    p.add_argument("--carts-per-batch", type=int, default=10)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    auth = "Basic " + base64.b64encode(f"{args.write_key}:".encode()).decode()
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    url = args.url.rstrip("/") + "/v1/batch"
+    carts = [cart(args.seed, args.run, i) for i in range(args.carts)]
+    size = args.carts_per_batch
+    batches: list[list[dict[str, Any]]] = []
+    retries: list[dict[str, Any]] = []
+    for start in range(0, len(carts), size):
+        events = [e for c in carts[start : start + size] for e in c.events()]
+        events += retries  # the previous batch's retried triggers
+        retries = [c.trigger() for c in carts[start : start + size] if c.sent_twice]
+        batches.append(events)
+    if retries:
+        batches.append(retries)
+    result = Result({}, [], sum(map(len, batches)), 0, 0, 0, time.time(), 0.0)
+
+    async def post(http: aiohttp.ClientSession, events: list[dict[str, Any]]) -> None:
+        body = msgspec.json.encode({"batch": events})
+        now = time.time()
+        for e in events:
+            if e["type"] == "track":
+                result.sent_at.setdefault(e["properties"]["cart_id"], now)
+        for attempt in range(30):  # a client retries while ingest restarts (the fault run)
+            started = time.perf_counter()
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    answer = await resp.json(content_type=None)
+                    if resp.status == 200:
+                        result.accept_latency.append(time.perf_counter() - started)
+                        result.accepted_events += int(answer.get("accepted", len(events)))
+                        return
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            result.retried_requests += 1
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        result.failed_requests += 1
+
+    connector = aiohttp.TCPConnector(limit=args.connections if args.rate <= 0 else 256)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        if args.rate <= 0:
+            queue = iter(batches)
+
+            async def worker() -> None:
+                for events in queue:
+                    await post(http, events)
+
+            await asyncio.gather(*(worker() for _ in range(args.connections)))
+        else:
+            interval = size / args.rate
+            t0 = time.perf_counter()
+            tasks = []
+            for k, events in enumerate(batches):
+                delay = t0 + k * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(post(http, events)))
+            await asyncio.gather(*tasks)
+    result.finished = time.time()
+    result.cpu_s = time.process_time()
+    result.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write(args.out, msgspec.json.encode(result))
+
+
+def write(path: str, data: bytes) -> None:
+    Path(path).write_bytes(data)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,639 @@
+"""What a user gets, end to end: carts in at the Tracking API, messages out at the providers, with
+every process of Cairn on this machine.
+
+    uv run python bench/e2e/run.py                      # 20,000 carts as fast as accepted
+    uv run python bench/e2e/run.py --rate 400           # 400 carts/s for --seconds (60)
+    uv run python bench/e2e/run.py --ladder             # the highest rate that keeps up
+    uv run python bench/e2e/run.py --jetstream-sync both --rate 200   # both sync policies
+
+It starts Cairn with ``cairn up`` in a temporary folder (NATS, PostgreSQL, the four services as
+their own processes, exactly as a newcomer runs it), the providers and customers
+(``customers.py``: real SMTP, Twilio's and FCM's HTTP APIs, shoppers who open or order) and the
+load client (``load.py``, the Segment HTTP API) as processes of their own, applies and publishes
+the journey of ``workload.documents`` and sends the carts of ``workload.cart``. Then it prints,
+and writes as JSON (``--out``): events/s accepted, the carts/s the journeys kept up with, accept
+latency, event->email, SMS and push lateness, per-cart correctness with examples, CPU seconds
+and peak memory per process, PostgreSQL transactions, rollbacks and deadlocks per cart, JetStream
+bytes per cart, PostgreSQL size per 1,000 instances, and warnings in the services' logs.
+Everything it starts is stopped at the end; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from workload import JOURNEY, TEMPLATES, cart, documents, parse_cart_id  # noqa: E402
+
+from cairn_cli.local import free_port  # noqa: E402
+from cairn_cli.local_system import LocalState, read_state  # noqa: E402
+
+P99_TARGET = 0.5
+"""The ladder's bar: p99 event->email under this many seconds, and every send right."""
+
+
+def say(text: str) -> None:
+    print(f"e2e | {text}", flush=True)
+
+
+# ---- the system ----------------------------------------------------------------------------------
+
+
+class System:
+    """``cairn up`` in a folder of its own, on free ports."""
+
+    def __init__(self, home: Path, sync: str) -> None:
+        self.home = home
+        self.sync = sync
+        self.log = home / "cairn-up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.state: LocalState | None = None
+        self.env = {
+            **os.environ,
+            "CAIRN_DATA_DIR": str(home),
+            "CAIRN_BENCH_TWILIO_TOKEN": "bench-token",
+            "CAIRN_BENCH_FCM_TOKEN": "bench-token",
+        }
+
+    def start(self) -> LocalState:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "ports.json").write_text(
+            json.dumps({"nats_monitor": free_port(), "sink_smtp": free_port(),
+                        "sink_http": free_port()})
+        )  # fmt: skip
+        args = [
+            sys.executable, "-m", "cairn_cli", "up", "--data-dir", str(self.home),
+            "--http-port", str(free_port()), "--admin-port", str(free_port()),
+            "--nats-port", str(free_port()), "--postgres-port", str(free_port()),
+            "--jetstream-sync", self.sync,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"cairn up exited:\n{self.log.read_text()[-4000:]}")
+            state = read_state(self.home)
+            if state is not None and state.write_key:
+                self.state = state
+                return state
+            time.sleep(0.2)
+        raise SystemExit(f"cairn up not ready in 180 s:\n{self.log.read_text()[-4000:]}")
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "cairn_cli", *args],
+            env=self.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise SystemExit(f"cairn {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def processes(self) -> dict[str, int]:
+        """Every process of the system by role (the services' current PIDs)."""
+        state = read_state(self.home) or self.state
+        assert state is not None
+        found = {name: ep.pid for name, ep in state.services.items()}
+        (ports,) = (self.home / "nats" / "ports").glob("nats-server_*.ports")
+        found["nats"] = int(ports.stem.rsplit("_", 1)[1])
+        found["postgres"] = int((self.home / "postgres" / "postmaster.pid").read_text().split()[0])
+        return found
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# ---- measuring processes -------------------------------------------------------------------------
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """A process of the bench's own (load client, customers), started from the event loop: it
+    does not wait for it."""
+    return subprocess.Popen(cmd, **kwargs)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and everything it started (live, and exited and reaped)."""
+    try:
+        root = psutil.Process(pid)
+        t = root.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return float(total)
+    except psutil.Error:
+        return 0.0
+
+
+def tree_memory_mb(pid: int) -> float:
+    """Resident memory of a process and its children; proportional (PSS) so the shared memory of
+    PostgreSQL's backends is counted once."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+    return total / 1e6
+
+
+@dataclass
+class Meter:
+    """CPU and memory of every process, between ``begin`` and ``end``."""
+
+    pids: dict[str, int]
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    peak_mb: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+    _task: asyncio.Task[None] | None = None
+    _t0: float = 0.0
+
+    def begin(self) -> None:
+        self._t0 = time.monotonic()
+        self.cpu_start = {name: tree_cpu(pid) for name, pid in self.pids.items()}
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                mb = await asyncio.to_thread(tree_memory_mb, pid)
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
+            await asyncio.sleep(2.0)
+
+    async def end(self) -> None:
+        self.wall = time.monotonic() - self._t0
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.cpu = {
+            name: tree_cpu(pid) - self.cpu_start.get(name, 0.0) for name, pid in self.pids.items()
+        }
+
+
+async def database_counters(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT xact_commit, xact_rollback, deadlocks, pg_database_size(datname) AS size"
+            " FROM pg_stat_database WHERE datname = current_database()"
+        )
+        instances = await conn.fetchval("SELECT count(*) FROM journey_instances")
+        return {**dict(row), "instances": int(instances)}
+    finally:
+        await conn.close()
+
+
+async def nats_counters(http: aiohttp.ClientSession, monitor_url: str) -> dict[str, int]:
+    async with http.get(f"{monitor_url}/jsz") as resp:
+        jsz = await resp.json()
+    async with http.get(f"{monitor_url}/varz") as resp:
+        varz = await resp.json()
+    return {
+        "stored_bytes": int(jsz.get("bytes", 0)),
+        "stored_messages": int(jsz.get("messages", 0)),
+        "in_bytes": int(varz.get("in_bytes", 0)),
+        "in_msgs": int(varz.get("in_msgs", 0)),
+    }
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_warnings(text: str) -> dict[str, Any]:
+    """Warnings and errors the services logged, per service, with the commonest messages."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in ANSI.sub("", text).splitlines():
+        who, bar, rest = line.partition("| ")
+        if not bar:
+            continue
+        for level in ("warning", "error", "critical"):
+            if f"[{level}" in rest[:60]:
+                message = rest.split("]", 1)[-1].strip().split("  ")[0][:80]
+                counts[who.strip()][f"{level}: {message}"] += 1
+    return {who: {"total": sum(c.values()), "top": c.most_common(3)} for who, c in counts.items()}
+
+
+# ---- one measured run ----------------------------------------------------------------------------
+
+
+class Arrival(msgspec.Struct, array_like=True):
+    channel: str
+    cart_id: str
+    at: float
+    delivery_id: str
+
+
+class LoadResult(msgspec.Struct):
+    sent_at: dict[str, float]
+    accept_latency: list[float]
+    events: int
+    accepted_events: int
+    failed_requests: int
+    retried_requests: int
+    started: float
+    finished: float
+    cpu_s: float = 0.0
+    peak_mb: float = 0.0
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    s = sorted(values)
+
+    def q(p: float) -> float:
+        return s[min(len(s) - 1, int(p * len(s)))]
+
+    return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": s[-1], "min": s[0],
+            "n": float(len(s))}  # fmt: skip
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    system: System
+    customers_url: str
+    http: aiohttp.ClientSession
+    extra_pids: dict[str, int]
+
+    async def progress(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.customers_url}/progress") as resp:
+            result: dict[str, Any] = await resp.json()
+            return result
+
+    async def arrivals(self) -> list[Arrival]:
+        async with self.http.get(f"{self.customers_url}/arrivals") as resp:
+            return msgspec.json.decode(await resp.read(), type=list[Arrival])
+
+    async def idle_cpu(self, seconds: float) -> dict[str, float]:
+        """Share of one core each process uses while no event arrives."""
+        pids = self.system.processes()
+        before = {n: tree_cpu(p) for n, p in pids.items()}
+        await asyncio.sleep(seconds)
+        return {n: (tree_cpu(p) - before[n]) / seconds for n, p in pids.items()}
+
+    async def measure(self, run: str, carts: int, rate: float) -> dict[str, Any]:
+        args, state = self.args, self.system.state
+        assert state is not None
+        expected_total = sum(len(cart(args.seed, run, i).expected()) for i in range(carts))
+        before_arrivals = sum((await self.progress())["arrivals"].values())
+        out = self.system.home / f"load-{run}.json"
+        load_cmd = [
+            sys.executable, str(HERE / "load.py"), "--url", state.tracking_url,
+            "--write-key", state.write_key or "", "--run", run, "--carts", str(carts),
+            "--rate", str(rate), "--carts-per-batch", str(args.carts_per_batch),
+            "--connections", str(args.connections), "--seed", str(args.seed), "--out", str(out),
+        ]  # fmt: skip
+        db_before = await database_counters(state.database_url)
+        nats_before = await nats_counters(self.http, state.nats_monitor_url)
+        log_offset = self.system.log.stat().st_size
+        load = spawn(load_cmd)
+        meter = Meter({**self.system.processes(), **self.extra_pids})
+        meter.begin()
+        say(f"run {run}: {carts} carts at {'full speed' if rate <= 0 else f'{rate:g}/s'}")
+        while load.poll() is None:
+            await asyncio.sleep(0.2)
+        loaded = msgspec.json.decode(out.read_bytes(), type=LoadResult)
+        last_sent = max(loaded.sent_at.values(), default=time.time())
+        tail = args.within + args.pause + 1.0
+        hard_stop = time.time() + tail + args.settle_timeout
+        seen, quiet_since = -1, time.monotonic()
+        while time.time() < hard_stop:
+            prog = await self.progress()
+            now_seen = sum(prog["arrivals"].values()) - before_arrivals
+            if now_seen != seen:
+                seen, quiet_since = now_seen, time.monotonic()
+            if time.time() > last_sent + tail and prog["pending_reactions"] == 0:
+                if now_seen >= expected_total and time.monotonic() - quiet_since > 1.0:
+                    break
+                if time.monotonic() - quiet_since > args.quiet:
+                    break
+            await asyncio.sleep(0.25)
+        await meter.end()
+        meter.cpu["client"], meter.peak_mb["client"] = loaded.cpu_s, loaded.peak_mb
+        await asyncio.sleep(1.5)  # PostgreSQL's backends report their counters within a second
+        db_after = await database_counters(state.database_url)
+        nats_after = await nats_counters(self.http, state.nats_monitor_url)
+        runs_arrivals = [a for a in await self.arrivals() if parse_cart_id(a.cart_id)[0] == run]
+        logs = self.system.log.read_bytes()[log_offset:].decode(errors="replace")
+        return analyse(
+            args, run, carts, rate, loaded, runs_arrivals, meter, db_before, db_after,
+            nats_before, nats_after, log_warnings(logs),
+        )  # fmt: skip
+
+
+def analyse(
+    args: argparse.Namespace,
+    run: str,
+    carts: int,
+    rate: float,
+    loaded: LoadResult,
+    arrivals: list[Arrival],
+    meter: Meter,
+    db_before: dict[str, int],
+    db_after: dict[str, int],
+    nats_before: dict[str, int],
+    nats_after: dict[str, int],
+    warnings: dict[str, Any],
+) -> dict[str, Any]:
+    got: dict[str, dict[str, list[Arrival]]] = defaultdict(lambda: defaultdict(list))
+    for a in sorted(arrivals, key=lambda a: a.at):
+        got[a.cart_id][a.channel].append(a)
+    missing: list[str] = []
+    duplicates: list[str] = []
+    unexpected: list[str] = []
+    out_of_order: list[str] = []
+    email_latency: list[float] = []
+    sms_late: list[float] = []
+    push_late: list[float] = []
+    per_channel: Counter[str] = Counter()
+    expected_per_channel: Counter[str] = Counter()
+    duplicate_keys: list[dict[str, Any]] = []
+    for i in range(carts):
+        c = cart(args.seed, run, i)
+        mine = got.get(c.cart_id, {})
+        want = c.expected()
+        expected_per_channel.update(want)
+        for channel in ("email", "sms", "push"):
+            n = len(mine.get(channel, []))
+            per_channel[channel] += n
+            if channel in want and n == 0:
+                missing.append(f"{c.cart_id} {channel} ({c.reaction})")
+            elif channel not in want and n:
+                unexpected.append(f"{c.cart_id} {channel} ({c.reaction}, value 0: {c.zero_value})")
+            elif n > 1:
+                duplicates.append(f"{c.cart_id} {channel} x{n}")
+                ids = [a.delivery_id for a in mine[channel]]
+                duplicate_keys.append({"cart": c.cart_id, "channel": channel, "delivery_ids": ids})
+        firsts = {ch: mine[ch][0].at for ch in mine}
+        if "email" in firsts and c.cart_id in loaded.sent_at:
+            email_latency.append(firsts["email"] - loaded.sent_at[c.cart_id])
+        if "sms" in firsts and "email" in firsts:
+            sms_late.append(firsts["sms"] - (firsts["email"] + args.within))
+        if "push" in firsts and "sms" in firsts:
+            push_late.append(firsts["push"] - (firsts["sms"] + args.pause))
+        order = [firsts[ch] for ch in ("email", "sms", "push") if ch in firsts]
+        if order != sorted(order) or ("push" in firsts and "sms" not in firsts):
+            out_of_order.append(c.cart_id)
+    load_seconds = max(loaded.finished - loaded.started, 1e-9)
+    emails = [a.at for a in arrivals if a.channel == "email"]
+    keep_up = len(emails) / max(max(emails) - loaded.started, 1e-9) if emails else 0.0
+    cpu_total = sum(meter.cpu.values())
+    entered = max(db_after["instances"] - db_before["instances"], 1)
+    correct = not (missing or duplicates or unexpected or out_of_order) and (
+        loaded.failed_requests == 0
+    )
+    problems = {
+        "missing": missing, "duplicates": duplicates, "unexpected": unexpected,
+        "out_of_order": out_of_order,
+    }  # fmt: skip
+    return {
+        "run": run,
+        "carts": carts,
+        "offered_rate": rate or None,
+        "jetstream_sync": args.current_sync,
+        "within_s": args.within,
+        "pause_s": args.pause,
+        "events_per_s_accepted": loaded.accepted_events / load_seconds,
+        "carts_per_s_offered": carts / load_seconds,
+        "carts_per_s_kept_up": keep_up,
+        "requests": {"failed": loaded.failed_requests, "retried": loaded.retried_requests},
+        "accept_latency_s": percentiles(loaded.accept_latency),
+        "event_to_email_s": percentiles(email_latency),
+        "sms_lateness_s": percentiles(sms_late),
+        "push_lateness_s": percentiles(push_late),
+        "correct": correct,
+        "sends": {"got": dict(per_channel), "expected": dict(expected_per_channel)},
+        "problems": {
+            name: {"count": len(items), "examples": items[:5]} for name, items in problems.items()
+        },
+        "duplicate_delivery_ids": duplicate_keys[:20],
+        "wall_s": meter.wall,
+        "cpu_s": meter.cpu,
+        "cpu_s_total": cpu_total,
+        "cpu_ms_per_cart": 1000 * cpu_total / carts,
+        "cores_used": cpu_total / max(meter.wall, 1e-9),
+        "peak_mb": meter.peak_mb,
+        "postgres": {
+            "transactions_per_cart": (db_after["xact_commit"] - db_before["xact_commit"]) / carts,
+            "rollbacks_per_cart": (db_after["xact_rollback"] - db_before["xact_rollback"]) / carts,
+            "deadlocks": db_after["deadlocks"] - db_before["deadlocks"],
+            "instances": entered,
+            "bytes_per_1000_instances": 1000 * (db_after["size"] - db_before["size"]) / entered,
+        },
+        "jetstream": {
+            "stored_bytes_per_cart": (nats_after["stored_bytes"] - nats_before["stored_bytes"])
+            / carts,
+            "nats_in_bytes_per_cart": (nats_after["in_bytes"] - nats_before["in_bytes"]) / carts,
+            "nats_in_msgs_per_cart": (nats_after["in_msgs"] - nats_before["in_msgs"]) / carts,
+        },
+        "log_warnings": warnings,
+    }
+
+
+def passed(result: dict[str, Any]) -> bool:
+    latency = result["event_to_email_s"]
+    return bool(result["correct"]) and latency is not None and latency["p99"] < P99_TARGET
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def _ms(p: dict[str, float] | None) -> str:
+    if p is None:
+        return "-"
+    return (f"p50 {p['p50'] * 1000:7.1f}  p99 {p['p99'] * 1000:7.1f}  max {p['max'] * 1000:7.1f}"
+            f"  min {p['min'] * 1000:7.1f} ms")  # fmt: skip
+
+
+def show(result: dict[str, Any]) -> None:
+    rate = result["offered_rate"]
+    lines = [
+        f"== run {result['run']}: {result['carts']} carts "
+        f"{'as fast as accepted' if rate is None else f'at {rate:g}/s'}, "
+        f"JetStream sync {result['jetstream_sync']}, T {result['within_s']:g} s, "
+        f"T2 {result['pause_s']:g} s",
+        f"accepted           {result['events_per_s_accepted']:8.0f} events/s "
+        f"({result['carts_per_s_offered']:.0f} carts/s offered; "
+        f"failed requests {result['requests']['failed']}, retried {result['requests']['retried']})",
+        f"kept up with       {result['carts_per_s_kept_up']:8.0f} carts/s (emails out / time)",
+        f"accept latency     {_ms(result['accept_latency_s'])}",
+        f"event -> email     {_ms(result['event_to_email_s'])}",
+        f"SMS lateness       {_ms(result['sms_lateness_s'])}   (vs email arrival + T)",
+        f"push lateness      {_ms(result['push_lateness_s'])}   (vs SMS arrival + T2)",
+        f"sends              got {result['sends']['got']}  expected {result['sends']['expected']}",
+        f"correct            {'yes' if result['correct'] else 'NO'}  "
+        + "  ".join(f"{k} {v['count']}" for k, v in result["problems"].items()),
+    ]
+    for name, problem in result["problems"].items():
+        if problem["count"]:
+            lines.append(f"  {name}: {', '.join(problem['examples'])}")
+    pg = result["postgres"]
+    js = result["jetstream"]
+    lines += [
+        f"CPU                {result['cpu_s_total']:.1f} s in {result['wall_s']:.1f} s "
+        f"({result['cores_used']:.2f} cores), {result['cpu_ms_per_cart']:.2f} ms per cart",
+        "  " + "  ".join(f"{k} {v:.1f}" for k, v in sorted(result["cpu_s"].items(),
+                                                           key=lambda kv: -kv[1])),
+        "peak memory MB     " + "  ".join(f"{k} {v:.0f}" for k, v in result["peak_mb"].items()),
+        f"PostgreSQL         {pg['transactions_per_cart']:.1f} transactions/cart, "
+        f"{pg['rollbacks_per_cart']:.2f} rollbacks/cart, {pg['deadlocks']} deadlocks, "
+        f"{pg['bytes_per_1000_instances'] / 1e6:.2f} MB per 1,000 instances",
+        f"JetStream          {js['stored_bytes_per_cart']:.0f} stored bytes/cart, "
+        f"NATS in {js['nats_in_bytes_per_cart']:.0f} bytes and {js['nats_in_msgs_per_cart']:.1f}"
+        " messages per cart",
+    ]  # fmt: skip
+    for who, w in result["log_warnings"].items():
+        lines.append(f"log warnings       {who}: {w['total']}  {w['top']}")
+    print("\n".join(lines), flush=True)
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+async def session(args: argparse.Namespace, sync: str) -> dict[str, Any]:
+    args.current_sync = sync
+    with tempfile.TemporaryDirectory(prefix="cairn-e2e-") as tmp:
+        home = Path(tmp) / "cairn"
+        system = System(home, sync)
+        customers: subprocess.Popen[bytes] | None = None
+        try:
+            say(f"starting the system (cairn up, JetStream sync {sync}) in {home}")
+            state = system.start()
+            smtp_port, http_port = free_port(), free_port()
+            customers = spawn(
+                [sys.executable, str(HERE / "customers.py"), "--smtp-port", str(smtp_port),
+                 "--http-port", str(http_port), "--tracking-url", state.tracking_url,
+                 "--write-key", state.write_key or "", "--seed", str(args.seed)],
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            assert customers.stdout is not None
+            if customers.stdout.readline().strip() != b"ready":
+                raise SystemExit("customers.py did not start")
+            docs = home / "e2e.yaml"
+            docs.write_text(documents(smtp_port, http_port, args.within, args.pause))
+            system.cli("apply", "-f", str(docs))
+            for template in TEMPLATES:
+                system.cli("templates", "ready", template)
+            system.cli("publish", JOURNEY)
+            await asyncio.sleep(2.0)  # the matcher hears of the new version (LISTEN/NOTIFY)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+                bench = Bench(
+                    args, system, f"http://127.0.0.1:{http_port}", http,
+                    {"customers": customers.pid},
+                )  # fmt: skip
+                report: dict[str, Any] = {"jetstream_sync": sync}
+                if args.idle_seconds > 0:
+                    idle = await bench.idle_cpu(args.idle_seconds)
+                    report["idle_cores"] = idle
+                    say(f"idle: {100 * sum(idle.values()):.1f} % of one core "
+                        + "  ".join(f"{k} {100 * v:.1f}" for k, v in idle.items()))  # fmt: skip
+                report["runs"] = await runs(args, bench)
+                return report
+        finally:
+            if customers is not None:
+                customers.terminate()
+                customers.wait(10)
+            system.stop()
+
+
+async def runs(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+
+    async def one(rate: float, carts: int) -> dict[str, Any]:
+        result = await bench.measure(uuid.uuid4().hex[:8], carts, rate)
+        show(result)
+        results.append(result)
+        return result
+
+    if not args.ladder:
+        carts = args.carts or (20_000 if args.rate <= 0 else int(args.rate * args.seconds))
+        await one(args.rate, carts)
+        return results
+    good, bad, rate = 0.0, 0.0, args.ladder_start
+    while rate <= args.ladder_max:
+        if passed(await one(rate, int(rate * args.seconds))):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+            break
+    for _ in range(args.ladder_steps if bad else 0):
+        rate = round((good + bad) / 2)
+        if rate in (good, bad):
+            break
+        if passed(await one(rate, int(rate * args.seconds))):
+            good = rate
+        else:
+            bad = rate
+    say(f"ladder: highest rate with p99 event->email < {P99_TARGET * 1000:.0f} ms and every send"
+        f" right: {good:g} carts/s" + (f" (failed at {bad:g})" if bad else ""))  # fmt: skip
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--carts", type=int, help="carts per run (default 20,000; rate x --seconds)")
+    p.add_argument("--rate", type=float, default=0.0, help="carts/s; 0: as fast as accepted")
+    p.add_argument("--seconds", type=float, default=60.0, help="length of a fixed-rate run")
+    p.add_argument("--ladder", action="store_true", help="find the highest rate that keeps up")
+    p.add_argument("--ladder-start", type=float, default=50.0)
+    p.add_argument("--ladder-max", type=float, default=3200.0)
+    p.add_argument("--ladder-steps", type=int, default=3, help="bisections after the first miss")
+    p.add_argument("--within", type=float, default=10.0, help="T: the wait for the open (s)")
+    p.add_argument("--pause", type=float, default=5.0, help="T2: the wait before the push (s)")
+    p.add_argument("--carts-per-batch", type=int, default=10)
+    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--idle-seconds", type=float, default=10.0, help="measure idle CPU first")
+    p.add_argument("--quiet", type=float, default=10.0, help="stop waiting after this long quiet")
+    p.add_argument("--settle-timeout", type=float, default=120.0)
+    p.add_argument(
+        "--jetstream-sync", default="always", help="always | default | both (one system each)"
+    )
+    p.add_argument("--out", default="e2e-report.json", help="where the JSON report goes")
+    args = p.parse_args()
+    policies = ["always", "default"] if args.jetstream_sync == "both" else [args.jetstream_sync]
+    reports = [asyncio.run(session(args, sync)) for sync in policies]
+    Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "sessions": reports}, indent=2))
+    say(f"report written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
