@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,45 @@ def test_jetstream_sync_takes_always_default_or_a_duration(value: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "expected always, default or a duration" in result.stderr
+
+
+def test_up_restarts_nats_and_postgres_and_the_services_carry_on(tmp_path: Path) -> None:
+    home = tmp_path / "cairn"
+    proc = _start_up(home)
+    try:
+        _read_until_up(proc)
+        state = json.loads((home / "state.json").read_text())
+        (nats_ports,) = (home / "nats" / "ports").glob("nats-server_*.ports")
+        nats_pid = int(nats_ports.stem.rsplit("_", 1)[1])
+        postgres_pid = int((home / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(nats_pid, signal.SIGKILL)
+        os.kill(postgres_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            code, report = _status(home)
+            if code == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"not healthy again after NATS and PostgreSQL died: {report}")
+        (now_ports,) = (home / "nats" / "ports").glob("nats-server_*.ports")
+        assert now_ports != nats_ports  # a new server, not the old one still dying
+        now_postgres = int((home / "postgres" / "postmaster.pid").read_text().split()[0])
+        assert now_postgres != postgres_pid
+        # Events are accepted again: ingest reached the new NATS server (and its JetStream store).
+        request = urllib.request.Request(
+            f"{state['tracking_url']}/v1/track",
+            data=json.dumps({"userId": "u1", "event": "Back", "messageId": "m-back"}).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic "
+                + base64.b64encode(f"{state['write_key']}:".encode()).decode(),
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

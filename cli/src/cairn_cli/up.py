@@ -3,8 +3,9 @@
 Start-up order: NATS and PostgreSQL (in the data folder, on their stored ports when free), the
 ``cairn`` database, migrations, streams; then the services as separate processes, their output
 prefixed by name. Once every ``/readyz`` answers 200 the summary is printed. A service that dies is
-restarted (with a growing pause) so one crash does not end a newcomer's session. Ctrl-C or SIGTERM
-stops the services first (they drain), then PostgreSQL and NATS.
+restarted (at once if it had run a while, else with a growing pause), and so are NATS and
+PostgreSQL, so one crash does not end a newcomer's session; ``state.json`` names the current PIDs.
+Ctrl-C or SIGTERM stops the services first (they drain), then PostgreSQL and NATS.
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ async def _supervise(
     async with asyncio.TaskGroup() as tg:
         for svc in services.values():
             tg.create_task(svc.run(stopping), name=svc.name)
+        tg.create_task(_keep_servers_up(nats_server, pg, logs=home / "logs", stopping=stopping))
         ready = await _wait_ready(services, stopping)
         admin_url = f"http://127.0.0.1:{ports.admin}"
         write_key = await _default_write_key(home, admin_url, admin_token) if ready else None
@@ -266,6 +268,37 @@ async def _supervise(
         _say("stopping services (they finish in-flight work first)")
     await sinks.stop()
     return 0 if ready else 1
+
+
+async def _keep_servers_up(
+    nats_server: LocalNats, pg: LocalPostgres, *, logs: Path, stopping: asyncio.Event
+) -> None:
+    """NATS or PostgreSQL dying (a crash, an OOM kill, a test killing it on purpose) is restarted
+    on its folder and port, as the services are; they reconnect by themselves."""
+    servers: list[tuple[str, LocalNats | LocalPostgres, Path]] = [
+        ("nats-server", nats_server, logs / "nats.log"),
+        ("postgres", pg, logs / "postgres.log"),
+    ]
+    while not stopping.is_set():
+        for name, server, log in servers:
+            proc = server.proc
+            if proc is None or proc.poll() is None:
+                continue
+            _say(f"{name} exited with code {proc.returncode}; restarting it")
+            for attempt in range(20):
+                try:
+                    await asyncio.to_thread(server.start, log)
+                    _say(f"{name} is back")
+                    break
+                except LocalServerError as exc:
+                    # A killed postmaster's backends hold its shared memory for a moment.
+                    if attempt == 19 or stopping.is_set():
+                        _say(f"{name} could not be restarted: {exc}")
+                        stopping.set()
+                        return
+                    await asyncio.sleep(0.5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=0.25)
 
 
 async def _wait_ready(services: dict[str, SupervisedService], stopping: asyncio.Event) -> bool:
