@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from cairn_cli.local import LocalNats
+from cairn_common.bus import connect, provision_topology
+from cairn_common.topology import Topology
 from cairn_common.tracking import (
     LinkPayload,
     TrackedMessage,
@@ -17,7 +23,7 @@ from cairn_common.tracking import (
     open_url,
     unsubscribe_url,
 )
-from tests.ingest.conftest import TRACKING_SECRET, InProcessFactory
+from tests.ingest.conftest import TRACKING_SECRET, InProcessFactory, stored_events
 
 MESSAGE = TrackedMessage(
     delivery_id="dl-1",
@@ -161,3 +167,35 @@ async def test_expired_links_answer_410_or_go_to_the_fallback_never_to_their_tar
     await asyncio.sleep(0.5)  # let anything that would wrongly enter arrive
     events = await plain.events(2)
     assert [e.event for e in events] == ["Unsubscribed", "Email Link Clicked"]
+
+
+async def test_an_open_while_nats_is_away_is_stored_once_it_is_back(
+    ingest_process: Callable[..., Any],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    namespace: str,
+) -> None:
+    """The pixel is served at once; the event waits in ingest's backlog, not lost."""
+    nats = LocalNats(tmp_path / "nats")
+    nats.start()
+    try:
+        topology = Topology(namespace)
+        nc = await connect(nats.url, name="test-setup")
+        await provision_topology(nc.jetstream(), topology)
+        await nc.drain()
+        ingest = await ingest_process(CAIRN_NATS_URL=nats.url, CAIRN_PUBLISH_TIMEOUT_SECONDS="0.5")
+        nats.stop()
+        async with http.get(open_url(ingest.url, TRACKING_SECRET, MESSAGE)) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "image/gif"
+        await asyncio.sleep(1.0)  # it stays away a while: the backlog tries again and again
+        nats.start()
+        nc = await connect(nats.url, name="test-reader")
+        try:
+            (opened,) = await stored_events(nc.jetstream(), topology, 1, timeout=30)
+        finally:
+            await nc.drain()
+        assert (opened.event, opened.properties) == ("Email Opened", IDS)
+        assert "tracking event waits for JetStream" in ingest.proc.output()  # type: ignore[union-attr]
+    finally:
+        nats.stop()

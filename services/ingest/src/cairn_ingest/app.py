@@ -102,6 +102,8 @@ async def run(ctx: ServiceContext[Settings]) -> None:
             )
             tg.create_task(triggers.keep_fresh(s.trigger_refresh_seconds, ctx.stopping))
             tg.create_task(prune_dedupe(ctx.pool, s, ctx.stopping))
+            if links is not None:
+                tg.create_task(links.backlog.run(ctx.stopping))
             subscribed = asyncio.Event()
             tg.create_task(nats_api.serve(ctx.nc, ctx.topology, ingestor, ctx.stopping, subscribed))
             await subscribed.wait()

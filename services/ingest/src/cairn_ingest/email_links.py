@@ -12,21 +12,27 @@ A link past its time-to-live answers 410 and one that is not genuine 404 (the pi
 GIF), or both redirect to ``CAIRN_TRACKING_FALLBACK_URL`` when it is set: a token that fails never
 redirects anywhere it carries.
 
-The person comes first: the pixel is served and the click redirected even if the event could
-not be stored (that is logged). Unsubscribing happens on POST only (RFC 8058 one-click, or the
+The person comes first: the pixel is served and the click redirected at once. An event JetStream
+cannot take right then (NATS restarting, the stream full) waits in a bounded backlog and is
+published again until it is stored (``HitBacklog``; replays are harmless, their messageId is the
+same); only a hit still waiting when ingest stops, or one beyond the backlog's bound, is lost,
+and each is counted and logged. Unsubscribing happens on POST only (RFC 8058 one-click, or the
 button on the page GET shows), because mail scanners follow GET links nobody clicked.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
+from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from cairn_common.messages import Event
 from cairn_common.partitioning import partition_for
@@ -58,6 +64,79 @@ HITS = Counter(
     " expired, refused (not genuine)",
     ["kind", "outcome"],
 )
+BACKLOG = Gauge(
+    "cairn_tracking_backlog", "Tracking events waiting for JetStream to take them (NATS was away)"
+)
+LOST = Counter(
+    "cairn_tracking_events_lost_total",
+    "Tracking events never stored: the backlog was full, or ingest stopped while they waited",
+)
+
+
+class HitBacklog:
+    """Tracking events JetStream could not take when their link was hit, published again until
+    it does: oldest first, up to ``limit`` waiting, retried with a doubling pause (50 ms to 2 s)
+    so a restarting NATS server is caught up within moments of coming back."""
+
+    def __init__(self, ingestor: Ingestor, limit: int) -> None:
+        self._ingestor = ingestor
+        self._limit = limit
+        self._waiting: deque[Event] = deque()
+        self._added = asyncio.Event()
+        self._closed = False
+
+    def add(self, event: Event) -> None:
+        if self._closed:  # a request answered while ingest stops, after the last try
+            LOST.inc()
+            log.error("tracking event lost at stop",
+                      delivery_id=event.properties.get("delivery_id"))  # fmt: skip
+            return
+        if len(self._waiting) >= self._limit:
+            LOST.inc()
+            log.error("tracking event lost: backlog full", limit=self._limit,
+                      delivery_id=event.properties.get("delivery_id"))  # fmt: skip
+            return
+        self._waiting.append(event)
+        BACKLOG.set(len(self._waiting))
+        self._added.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pause = 0.05
+        while True:
+            if not self._waiting:
+                if stop.is_set():
+                    self._closed = True
+                    return
+                self._added.clear()
+                stopped = asyncio.ensure_future(stop.wait())
+                added = asyncio.ensure_future(self._added.wait())
+                await asyncio.wait({stopped, added}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                added.cancel()
+                continue
+            batch = [self._waiting[i] for i in range(min(100, len(self._waiting)))]
+            try:
+                await self._ingestor.internal(batch)
+            except Unavailable as exc:
+                if stop.is_set():  # one last try was made: what still waits is lost
+                    LOST.inc(len(self._waiting))
+                    log.error("tracking events lost at stop", count=len(self._waiting),
+                              error=str(exc))  # fmt: skip
+                    self._waiting.clear()
+                    BACKLOG.set(0)
+                    self._closed = True
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            for _ in batch:
+                self._waiting.popleft()
+            BACKLOG.set(len(self._waiting))
+            pause = 0.05
+            log.info("tracking events stored after waiting", count=len(batch))
+
+
 _NAMES: dict[LinkKind, str] = {
     "open": "Email Opened",
     "click": "Email Link Clicked",
@@ -72,6 +151,7 @@ class EmailLinks:
         self._keys = TrackingKeys(settings.tracking_secrets)
         self._partitions = settings.partitions
         self._fallback = settings.tracking_fallback_url
+        self.backlog = HitBacklog(ingestor, settings.tracking_backlog_limit)
         unsubscribe = settings.tracking_unsubscribe_ttl_days
         self._ttl: dict[LinkKind, float | None] = {
             "open": settings.tracking_link_ttl_days * DAY,
@@ -177,7 +257,9 @@ class EmailLinks:
             duplicates = await self._ingestor.internal([event])
             HITS.labels(kind, "replay" if duplicates else "first").inc()
         except Unavailable as exc:
-            log.warning("tracking event lost", kind=kind, delivery_id=m.delivery_id, error=str(exc))
+            log.warning("tracking event waits for JetStream", kind=kind,
+                        delivery_id=m.delivery_id, error=str(exc))  # fmt: skip
+            self.backlog.add(event)
 
 
 class _Refused(Exception):

@@ -48,6 +48,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     """The secret open/click/unsubscribe links are sealed with (shared with the dispatcher).
     Empty: the /t/ endpoints answer 404. Retired secrets may follow, comma-separated, still
     honoured: keep one for at least ``tracking_link_ttl_days`` after a rotation."""
+    tracking_backlog_limit: int = 100_000
+    """Tracking events (opens, clicks) kept in memory while JetStream cannot take them, published
+    as soon as it can (about 1 KB each); beyond this, new ones are lost and counted."""
     tracking_link_ttl_days: float = 180.0
     """How long an open pixel or a click link works after the email was sent; past it 410."""
     tracking_unsubscribe_ttl_days: float = 0.0
