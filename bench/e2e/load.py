@@ -31,6 +31,8 @@ class Result(msgspec.Struct):
     sent_at: dict[str, float]
     """cart id -> wall-clock time its (first) request left."""
     accept_latency: list[float]
+    accepted_at: list[float]
+    """Wall-clock time of every accepted request (the fault run looks for gaps)."""
     events: int
     accepted_events: int
     failed_requests: int
@@ -68,7 +70,7 @@ async def main() -> None:
         batches.append(events)
     if retries:
         batches.append(retries)
-    result = Result({}, [], sum(map(len, batches)), 0, 0, 0, time.time(), 0.0)
+    result = Result({}, [], [], sum(map(len, batches)), 0, 0, 0, time.time(), 0.0)
 
     async def post(http: aiohttp.ClientSession, events: list[dict[str, Any]]) -> None:
         body = msgspec.json.encode({"batch": events})
@@ -76,19 +78,20 @@ async def main() -> None:
         for e in events:
             if e["type"] == "track":
                 result.sent_at.setdefault(e["properties"]["cart_id"], now)
-        for attempt in range(30):  # a client retries while ingest restarts (the fault run)
+        for attempt in range(240):  # a client retries while ingest restarts (the fault run)
             started = time.perf_counter()
             try:
                 async with http.post(url, data=body, headers=headers) as resp:
                     answer = await resp.json(content_type=None)
                     if resp.status == 200:
                         result.accept_latency.append(time.perf_counter() - started)
+                        result.accepted_at.append(time.time())
                         result.accepted_events += int(answer.get("accepted", len(events)))
                         return
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
             result.retried_requests += 1
-            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+            await asyncio.sleep(min(0.05 * 2**attempt, 0.25))
         result.failed_requests += 1
 
     connector = aiohttp.TCPConnector(limit=args.connections if args.rate <= 0 else 256)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -33,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +120,11 @@ class System:
         state = read_state(self.home) or self.state
         assert state is not None
         found = {name: ep.pid for name, ep in state.services.items()}
-        (ports,) = (self.home / "nats" / "ports").glob("nats-server_*.ports")
-        found["nats"] = int(ports.stem.rsplit("_", 1)[1])
-        found["postgres"] = int((self.home / "postgres" / "postmaster.pid").read_text().split()[0])
+        for ports in (self.home / "nats" / "ports").glob("nats-server_*.ports"):
+            found["nats"] = int(ports.stem.rsplit("_", 1)[1])
+        with contextlib.suppress(OSError, ValueError, IndexError):  # restarting
+            pid_file = self.home / "postgres" / "postmaster.pid"
+            found["postgres"] = int(pid_file.read_text().split()[0])
         return found
 
     def stop(self) -> None:
@@ -174,27 +179,42 @@ def tree_memory_mb(pid: int) -> float:
 
 @dataclass
 class Meter:
-    """CPU and memory of every process, between ``begin`` and ``end``."""
+    """CPU and memory of every process between ``begin`` and ``end``. The processes are looked
+    up again every second, so a service restarted mid-run (the fault run) is counted as its old
+    process up to its last sample and its new one from its first."""
 
-    pids: dict[str, int]
-    cpu_start: dict[str, float] = field(default_factory=dict)
+    find: Callable[[], dict[str, int]]
     cpu: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, float] = field(default_factory=dict)
     wall: float = 0.0
+    _seen: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _t0: float = 0.0
 
     def begin(self) -> None:
         self._t0 = time.monotonic()
-        self.cpu_start = {name: tree_cpu(pid) for name, pid in self.pids.items()}
+        self._observe(first=True)
         self._task = asyncio.get_running_loop().create_task(self._sample())
 
+    def _observe(self, first: bool = False) -> dict[str, int]:
+        pids = self.find()
+        for name, pid in pids.items():
+            now = tree_cpu(pid)
+            start, _ = self._seen.get((name, pid), (0.0 if not first else now, 0.0))
+            self._seen[(name, pid)] = (start, now)
+        return pids
+
     async def _sample(self) -> None:
+        tick = 0
         while True:
-            for name, pid in self.pids.items():
-                mb = await asyncio.to_thread(tree_memory_mb, pid)
-                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(OSError, ValueError):
+                pids = self._observe()
+                tick += 1
+                if tick % 2 == 0:
+                    for name, pid in pids.items():
+                        mb = await asyncio.to_thread(tree_memory_mb, pid)
+                        self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
 
     async def end(self) -> None:
         self.wall = time.monotonic() - self._t0
@@ -202,9 +222,10 @@ class Meter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.cpu = {
-            name: tree_cpu(pid) - self.cpu_start.get(name, 0.0) for name, pid in self.pids.items()
-        }
+        self._observe()
+        self.cpu = {}
+        for (name, _), (start, last) in self._seen.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + max(last - start, 0.0)
 
 
 async def database_counters(url: str) -> dict[str, int]:
@@ -250,6 +271,131 @@ def log_warnings(text: str) -> dict[str, Any]:
     return {who: {"total": sum(c.values()), "top": c.most_common(3)} for who, c in counts.items()}
 
 
+# ---- the fault run ------------------------------------------------------------------------------
+
+SERVICES = ("ingest", "matcher", "scheduler", "dispatcher")
+
+
+@dataclass
+class Fault:
+    target: str
+    offset: float
+    """Seconds after the load started."""
+    pid: int = 0
+    killed_at: float = 0.0
+    back_after: float | None = None
+    """Seconds from the SIGKILL until the target answered again (ready, or accepting logins)."""
+
+
+def fault_plan(seed: int, kills: int, seconds: float) -> list[Fault]:
+    """Each service SIGKILLed ``kills`` times, NATS and PostgreSQL once each, in a seeded random
+    order at seeded random moments spread over the first 85 % of the load."""
+    rng = random.Random(seed)
+    targets = [t for t in SERVICES for _ in range(kills)] + ["nats", "postgres"]
+    rng.shuffle(targets)
+    slot = seconds * 0.75 / len(targets)
+    return [
+        Fault(t, seconds * 0.1 + slot * (i + 0.5 + rng.uniform(-0.3, 0.3)))
+        for i, t in enumerate(targets)
+    ]
+
+
+class Faults:
+    def __init__(self, system: System, http: aiohttp.ClientSession, plan: list[Fault]) -> None:
+        self.system = system
+        self.http = http
+        self.plan = plan
+
+    async def run(self, started: float) -> None:
+        for fault in self.plan:
+            await asyncio.sleep(max(0.0, started + fault.offset - time.time()))
+            pid = self.system.processes().get(fault.target)
+            if pid is None:
+                continue
+            fault.pid, fault.killed_at = pid, time.time()
+            os.kill(pid, signal.SIGKILL)
+            back = await self._back(fault)
+            fault.back_after = None if back is None else back - fault.killed_at
+            shown = "not back in 60 s" if back is None else f"back after {fault.back_after:.2f} s"
+            say(f"fault: SIGKILL {fault.target} (pid {pid}) at +{fault.offset:.1f} s; {shown}")
+
+    async def _back(self, fault: Fault) -> float | None:
+        state = self.system.state
+        assert state is not None
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            now = self.system.processes().get(fault.target)
+            if now is not None and now != fault.pid and await self._answers(fault.target, state):
+                return time.time()
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _answers(self, target: str, state: LocalState) -> bool:
+        try:
+            if target == "postgres":
+                conn = await asyncpg.connect(state.database_url, timeout=1)
+                await conn.close()
+                return True
+            url = (
+                f"{state.nats_monitor_url}/healthz"
+                if target == "nats"
+                else f"{state.services[target].health_url}/readyz"
+            )
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                return resp.status == 200
+        except (OSError, TimeoutError, aiohttp.ClientError, asyncpg.PostgresError):
+            return False
+
+
+def longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest stretch in [start, end] with nothing in ``times``."""
+    inside = sorted(t for t in times if start <= t <= end)
+    edges = [start, *inside, end]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def fault_report(
+    plan: list[Fault], loaded: LoadResult, arrivals: list[Arrival]
+) -> list[dict[str, Any]]:
+    sends = [a.at for a in arrivals]
+    out = []
+    for f in plan:
+        if not f.killed_at:
+            continue
+        window = (f.killed_at, f.killed_at + 15)
+        out.append({
+            "target": f.target, "offset_s": round(f.offset, 2), "pid": f.pid,
+            "back_after_s": f.back_after,
+            "accept_gap_s": longest_gap(loaded.accepted_at, *window),
+            "send_gap_s": longest_gap(sends, *window),
+        })  # fmt: skip
+    return out
+
+
+async def end_states(url: str, run: str) -> dict[str, list[str]]:
+    """cart id -> the statuses of its journey instances."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT unique_value, status FROM journey_instances"
+            " WHERE journey = $1 AND unique_value LIKE $2",
+            JOURNEY,
+            f"c-{run}-%",
+        )
+    finally:
+        await conn.close()
+    found: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        found[row["unique_value"]].append(row["status"])
+    return found
+
+
+def expected_state(c: Any) -> list[str]:
+    if c.zero_value:
+        return []
+    return ["exited"] if c.reaction == "order" else ["completed"]
+
+
 # ---- one measured run ----------------------------------------------------------------------------
 
 
@@ -263,6 +409,7 @@ class Arrival(msgspec.Struct, array_like=True):
 class LoadResult(msgspec.Struct):
     sent_at: dict[str, float]
     accept_latency: list[float]
+    accepted_at: list[float]
     events: int
     accepted_events: int
     failed_requests: int
@@ -324,12 +471,16 @@ class Bench:
         db_before = await database_counters(state.database_url)
         nats_before = await nats_counters(self.http, state.nats_monitor_url)
         log_offset = self.system.log.stat().st_size
+        letters_before = await self.dead_letters()
         load = spawn(load_cmd)
-        meter = Meter({**self.system.processes(), **self.extra_pids})
+        meter = Meter(lambda: {**self.system.processes(), **self.extra_pids})
         meter.begin()
+        plan = fault_plan(args.seed, args.kills, carts / rate) if args.faults and rate > 0 else []
+        faulting = asyncio.create_task(Faults(self.system, self.http, plan).run(time.time()))
         say(f"run {run}: {carts} carts at {'full speed' if rate <= 0 else f'{rate:g}/s'}")
         while load.poll() is None:
             await asyncio.sleep(0.2)
+        await faulting
         loaded = msgspec.json.decode(out.read_bytes(), type=LoadResult)
         last_sent = max(loaded.sent_at.values(), default=time.time())
         tail = args.within + args.pause + 1.0
@@ -353,10 +504,33 @@ class Bench:
         nats_after = await nats_counters(self.http, state.nats_monitor_url)
         runs_arrivals = [a for a in await self.arrivals() if parse_cart_id(a.cart_id)[0] == run]
         logs = self.system.log.read_bytes()[log_offset:].decode(errors="replace")
-        return analyse(
+        result = analyse(
             args, run, carts, rate, loaded, runs_arrivals, meter, db_before, db_after,
             nats_before, nats_after, log_warnings(logs),
         )  # fmt: skip
+        states = await end_states(state.database_url, run)
+        wrong = []
+        for i in range(carts):
+            c = cart(args.seed, run, i)
+            if sorted(states.get(c.cart_id, [])) != expected_state(c):
+                wrong.append(f"{c.cart_id} {states.get(c.cart_id, [])} ({c.reaction})")
+        result["problems"]["wrong_end_state"] = {"count": len(wrong), "examples": wrong[:5]}
+        result["correct"] = result["correct"] and not wrong
+        result["dead_letters"] = await self.dead_letters() - letters_before
+        if plan:
+            result["faults"] = fault_report(plan, loaded, runs_arrivals)
+            result["fault_run_passed"] = fault_run_passed(result)
+        return result
+
+    async def dead_letters(self) -> int:
+        state = self.system.state
+        assert state is not None
+        token = (self.system.home / "admin-token").read_text().strip()
+        async with self.http.get(
+            f"{state.admin_url}/v1/dead-letters?limit=1",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            return int((await resp.json()).get("total", 0))
 
 
 def analyse(
@@ -468,6 +642,23 @@ def analyse(
     }
 
 
+def fault_run_passed(result: dict[str, Any]) -> bool:
+    """Nothing missing, nothing for an exited instance, no later step before an earlier one,
+    every instance in its expected end state, every fault recovered from, and duplicates only as
+    repeats of one delivery (the same idempotency key: a crash between the provider call and the
+    ledger write)."""
+    problems = result["problems"]
+    if any(problems[k]["count"] for k in ("missing", "unexpected", "out_of_order",
+                                          "wrong_end_state")):  # fmt: skip
+        return False
+    if any(f["back_after_s"] is None for f in result["faults"]):
+        return False
+    if result["requests"]["failed"]:
+        return False
+    return all(len(set(d["delivery_ids"])) == 1 and d["delivery_ids"][0]
+               for d in result["duplicate_delivery_ids"])  # fmt: skip
+
+
 def passed(result: dict[str, Any]) -> bool:
     latency = result["event_to_email_s"]
     return bool(result["correct"]) and latency is not None and latency["p99"] < P99_TARGET
@@ -520,8 +711,17 @@ def show(result: dict[str, Any]) -> None:
         f"NATS in {js['nats_in_bytes_per_cart']:.0f} bytes and {js['nats_in_msgs_per_cart']:.1f}"
         " messages per cart",
     ]  # fmt: skip
+    lines.append(f"dead letters       {result.get('dead_letters', 0)}")
     for who, w in result["log_warnings"].items():
         lines.append(f"log warnings       {who}: {w['total']}  {w['top']}")
+    for f in result.get("faults", []):
+        back = "never" if f["back_after_s"] is None else f"{f['back_after_s']:.2f} s"
+        lines.append(
+            f"fault  +{f['offset_s']:6.1f} s  SIGKILL {f['target']:<10} back {back:>8}  "
+            f"longest gap: accepts {f['accept_gap_s']:.2f} s, sends {f['send_gap_s']:.2f} s"
+        )
+    if "fault_run_passed" in result:
+        lines.append(f"FAULT RUN {'PASSED' if result['fault_run_passed'] else 'FAILED'}")
     print("\n".join(lines), flush=True)
 
 
@@ -611,7 +811,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--carts", type=int, help="carts per run (default 20,000; rate x --seconds)")
     p.add_argument("--rate", type=float, default=0.0, help="carts/s; 0: as fast as accepted")
-    p.add_argument("--seconds", type=float, default=60.0, help="length of a fixed-rate run")
+    p.add_argument(
+        "--seconds", type=float, help="length of a fixed-rate run (60; 120 with --faults)"
+    )
+    p.add_argument(
+        "--faults", action="store_true",
+        help="SIGKILL every service --kills times, NATS and PostgreSQL once, during the load",
+    )  # fmt: skip
+    p.add_argument("--kills", type=int, default=2, help="SIGKILLs of each service (--faults)")
     p.add_argument("--ladder", action="store_true", help="find the highest rate that keeps up")
     p.add_argument("--ladder-start", type=float, default=50.0)
     p.add_argument("--ladder-max", type=float, default=3200.0)
@@ -629,10 +836,17 @@ def main() -> None:
     )
     p.add_argument("--out", default="e2e-report.json", help="where the JSON report goes")
     args = p.parse_args()
+    if args.faults and args.rate <= 0:
+        args.rate = 30.0
+    if args.seconds is None:
+        args.seconds = 120.0 if args.faults else 60.0
     policies = ["always", "default"] if args.jetstream_sync == "both" else [args.jetstream_sync]
     reports = [asyncio.run(session(args, sync)) for sync in policies]
     Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "sessions": reports}, indent=2))
     say(f"report written to {args.out}")
+    verdicts = [r.get("fault_run_passed") for s in reports for r in s["runs"]]
+    if False in verdicts:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
