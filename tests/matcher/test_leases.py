@@ -84,3 +84,32 @@ async def test_a_clean_stop_hands_partitions_over_at_once(pool: asyncpg.Pool) ->
     await b.release_all()
     await a.rebalance()
     assert set(a.held) == set(range(P)), "no 30 s wait for expiry after a clean stop"
+
+
+async def test_a_restarted_replica_of_the_same_name_takes_its_partitions_back_at_once(
+    pool: asyncpg.Pool,
+) -> None:
+    """A SIGKILLed matcher restarted under its name (a container restart keeps the pod name)
+    does not wait out its previous process's leases, and the old process is fenced out."""
+    old = replica(pool, "pod-0", ttl=60.0)
+    await old._ensure_rows()
+    await old.rebalance()
+    assert set(old.held) == set(range(P))
+    epochs = dict(old.held)
+    # The old process dies without releasing; a new one of the same name starts 60 s before
+    # the leases would expire.
+    new = replica(pool, "pod-0", ttl=60.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(new.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while len(new.held) < P:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await running
+    assert all(new.held[p] == epochs[p] + 1 for p in range(P)), "taken with a new epoch"
+    async with pool.acquire() as conn:
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await old.fence(conn, 3, epochs[3])

@@ -173,3 +173,36 @@ async def test_sigterm_hands_back_claims_of_timers_not_yet_due(
     assert claimed == 0, "another replica can fire them at once, without waiting for expiry"
     assert await table_count(conn) == 2
     await conn.close()
+
+
+async def test_a_restarted_replica_of_the_same_name_fires_its_claimed_timers_without_waiting(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    """SIGKILLed with timers claimed, restarted under its name (a container restart keeps the
+    pod name): the claims are taken back at start, not after the 60 s grace."""
+    await provision_topology(js, topology)
+    conn = await migrated(database_url)
+    ids = await set_timers(conn, [soon(3 + n * 0.01) for n in range(50)])
+    fires = await Fires(js, topology).start()
+    env = {
+        "CAIRN_LOOKAHEAD_SECONDS": "10",
+        "CAIRN_CLAIM_GRACE_SECONDS": "60",
+        "CAIRN_REPLICA_ID": "scheduler-0",
+    }
+    first = spawn(SCHEDULER, **env)
+    await first.wait_ready()
+    async with asyncio.timeout(10):
+        while await conn.fetchval("SELECT count(*) FROM timers WHERE claimed_by IS NOT NULL") < 50:
+            await asyncio.sleep(0.05)
+    first.kill()  # every timer claimed, none due yet
+    await first.wait_exit()
+
+    second = spawn(SCHEDULER, **env)
+    await second.wait_ready()
+    async with asyncio.timeout(20):
+        await fires.until(50)
+    assert Counter(fires.ids()) == Counter(ids)
+    await conn.close()

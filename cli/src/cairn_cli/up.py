@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -224,6 +225,9 @@ async def _supervise(
                 "CAIRN_HEALTH_PORT": str(ports.health[name]),
                 "CAIRN_NATS_USER": nats_auth.user_name(Topology().namespace, name),
                 "CAIRN_NATS_PASSWORD": passwords[name],
+                # One of each runs here: a restarted matcher or scheduler takes its previous
+                # process's partitions and timer claims back at once (leases.py, lookahead.py).
+                "CAIRN_REPLICA_ID": f"{socket.gethostname()}-{name}",
             },
         )
         for name in SERVICES

@@ -58,6 +58,7 @@ class PartitionLeases:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_rows()
+        await self._take_back_own()
         while not stop.is_set():
             try:
                 await self.rebalance()
@@ -68,6 +69,27 @@ class PartitionLeases:
                 log.warning("lease renewal failed; will retry", error=describe(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._renew)
+
+    async def _take_back_own(self) -> None:
+        """Leases under this replica's name at start were held by a process of the same name that
+        is gone (a restarted container keeps its pod name; ``cairn up`` names its matcher): they
+        are released and, by the first rebalance, taken again with a new epoch, at once rather
+        than after ``ttl``. Replica names must therefore be unique among live replicas, as the
+        default (host and PID) and Kubernetes' pod names are."""
+        try:
+            async with self._pool.acquire() as conn:
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM partition_leases WHERE owner = $1", self.owner
+                )
+            if count:
+                await self.release_all()
+                log.info("took back the partitions of this replica's previous process",
+                         partitions=count)  # fmt: skip
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not take back this replica's partitions; they expire by themselves",
+                        error=describe(exc))  # fmt: skip
 
     async def _ensure_rows(self) -> None:
         await self._pool.execute(
@@ -191,7 +213,8 @@ class PartitionLeases:
             self.changed.set()
 
     async def release_all(self) -> None:
-        """On a clean stop: hand every partition back at once instead of waiting for expiry."""
+        """Hand every partition back at once instead of waiting for expiry: on a clean stop, and
+        at start for a previous process of the same name."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """UPDATE partition_leases AS pl SET owner = NULL, expires_at = '-infinity'

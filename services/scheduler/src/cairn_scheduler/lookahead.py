@@ -73,6 +73,7 @@ class Lookahead:
         return len(self._held)
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._take_back_own()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(stop), name="listen-timers")
@@ -267,6 +268,22 @@ class Lookahead:
         # A fire starts a trace of its own (the wait may have lasted days) that links to the
         # trace of the input that set the timer.
         return Outgoing(subject, encode(fired), t.timer_id, link=t.traceparent)
+
+    async def _take_back_own(self) -> None:
+        """Claims under this replica's name at start belong to a process of the same name that is
+        gone (a restarted container keeps its pod name; ``cairn up`` names its scheduler): hand
+        them back, so their timers fire now instead of ``claim_grace_seconds`` late."""
+        try:
+            async with self._pool.acquire() as conn:
+                released = await repo.release_claims(conn, self._s.replica_id)
+            if released:
+                log.info("took back the timer claims of this replica's previous process",
+                         count=released)  # fmt: skip
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not take back this replica's claims; they expire by themselves",
+                        error=describe(exc))  # fmt: skip
 
     async def _release(self) -> None:
         if not self._held:
