@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -390,6 +391,33 @@ async def end_states(url: str, run: str) -> dict[str, list[str]]:
     return found
 
 
+async def diagnose(url: str, problems: dict[str, Any]) -> dict[str, list[str]]:
+    """What the delivery ledger says of the first carts with a problem: each delivery's step,
+    status and reason, so a wrong send can be followed to its cause."""
+    carts = []
+    for problem in problems.values():
+        for example in problem["examples"]:
+            if (cart_id := example.split()[0]) not in carts:
+                carts.append(cart_id)
+    conn = await asyncpg.connect(url)
+    try:
+        found: dict[str, list[str]] = {}
+        for cart_id in carts[:6]:
+            rows = await conn.fetch(
+                "SELECT step_id, status, reason, attempts, created_at, sent_at FROM delivery_ledger"
+                " WHERE profile_id = $1 ORDER BY created_at",
+                "u-" + cart_id.removeprefix("c-"),
+            )
+            found[cart_id] = [
+                f"{r['step_id']} {r['status']} ({r['reason'] or '-'}; attempts {r['attempts']};"
+                f" created {r['created_at']:%H:%M:%S.%f}, sent {r['sent_at'] or '-'})"
+                for r in rows
+            ] or ["no delivery in the ledger"]
+        return found
+    finally:
+        await conn.close()
+
+
 def expected_state(c: Any) -> list[str]:
     if c.zero_value:
         return []
@@ -517,6 +545,7 @@ class Bench:
         result["problems"]["wrong_end_state"] = {"count": len(wrong), "examples": wrong[:5]}
         result["correct"] = result["correct"] and not wrong
         result["dead_letters"] = await self.dead_letters() - letters_before
+        result["diagnosis"] = await diagnose(state.database_url, result["problems"])
         if plan:
             result["faults"] = fault_report(plan, loaded, runs_arrivals)
             result["fault_run_passed"] = fault_run_passed(result)
@@ -712,6 +741,8 @@ def show(result: dict[str, Any]) -> None:
         " messages per cart",
     ]  # fmt: skip
     lines.append(f"dead letters       {result.get('dead_letters', 0)}")
+    for cart_id, ledger in result.get("diagnosis", {}).items():
+        lines.append(f"ledger of {cart_id}: " + " | ".join(ledger))
     for who, w in result["log_warnings"].items():
         lines.append(f"log warnings       {who}: {w['total']}  {w['top']}")
     for f in result.get("faults", []):
@@ -730,7 +761,10 @@ def show(result: dict[str, Any]) -> None:
 
 async def session(args: argparse.Namespace, sync: str) -> dict[str, Any]:
     args.current_sync = sync
-    with tempfile.TemporaryDirectory(prefix="cairn-e2e-") as tmp:
+    with contextlib.ExitStack() as cleanup:
+        tmp = tempfile.mkdtemp(prefix="cairn-e2e-")
+        if not args.keep:
+            cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
         home = Path(tmp) / "cairn"
         system = System(home, sync)
         customers: subprocess.Popen[bytes] | None = None
@@ -835,6 +869,7 @@ def main() -> None:
         "--jetstream-sync", default="always", help="always | default | both (one system each)"
     )
     p.add_argument("--out", default="e2e-report.json", help="where the JSON report goes")
+    p.add_argument("--keep", action="store_true", help="keep the data folder (logs, databases)")
     args = p.parse_args()
     if args.faults and args.rate <= 0:
         args.rate = 30.0
