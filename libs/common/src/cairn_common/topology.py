@@ -32,6 +32,10 @@ import msgspec
 InputKind = str  # "event" | "timer" | "result"
 
 
+DISPATCHER_ACK_WAIT = timedelta(seconds=3)
+"""The dispatcher consumer's ack wait; its in-progress acks come well inside it."""
+
+
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     subjects: tuple[str, ...]
@@ -184,7 +188,11 @@ class Topology(msgspec.Struct, frozen=True):
                 durable=self.dispatcher_consumer,
                 filter_subject=None,
                 max_deliver=10,
-                ack_wait=timedelta(seconds=60),
+                # Short, because a batch in flight is kept alive with +WPI every
+                # CAIRN_PROGRESS_INTERVAL_SECONDS: what a killed dispatcher had fetched is
+                # redelivered within 3 s, not a minute later (when a later step's send, queued
+                # meanwhile, would reach the customer first).
+                ack_wait=DISPATCHER_ACK_WAIT,
                 backoff=backoff,
                 description="Shared by all dispatcher replicas",
             ),

@@ -125,8 +125,8 @@ class Dispatcher:
 
     async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """Handle a batch while telling JetStream it is still being worked on: the consumer's
-        effective ack wait is its first backoff step (1 s), shorter than a slow provider call,
-        and a redelivery to another replica mid-send would be a duplicate."""
+        ack wait (3 s) is shorter than a slow provider call, and a redelivery to another replica
+        mid-send would be a duplicate; a killed dispatcher's batch is redelivered that soon."""
         done = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._keep_alive(batch, done))

@@ -23,9 +23,10 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     """Wall-clock budget of loading a destination function's source (its top-level code) and of
     each call; past it the function's worker process is killed."""
     function_memory_mb: int = 64
-    progress_interval_seconds: float = 0.4
-    """How often a batch in flight tells JetStream it is still being worked on (below the
-    consumer's effective ack wait, 1 s)."""
+    progress_interval_seconds: float = 0.5
+    """How often a batch in flight tells JetStream it is still being worked on: well below the
+    consumer's ack wait (``cairn_common.topology.DISPATCHER_ACK_WAIT``, 3 s), so a slow provider
+    call is never redelivered to another replica, while a killed dispatcher's batch is."""
     ledger_retry_seconds: float = 300.0
     """How long a batch whose provider calls were made waits for the database to record them
     (retrying with backoff, the batch kept in progress) before it gives up and is redelivered."""
