@@ -288,11 +288,15 @@ class Fault:
     """Seconds from the SIGKILL until the target answered again (ready, or accepting logins)."""
 
 
-def fault_plan(seed: int, kills: int, seconds: float) -> list[Fault]:
-    """Each service SIGKILLed ``kills`` times, NATS and PostgreSQL once each, in a seeded random
-    order at seeded random moments spread over the first 85 % of the load."""
+def fault_plan(seed: int, kills: int, seconds: float, only: list[str] | None = None) -> list[Fault]:
+    """Each service SIGKILLed ``kills`` times, NATS and PostgreSQL once each (or each of
+    ``only`` ``kills`` times), in a seeded random order at seeded random moments spread over the
+    first 85 % of the load."""
     rng = random.Random(seed)
-    targets = [t for t in SERVICES for _ in range(kills)] + ["nats", "postgres"]
+    if only:
+        targets = [t for t in only for _ in range(kills)]
+    else:
+        targets = [t for t in SERVICES for _ in range(kills)] + ["nats", "postgres"]
     rng.shuffle(targets)
     slot = seconds * 0.75 / len(targets)
     return [
@@ -503,7 +507,11 @@ class Bench:
         load = spawn(load_cmd)
         meter = Meter(lambda: {**self.system.processes(), **self.extra_pids})
         meter.begin()
-        plan = fault_plan(args.seed, args.kills, carts / rate) if args.faults and rate > 0 else []
+        plan = (
+            fault_plan(args.seed, args.kills, carts / rate, args.fault_targets)
+            if args.faults and rate > 0
+            else []
+        )
         faulting = asyncio.create_task(Faults(self.system, self.http, plan).run(time.time()))
         say(f"run {run}: {carts} carts at {'full speed' if rate <= 0 else f'{rate:g}/s'}")
         while load.poll() is None:
@@ -853,6 +861,10 @@ def main() -> None:
         help="SIGKILL every service --kills times, NATS and PostgreSQL once, during the load",
     )  # fmt: skip
     p.add_argument("--kills", type=int, default=2, help="SIGKILLs of each service (--faults)")
+    p.add_argument(
+        "--fault-targets", type=lambda v: v.split(","),
+        help="only these, --kills times each (e.g. nats,matcher)",
+    )  # fmt: skip
     p.add_argument("--ladder", action="store_true", help="find the highest rate that keeps up")
     p.add_argument("--ladder-start", type=float, default=50.0)
     p.add_argument("--ladder-max", type=float, default=3200.0)

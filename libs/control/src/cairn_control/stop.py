@@ -140,4 +140,4 @@ async def _publish_exits(
                     f"exit-all:{name}:{stamp}:{profile_id}",
                 )
             )
-        await publish_batch(js, batch)
+        await publish_batch(js, batch, timeout=10.0)  # a batch of thousands, from a request

@@ -39,7 +39,7 @@ from cairn_common.failures import (
 )
 from cairn_common.messages import DeadLetter, DeliveryRequested, DeliveryResult, decode, encode
 from cairn_common.partitioning import partition_for
-from cairn_common.publishing import Outgoing, publish_batch
+from cairn_common.publishing import ACK_TIMEOUT, Outgoing, publish_batch
 from cairn_common.topology import Topology
 from cairn_common.waiting import wait_any
 
@@ -248,7 +248,7 @@ class Outbox:
             if m.traceparent:
                 headers["traceparent"] = m.traceparent
             try:
-                await self._js.publish(m.subject, m.payload, timeout=5.0, headers=headers)
+                await self._js.publish(m.subject, m.payload, timeout=ACK_TIMEOUT, headers=headers)
             except Exception as exc:
                 match classify(exc):
                     case Failure.PERMANENT:
