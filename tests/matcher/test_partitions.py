@@ -5,6 +5,7 @@ over with nothing lost."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 
 import asyncpg
@@ -168,4 +169,45 @@ async def test_committed_inputs_are_acknowledged_at_the_latest_once_the_partitio
                 break
             await asyncio.sleep(0.2)
     assert sum(c.delivered.stream_seq > 0 for c in consumers) == P, "every partition had inputs"
+    await pool.close()
+
+
+async def test_deliveries_lost_on_the_way_are_fetched_again_not_skipped(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    """A delivery the server counts as sent but the worker never got (the connection dropped
+    under it: a NATS restart) leaves a gap in the consumer's sequence. The worker must not
+    commit past it (acknowledging all before, the lost input would be skipped for good); it
+    rebinds from its commit and applies the lost input first. Reproduced here by another client
+    taking one delivery from the worker's consumer while the worker is paused."""
+    pool = await prepared(database_url, js, topology)
+    proc = spawn(MATCHER, CAIRN_PARTITIONS="1")
+    await proc.wait_ready()
+    inputs = Inputs(js, topology, 1)
+    await inputs.identify("ann", step=0)
+    await wait_for_rows(pool, "SELECT count(*) FROM profiles", expect=1)
+    (consumer,) = [
+        c.name for c in await js.consumers_info(topology.inputs_stream)
+        if c.name.startswith("matcher-")
+    ]  # fmt: skip
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.5)  # the worker's pending pull request expires
+        await inputs.identify("ann", email="ann@example.com")
+        thief = await js.pull_subscribe_bind(durable=consumer, stream=topology.inputs_stream)
+        (stolen,) = await thief.fetch(1, timeout=5)  # delivered, never reaches the worker
+        assert b"ann@example.com" in stolen.data
+        await inputs.identify("ann", plan="pro")
+    finally:
+        proc.proc.send_signal(signal.SIGCONT)
+    await wait_for_rows(
+        pool, "SELECT count(*) FROM profiles WHERE traits->>'plan' = 'pro'", expect=1
+    )
+    traits = await pool.fetchval("SELECT traits::text FROM profiles WHERE profile_id = 'ann'")
+    assert '"email": "ann@example.com"' in traits, traits
+    assert "deliveries lost on the way" in proc.output()
     await pool.close()

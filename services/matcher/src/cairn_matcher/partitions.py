@@ -14,6 +14,10 @@ is retried in place with backoff (the partition waits, which keeps its order) un
 lease is lost, or the service stops. In the last two cases nothing is acked; the next worker
 replays from the committed sequence. A partition that has waited longer than
 ``stalled_after_seconds`` is reported (``/readyz``, ``cairn status``, a gauge) rather than silent.
+
+Deliveries lost on the way (a NATS restart drops the connection while the server sends them)
+leave a gap in the consumer's delivery sequence; the worker commits up to the gap and rebinds from
+its commit, so no input is ever skipped (``PartitionWorker._contiguous``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import Counter
 
 from cairn_common.consume import fetch_unless_stopped
 from cairn_common.failures import Backoff, describe, is_transient
@@ -41,6 +46,11 @@ from cairn_matcher.leases import LeaseLost, PartitionLeases
 from cairn_matcher.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+GAPS = Counter(
+    "cairn_matcher_delivery_gaps_total",
+    "Times a partition consumer's deliveries were lost on the way and it rebound from its commit",
+)
 
 
 ACK_EVERY = 1.0
@@ -73,6 +83,8 @@ class PartitionWorker:
         """The last committed message not acknowledged yet (``AckPolicy.ALL``: it acks all)."""
         self._unacked_count = 0
         self._acked_at = time.monotonic()
+        self._next_delivery: int | None = None
+        """The consumer sequence the next delivery must have; ``None`` right after binding."""
 
     @property
     def _stopping(self) -> bool:
@@ -87,13 +99,54 @@ class PartitionWorker:
         try:
             while not self._stopping:
                 msgs = await self._fetch(sub)
-                if msgs:
-                    await self._handle(msgs)
-                else:
+                if not msgs:
                     await self._ack()  # idle: acknowledge what is committed
+                    continue
+                contiguous = self._contiguous(msgs)
+                if contiguous:
+                    await self._handle(contiguous)
+                if len(contiguous) < len(msgs) and not self._stopping:
+                    sub = await self._rebind(sub)
+                    if sub is None:
+                        return
         finally:
             await self._ack()
             await _unless_transient(sub.unsubscribe())
+
+    def _contiguous(self, msgs: list[Msg]) -> list[Msg]:
+        """The fetched messages up to the first gap in the consumer's delivery sequence.
+
+        A gap means deliveries were lost on the way (the connection dropped while the server
+        sent them: a NATS restart). The server counts them delivered and would send them again
+        only after ``ack_wait``; meanwhile the messages after them would be committed and
+        acknowledged (``AckPolicy.ALL`` acknowledges everything before too), and the lost ones
+        skipped for good as already applied. So the worker commits only up to the gap and then
+        rebinds from its committed sequence (``_rebind``). A delivery sequence lower than
+        expected (a restarted server whose consumer state lagged) only repeats inputs, which the
+        committed sequence skips."""
+        kept: list[Msg] = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.consumer if msg.metadata.sequence else None
+            if seq is None:
+                kept.append(msg)
+                continue
+            if self._next_delivery is not None and seq > self._next_delivery:
+                GAPS.inc()
+                log.warning("deliveries lost on the way; rebinding from the committed sequence",
+                            partition=self.partition, expected=self._next_delivery,
+                            got=seq)  # fmt: skip
+                return kept
+            self._next_delivery = seq + 1
+            kept.append(msg)
+        return kept
+
+    async def _rebind(
+        self, sub: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription | None:
+        await self._ack()
+        await _unless_transient(sub.unsubscribe())
+        self._next_delivery = None
+        return await self._bind()
 
     async def _bind(self) -> JetStreamContext.PullSubscription | None:
         backoff = Backoff()
