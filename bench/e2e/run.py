@@ -258,6 +258,38 @@ async def nats_counters(http: aiohttp.ClientSession, monitor_url: str) -> dict[s
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def start_profiles(pids: dict[str, int], folder: Path, seconds: float) -> dict[str, Path]:
+    """py-spy sampling each service for ``seconds`` (non-blocking: the service never pauses)."""
+    outputs = {}
+    for name in SERVICES:
+        if name not in pids:
+            continue
+        out = outputs[name] = folder / f"profile-{name}.txt"
+        spawn(
+            ["py-spy", "record", "--pid", str(pids[name]), "--rate", "100", "--nonblocking",
+             "--format", "raw", "--duration", str(max(1, round(seconds))), "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    return outputs
+
+
+def profile_top(path: Path, top: int = 8) -> list[tuple[str, float]]:
+    """The functions a service spent its sampled time in (self time), as shares of its samples,
+    from py-spy's collapsed stacks ("frame;frame;... count")."""
+    if not path.exists():
+        return []
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        own[re.sub(r" \((.*/)?", " (", leaf)] += int(count)
+        total += int(count)
+    return [(frame, n / total) for frame, n in own.most_common(top)] if total else []
+
+
 def log_warnings(text: str) -> dict[str, Any]:
     """Warnings and errors the services logged, per service, with the commonest messages."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -505,6 +537,11 @@ class Bench:
         log_offset = self.system.log.stat().st_size
         letters_before = await self.dead_letters()
         load = spawn(load_cmd)
+        profiles = (
+            start_profiles(self.system.processes(), self.system.home, carts / rate if rate else 30)
+            if args.profile
+            else {}
+        )
         meter = Meter(lambda: {**self.system.processes(), **self.extra_pids})
         meter.begin()
         plan = (
@@ -554,6 +591,9 @@ class Bench:
         result["correct"] = result["correct"] and not wrong
         result["dead_letters"] = await self.dead_letters() - letters_before
         result["diagnosis"] = await diagnose(state.database_url, result["problems"])
+        if profiles:
+            await asyncio.sleep(2.0)  # py-spy writes its file when its duration ends
+            result["profile"] = {name: profile_top(path) for name, path in profiles.items()}
         if plan:
             result["faults"] = fault_report(plan, loaded, runs_arrivals)
             result["fault_run_passed"] = fault_run_passed(result)
@@ -759,6 +799,9 @@ def show(result: dict[str, Any]) -> None:
             f"fault  +{f['offset_s']:6.1f} s  SIGKILL {f['target']:<10} back {back:>8}  "
             f"longest gap: accepts {f['accept_gap_s']:.2f} s, sends {f['send_gap_s']:.2f} s"
         )
+    for name, top in result.get("profile", {}).items():
+        lines.append(f"profile {name}: " + "; ".join(f"{100 * share:.1f}% {frame}"
+                                                    for frame, share in top))  # fmt: skip
     if "fault_run_passed" in result:
         lines.append(f"FAULT RUN {'PASSED' if result['fault_run_passed'] else 'FAILED'}")
     print("\n".join(lines), flush=True)
@@ -882,6 +925,7 @@ def main() -> None:
     )
     p.add_argument("--out", default="e2e-report.json", help="where the JSON report goes")
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs, databases)")
+    p.add_argument("--profile", action="store_true", help="sample each service with py-spy")
     args = p.parse_args()
     if args.faults and args.rate <= 0:
         args.rate = 30.0

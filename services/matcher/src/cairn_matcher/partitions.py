@@ -97,7 +97,7 @@ class PartitionWorker:
             return
         log.info("partition worker started", partition=self.partition, epoch=self.epoch)
         try:
-            while not self._stopping:
+            while not self._stopping and sub is not None:
                 msgs = await self._fetch(sub)
                 if not msgs:
                     await self._ack()  # idle: acknowledge what is committed
@@ -106,12 +106,14 @@ class PartitionWorker:
                 if contiguous:
                     await self._handle(contiguous)
                 if len(contiguous) < len(msgs) and not self._stopping:
-                    sub = await self._rebind(sub)
-                    if sub is None:
-                        return
+                    await self._ack()
+                    await _unless_transient(sub.unsubscribe())
+                    self._next_delivery = None
+                    sub = await self._bind()  # None only when stopping
         finally:
             await self._ack()
-            await _unless_transient(sub.unsubscribe())
+            if sub is not None:
+                await _unless_transient(sub.unsubscribe())
 
     def _contiguous(self, msgs: list[Msg]) -> list[Msg]:
         """The fetched messages up to the first gap in the consumer's delivery sequence.
@@ -139,14 +141,6 @@ class PartitionWorker:
             self._next_delivery = seq + 1
             kept.append(msg)
         return kept
-
-    async def _rebind(
-        self, sub: JetStreamContext.PullSubscription
-    ) -> JetStreamContext.PullSubscription | None:
-        await self._ack()
-        await _unless_transient(sub.unsubscribe())
-        self._next_delivery = None
-        return await self._bind()
 
     async def _bind(self) -> JetStreamContext.PullSubscription | None:
         backoff = Backoff()
