@@ -49,6 +49,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from load import Result as LoadResult  # noqa: E402
 from workload import JOURNEY, TEMPLATES, cart, documents, parse_cart_id  # noqa: E402
 
 from cairn_cli.local import free_port  # noqa: E402
@@ -468,20 +469,6 @@ class Arrival(msgspec.Struct, array_like=True):
     cart_id: str
     at: float
     delivery_id: str
-
-
-class LoadResult(msgspec.Struct):
-    sent_at: dict[str, float]
-    accept_latency: list[float]
-    accepted_at: list[float]
-    events: int
-    accepted_events: int
-    failed_requests: int
-    retried_requests: int
-    started: float
-    finished: float
-    cpu_s: float = 0.0
-    peak_mb: float = 0.0
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:
