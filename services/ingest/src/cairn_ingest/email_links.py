@@ -23,7 +23,6 @@ button on the page GET shows), because mail scanners follow GET links nobody cli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 from collections import deque
 from typing import Any
@@ -34,6 +33,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from cairn_common.failures import Backoff
 from cairn_common.messages import Event
 from cairn_common.partitioning import partition_for
 from cairn_common.tracking import (
@@ -44,6 +44,7 @@ from cairn_common.tracking import (
     TrackingKeys,
     hit_id,
 )
+from cairn_common.waiting import wait_any
 from cairn_ingest import repo
 from cairn_ingest.intake import Ingestor
 from cairn_ingest.publisher import Unavailable
@@ -101,18 +102,14 @@ class HitBacklog:
         self._added.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        pause = 0.05
+        backoff = Backoff(first=0.05, cap=2.0)
         while True:
             if not self._waiting:
                 if stop.is_set():
                     self._closed = True
                     return
                 self._added.clear()
-                stopped = asyncio.ensure_future(stop.wait())
-                added = asyncio.ensure_future(self._added.wait())
-                await asyncio.wait({stopped, added}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                added.cancel()
+                await wait_any(stop, self._added)
                 continue
             batch = [self._waiting[i] for i in range(min(100, len(self._waiting)))]
             try:
@@ -126,14 +123,12 @@ class HitBacklog:
                     BACKLOG.set(0)
                     self._closed = True
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=pause)
-                pause = min(pause * 2, 2.0)
+                await wait_any(stop, timeout=backoff.next())
                 continue
             for _ in batch:
                 self._waiting.popleft()
             BACKLOG.set(len(self._waiting))
-            pause = 0.05
+            backoff.reset()
             log.info("tracking events stored after waiting", count=len(batch))
 
 

@@ -77,12 +77,7 @@ class PartitionLeases:
         than after ``ttl``. Replica names must therefore be unique among live replicas, as the
         default (host and PID) and Kubernetes' pod names are."""
         try:
-            async with self._pool.acquire() as conn:
-                count = await conn.fetchval(
-                    "SELECT count(*) FROM partition_leases WHERE owner = $1", self.owner
-                )
-            if count:
-                await self.release_all()
+            if count := await self.release_all():
                 log.info("took back the partitions of this replica's previous process",
                          partitions=count)  # fmt: skip
         except Exception as exc:
@@ -212,11 +207,11 @@ class PartitionLeases:
             OWNED.set(len(self.held))
             self.changed.set()
 
-    async def release_all(self) -> None:
+    async def release_all(self) -> int:
         """Hand every partition back at once instead of waiting for expiry: on a clean stop, and
-        at start for a previous process of the same name."""
+        at start for a previous process of the same name. Returns how many were held."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
+            status = await conn.execute(
                 """UPDATE partition_leases AS pl SET owner = NULL, expires_at = '-infinity'
                    FROM (SELECT partition FROM partition_leases WHERE owner = $1
                          ORDER BY partition FOR NO KEY UPDATE) AS mine
@@ -227,3 +222,4 @@ class PartitionLeases:
         self.held = {}
         OWNED.set(0)
         self.changed.set()
+        return int(status.split()[-1])  # "UPDATE n"

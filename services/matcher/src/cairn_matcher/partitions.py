@@ -123,7 +123,7 @@ class PartitionWorker:
         only after ``ack_wait``; meanwhile the messages after them would be committed and
         acknowledged (``AckPolicy.ALL`` acknowledges everything before too), and the lost ones
         skipped for good as already applied. So the worker commits only up to the gap and then
-        rebinds from its committed sequence (``_rebind``). A delivery sequence lower than
+        rebinds from its committed sequence (``_bind``). A delivery sequence lower than
         expected (a restarted server whose consumer state lagged) only repeats inputs, which the
         committed sequence skips."""
         kept: list[Msg] = []

@@ -273,27 +273,22 @@ class Lookahead:
         """Claims under this replica's name at start belong to a process of the same name that is
         gone (a restarted container keeps its pod name; ``cairn up`` names its scheduler): hand
         them back, so their timers fire now instead of ``claim_grace_seconds`` late."""
+        await self._release_claims("took back the timer claims of this replica's previous process")
+
+    async def _release(self) -> None:
+        if self._held:
+            await self._release_claims("released unfired timer claims")
+
+    async def _release_claims(self, done: str) -> None:
+        """Hand back every claim under this replica's name; if the database is away, they expire
+        by themselves."""
         try:
             async with self._pool.acquire() as conn:
                 released = await repo.release_claims(conn, self._s.replica_id)
             if released:
-                log.info("took back the timer claims of this replica's previous process",
-                         count=released)  # fmt: skip
+                log.info(done, count=released)
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("could not take back this replica's claims; they expire by themselves",
-                        error=describe(exc))  # fmt: skip
-
-    async def _release(self) -> None:
-        if not self._held:
-            return
-        try:
-            async with self._pool.acquire() as conn:
-                released = await repo.release_claims(conn, self._s.replica_id)
-            log.info("released unfired timer claims", count=released)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("could not release claims; they expire by themselves",
+            log.warning("could not release timer claims; they expire by themselves",
                         error=describe(exc))  # fmt: skip
