@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,12 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
 
 
-def _start_up(home: Path, *extra: str) -> subprocess.Popen[str]:
+def _start_up(
+    home: Path, *extra: str, ports: dict[str, Any] | None = None
+) -> subprocess.Popen[str]:
     # Pre-seed the port choices so the test never takes the well-known ports of a real Cairn.
     home.mkdir(parents=True, exist_ok=True)
-    (home / "ports.json").write_text(json.dumps({"nats_monitor": free_port()}))
+    (home / "ports.json").write_text(json.dumps({"nats_monitor": free_port(), **(ports or {})}))
     return subprocess.Popen(
         [*CAIRN, "up", "--data-dir", str(home), "--http-port", str(free_port()),
          "--admin-port", str(free_port()), "--nats-port", str(free_port()),
@@ -51,6 +55,8 @@ def _read_until_up(proc: subprocess.Popen[str]) -> str:
     for line in proc.stdout:
         seen.append(line)
         if "Cairn is up" in line:
+            # Keep reading what the services print, so a full pipe never blocks `cairn up`.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return "".join(seen)
     raise AssertionError("cairn up ended before it was up:\n" + "".join(seen[-60:]))
 
@@ -230,3 +236,129 @@ def test_up_restarts_nats_and_postgres_and_the_services_carry_on(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _monitor(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+def _inputs_stream(monitor_url: str) -> dict[str, Any]:
+    body = _monitor(f"{monitor_url}/jsz?streams=true&config=true")
+    streams = [s for a in body["account_details"] for s in a.get("stream_detail", [])]
+    return next(s for s in streams if s["name"] == "CAIRN_INPUTS")
+
+
+def _query(url: str, sql: str) -> list[Any]:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_up_scaled_out_runs_a_nats_cluster_and_replicas_and_loses_a_node(tmp_path: Path) -> None:
+    """`--nats-nodes 3 --scale matcher=2,dispatcher=2` runs what deploy/k8s runs: a JetStream
+    cluster with every stream on three nodes, two matchers sharing the partitions, two
+    dispatchers. The node leading the inputs stream dies; events are still accepted and
+    applied."""
+    home = tmp_path / "cairn"
+    more_nodes = {
+        "nats_more": [[free_port(), free_port()], [free_port(), free_port()]],
+        "nats_cluster": [free_port(), free_port(), free_port()],
+    }
+    proc = _start_up(home, "--nats-nodes", "3", "--scale", "matcher=2,dispatcher=2",
+                     ports=more_nodes)  # fmt: skip
+    try:
+        printed = _read_until_up(proc)
+        assert "a cluster of 3" in printed
+        state = json.loads((home / "state.json").read_text())
+        assert set(state["services"]) == {
+            "ingest", "matcher", "matcher-2", "scheduler", "dispatcher", "dispatcher-2",
+        }  # fmt: skip
+        assert len(state["nats_url"].split(",")) == 3
+        deadline = time.monotonic() + 30  # the nodes' JetStream catches up with its peers
+        while (answer := _status(home))[0] != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        code, report = answer
+        unhealthy = [c for c in report["components"] if not c["healthy"]]
+        assert code == 0, unhealthy
+        assert {"nats", "nats-2", "nats-3"} <= {c["component"] for c in report["components"]}
+        inputs = _inputs_stream(state["nats_monitor_url"])
+        assert inputs["config"]["num_replicas"] == 3
+        assert len(inputs["cluster"]["replicas"]) == 2  # and the leader
+        # Both matchers take their share of the partitions.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            owners = _query(
+                state["database_url"],
+                "SELECT owner, count(*) AS n FROM partition_leases"
+                " WHERE expires_at > now() GROUP BY owner",
+            )
+            if sorted(r["n"] for r in owners) == [32, 32]:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the partitions were not shared: {owners}")
+        leader = inputs["cluster"]["leader"]  # cairn-local-N
+        node = int(leader.rsplit("-", 1)[1])
+        folders = [home / "nats", home / "nats-2", home / "nats-3"]
+        (ports,) = (folders[node - 1] / "ports").glob("nats-server_*.ports")
+        os.kill(int(ports.stem.rsplit("_", 1)[1]), signal.SIGKILL)
+        request = urllib.request.Request(
+            f"{state['tracking_url']}/v1/identify",
+            data=json.dumps({"userId": "u-after", "traits": {"plan": "pro"}}).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic "
+                + base64.b64encode(f"{state['write_key']}:".encode()).decode(),
+            },
+        )
+        # While the survivors elect a new leader ingest answers 503, and a client retries, as
+        # Segment's libraries do.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    assert answer.status == 200
+                    break
+            except urllib.error.HTTPError as refused:
+                if refused.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            (applied,) = _query(
+                state["database_url"],
+                "SELECT coalesce(sum(last_applied_seq), 0) AS n FROM partition_leases",
+            )
+            if applied["n"] > 0:  # the only input so far
+                break
+            time.sleep(0.25)
+        else:
+            raise AssertionError("the event was accepted but never applied by a matcher")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("value", ["ingest=2", "matcher=0", "matcher", "dispatcher=x"])
+def test_scale_names_what_is_wrong(value: str) -> None:
+    result = subprocess.run(
+        [*CAIRN, "up", "--scale", value, "--data-dir", "/nonexistent"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "expected SERVICE=COUNT with SERVICE one of matcher, scheduler, dispatcher" in (
+        result.stderr
+    )

@@ -119,8 +119,16 @@ class LocalNats:
         users: list[dict[str, Any]] | None = None,
         tls: tuple[Path, Path] | None = None,
         sync_interval: str | None = None,
+        server_name: str = "cairn-local",
+        cluster_port: int = 0,
+        routes: list[int] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = routes or []
+        """With ``cluster_port``, this server is one node of a JetStream cluster on loopback: it
+        listens for its peers there and dials the others' cluster ports in ``routes``."""
         self.sync_interval = sync_interval
         """JetStream's ``sync_interval``: ``"always"`` (fsync every write before its ack), a
         duration such as ``"2m"``, or ``None`` for the server's default (two minutes)."""
@@ -164,6 +172,12 @@ class LocalNats:
         text = f"jetstream {{\n  max_file_store: {self.max_file_store}{sync}\n}}\n"
         if self.users is not None:
             text += authorization_block(self.users)
+        if self.cluster_port:
+            routes = ", ".join(json.dumps(f"nats-route://127.0.0.1:{p}") for p in self.routes)
+            text += (
+                f'cluster {{\n  name: "cairn-local"\n  listen: "127.0.0.1:{self.cluster_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+            )
         if self.tls is not None:
             cert, key = self.tls
             files = f"cert_file: {json.dumps(str(cert))}\n  key_file: {json.dumps(str(key))}"
@@ -174,7 +188,7 @@ class LocalNats:
             "--jetstream", "--store_dir", str(self.data_dir / "jetstream"),
             "--addr", "127.0.0.1", "--port", str(self.port or -1),
             "--http_port", str(self.monitor_port or -1),
-            "--ports_file_dir", str(ports_dir), "--server_name", "cairn-local",
+            "--ports_file_dir", str(ports_dir), "--server_name", self.server_name,
         ]  # fmt: skip
         out = log_file.open("ab") if log_file else subprocess.DEVNULL
         # Own session: Ctrl-C reaches `cairn up` only, which stops the servers last, in order.

@@ -47,6 +47,8 @@ class LocalState(msgspec.Struct, frozen=True, kw_only=True):
     sink_smtp: str = ""
     sink_http: str = ""
     write_key: str | None = None
+    nats_monitor_urls: list[str] = msgspec.field(default_factory=list)
+    """Every NATS node's monitoring URL when ``--nats-nodes`` runs a cluster."""
 
 
 def cairn_home(explicit: str | None = None) -> Path:
@@ -96,8 +98,18 @@ class Check(msgspec.Struct, frozen=True):
 async def check_all(state: LocalState) -> list[Check]:
     timeout = aiohttp.ClientTimeout(total=3)
     async with aiohttp.ClientSession(timeout=timeout) as http:
+        monitors = state.nats_monitor_urls or [state.nats_monitor_url]
+        urls = state.nats_url.split(",")
         checks = [
-            _http_check(http, "nats", state.nats_url, f"{state.nats_monitor_url}/healthz"),
+            *(
+                _http_check(
+                    http,
+                    "nats" if i == 0 else f"nats-{i + 1}",
+                    urls[i] if len(urls) == len(monitors) else state.nats_url,
+                    f"{monitor}/healthz",
+                )
+                for i, monitor in enumerate(monitors)
+            ),
             _postgres_check(state.database_url),
             *(
                 _http_check(http, name, ep.health_url, f"{ep.health_url}/readyz")
@@ -235,6 +247,24 @@ def jetstream_sync(value: str) -> str:
     )
 
 
+SCALABLE = ("matcher", "scheduler", "dispatcher")
+"""Services ``--scale`` may run several of (ingest's one HTTP port is the public address)."""
+
+
+def scale(value: str) -> dict[str, int]:
+    """``--scale``: ``matcher=2,dispatcher=2``."""
+    counts: dict[str, int] = {}
+    for part in value.split(","):
+        name, eq, count = part.strip().partition("=")
+        if name not in SCALABLE or not eq or not count.isdigit() or not 1 <= int(count) <= 8:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected SERVICE=COUNT with SERVICE one of {', '.join(SCALABLE)} "
+                "and COUNT from 1 to 8"
+            )
+        counts[name] = int(count)
+    return counts
+
+
 def up_command(args: argparse.Namespace) -> int:
     from cairn_cli.up import run_up
 
@@ -281,6 +311,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "write is on disk before it is acknowledged, so a 200 from ingest survives a power cut), "
         "'default' (the server's own, every 2 minutes) or an interval such as 10s "
         "(docs/decisions/0056-jetstream-sync-always.md)",
+    )
+    up.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=(1, 3, 5),
+        default=1,
+        help="NATS servers: 3 or 5 form a JetStream cluster on loopback with every stream "
+        "replicated on 3 of them, as deploy/k8s runs it (default 1)",
+    )
+    up.add_argument(
+        "--scale",
+        type=scale,
+        default={},
+        metavar="SERVICE=N,...",
+        help="run N replicas of a service, e.g. matcher=2,dispatcher=2 (matcher, scheduler, "
+        "dispatcher; default one of each)",
     )
     up.add_argument(
         "--otlp-endpoint",

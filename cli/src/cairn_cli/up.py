@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from nats.errors import Error as NatsError
 
 from cairn_cli.local import (
     LocalNats,
@@ -67,6 +68,10 @@ class Ports(msgspec.Struct, kw_only=True):
     sink_smtp: int = 2525
     sink_http: int = 8025
     health: dict[str, int] = msgspec.field(default_factory=dict)
+    nats_more: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    """Client and monitoring ports of the second and later NATS nodes (``--nats-nodes``)."""
+    nats_cluster: list[int] = msgspec.field(default_factory=list)
+    """Every NATS node's cluster (route) port, when there is more than one."""
 
 
 def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
@@ -89,6 +94,11 @@ def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
 
     ports.nats = pick(ports.nats)
     ports.nats_monitor = pick(ports.nats_monitor)
+    nodes = args.nats_nodes
+    more = [*ports.nats_more, *[(0, 0)] * nodes][: nodes - 1]
+    ports.nats_more = [(pick(c or 4223 + i), pick(m or 8223 + i)) for i, (c, m) in enumerate(more)]
+    routes = [*ports.nats_cluster, *[0] * nodes][:nodes] if nodes > 1 else []
+    ports.nats_cluster = [pick(c or 6222 + i) for i, c in enumerate(routes)]
     ports.postgres = pick(ports.postgres)
     for name, preferred in (("http", ports.http), ("admin", ports.admin)):
         if not port_is_free(preferred):
@@ -98,9 +108,40 @@ def _choose_ports(home: Path, args: argparse.Namespace) -> Ports:
         taken.add(preferred)
     ports.sink_smtp = pick(ports.sink_smtp)
     ports.sink_http = pick(ports.sink_http)
-    ports.health = {svc: pick(ports.health.get(svc, 9101 + i)) for i, svc in enumerate(SERVICES)}
+    ports.health = {
+        name: pick(ports.health.get(name, 9101 + i)) for i, name in enumerate(replicas(args))
+    }
     path.write_bytes(msgspec.json.encode(ports))
     return ports
+
+
+def replicas(args: argparse.Namespace) -> dict[str, str]:
+    """Every service process to run, by name (``matcher``, ``matcher-2``, ...), with its
+    service."""
+    names: dict[str, str] = {}
+    for service in SERVICES:
+        for i in range(args.scale.get(service, 1)):
+            names[service if i == 0 else f"{service}-{i + 1}"] = service
+    return names
+
+
+def nats_servers(home: Path, ports: Ports, args: argparse.Namespace) -> list[LocalNats]:
+    """One NATS server, or ``--nats-nodes`` of them routed to each other as one cluster."""
+    passwords = nats_passwords(home)
+    nodes = [(ports.nats, ports.nats_monitor), *ports.nats_more]
+    return [
+        LocalNats(
+            home / ("nats" if i == 0 else f"nats-{i + 1}"),
+            port=client,
+            monitor_port=monitor,
+            users=nats_auth.users(Topology(), passwords),
+            sync_interval=None if args.jetstream_sync == "default" else args.jetstream_sync,
+            server_name="cairn-local" if len(nodes) == 1 else f"cairn-local-{i + 1}",
+            cluster_port=ports.nats_cluster[i] if ports.nats_cluster else 0,
+            routes=[p for j, p in enumerate(ports.nats_cluster) if j != i],
+        )
+        for i, (client, monitor) in enumerate(nodes)
+    ]
 
 
 def run_up(home: Path, args: argparse.Namespace) -> int:
@@ -112,27 +153,24 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
         print(f"cairn up: {exc}", file=sys.stderr)
         return 1
     passwords = nats_passwords(home)
-    nats_server = LocalNats(
-        home / "nats",
-        port=ports.nats,
-        monitor_port=ports.nats_monitor,
-        users=nats_auth.users(Topology(), passwords),
-        sync_interval=None if args.jetstream_sync == "default" else args.jetstream_sync,
-    )
+    nats = nats_servers(home, ports, args)
     pg = LocalPostgres(
         home / "postgres", port=ports.postgres, password=secret_in(home, "postgres-password")
     )
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     try:
+        where = ", ".join(str(n.port) for n in nats)
+        cluster = f"a cluster of {len(nats)}, " if len(nats) > 1 else ""
         _say(
-            f"starting NATS (JetStream, sync {args.jetstream_sync}) on {ports.nats} "
+            f"starting NATS ({cluster}JetStream, sync {args.jetstream_sync}) on {where} "
             f"and PostgreSQL on {ports.postgres}"
         )
-        nats_server.start(log_file=logs / "nats.log")
+        for i, server in enumerate(nats):
+            server.start(log_file=logs / ("nats.log" if i == 0 else f"nats-{i + 1}.log"))
         pg.start(log_file=logs / "postgres.log")
         pg.create_database(DATABASE)
-        return asyncio.run(_supervise(home, args, ports, nats_server, pg, passwords, started))
+        return asyncio.run(_supervise(home, args, ports, nats, pg, passwords, started))
     except LocalServerError as exc:
         print(f"cairn up: {exc} (logs in {logs})", file=sys.stderr)
         return 1
@@ -142,7 +180,8 @@ def run_up(home: Path, args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: _say("still stopping, one moment"))
         clear_state(home)
         pg.stop()
-        nats_server.stop()
+        for server in nats:
+            server.stop()
         _say("stopped")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # nothing left to stop; exit with our own code
@@ -164,7 +203,9 @@ def nats_passwords(home: Path) -> dict[str, str]:
     return passwords
 
 
-async def _prepare(nats_url: str, database_url: str, setup_password: str) -> None:
+async def _prepare(
+    nats_url: str, database_url: str, setup_password: str, replicas: int = 1
+) -> None:
     configure_logging("cairn-up", fmt="console", level="error")  # we narrate ourselves
     applied = await migrate(database_url)
     _say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
@@ -177,7 +218,16 @@ async def _prepare(nats_url: str, database_url: str, setup_password: str) -> Non
         inbox_prefix=nats_auth.inbox_prefix(topology.namespace, "setup"),
     )
     try:
-        await provision_topology(nc.jetstream(), topology)
+        # A new cluster elects its JetStream meta leader a moment after its servers answer.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await provision_topology(nc.jetstream(), topology, replicas=replicas)
+                break
+            except (NatsError, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise LocalServerError(f"JetStream did not become ready: {exc}") from exc
+                await asyncio.sleep(0.5)
     finally:
         await nc.close()
 
@@ -186,17 +236,20 @@ async def _supervise(
     home: Path,
     args: argparse.Namespace,
     ports: Ports,
-    nats_server: LocalNats,
+    nats: list[LocalNats],
     pg: LocalPostgres,
     passwords: dict[str, str],
     started: float,
 ) -> int:
     database_url = pg.url(DATABASE)
-    await _prepare(nats_server.url, database_url, passwords["setup"])
+    nats_url = ",".join(n.url for n in nats)
+    stream_replicas = min(len(nats), 3)
+    await _prepare(nats_url, database_url, passwords["setup"], stream_replicas)
     admin_token = secret_in(home, "admin-token")
     env = {
         **os.environ,
-        "CAIRN_NATS_URL": nats_server.url,
+        "CAIRN_NATS_URL": nats_url,
+        "CAIRN_STREAM_REPLICAS": str(stream_replicas),
         "CAIRN_DATABASE_URL": database_url,
         "CAIRN_LOG_FORMAT": "console",
         "CAIRN_MIGRATE_ON_START": "false",
@@ -223,27 +276,29 @@ async def _supervise(
             {
                 **env,
                 "CAIRN_HEALTH_PORT": str(ports.health[name]),
-                "CAIRN_NATS_USER": nats_auth.user_name(Topology().namespace, name),
-                "CAIRN_NATS_PASSWORD": passwords[name],
+                "CAIRN_NATS_USER": nats_auth.user_name(Topology().namespace, service),
+                "CAIRN_NATS_PASSWORD": passwords[service],
                 # One of each runs here: a restarted matcher or scheduler takes its previous
                 # process's partitions and timer claims back at once (leases.py, lookahead.py).
                 "CAIRN_REPLICA_ID": f"{socket.gethostname()}-{name}",
             },
+            service=service,
         )
-        for name in SERVICES
+        for name, service in replicas(args).items()
     }
     async with asyncio.TaskGroup() as tg:
         for svc in services.values():
             tg.create_task(svc.run(stopping), name=svc.name)
-        tg.create_task(_keep_servers_up(nats_server, pg, logs=home / "logs", stopping=stopping))
+        tg.create_task(_keep_servers_up(nats, pg, logs=home / "logs", stopping=stopping))
         ready = await _wait_ready(services, stopping)
         admin_url = f"http://127.0.0.1:{ports.admin}"
         write_key = await _default_write_key(home, admin_url, admin_token) if ready else None
         if ready:
             state = LocalState(
                 pid=os.getpid(),
-                nats_url=nats_server.url,
-                nats_monitor_url=nats_server.monitor_url,
+                nats_url=nats_url,
+                nats_monitor_url=nats[0].monitor_url,
+                nats_monitor_urls=[n.monitor_url for n in nats] if len(nats) > 1 else [],
                 database_url=database_url,
                 tracking_url=f"http://127.0.0.1:{ports.http}",
                 admin_url=f"http://127.0.0.1:{ports.admin}",
@@ -275,14 +330,18 @@ async def _supervise(
 
 
 async def _keep_servers_up(
-    nats_server: LocalNats, pg: LocalPostgres, *, logs: Path, stopping: asyncio.Event
+    nats: list[LocalNats], pg: LocalPostgres, *, logs: Path, stopping: asyncio.Event
 ) -> None:
     """NATS or PostgreSQL dying (a crash, an OOM kill, a test killing it on purpose) is restarted
     on its folder and port, as the services are; they reconnect by themselves."""
     servers: list[tuple[str, LocalNats | LocalPostgres, Path]] = [
-        ("nats-server", nats_server, logs / "nats.log"),
+        *(
+            (n.server_name if len(nats) > 1 else "nats-server", n,
+             logs / ("nats.log" if i == 0 else f"nats-{i + 1}.log"))
+            for i, n in enumerate(nats)
+        ),
         ("postgres", pg, logs / "postgres.log"),
-    ]
+    ]  # fmt: skip
     while not stopping.is_set():
         for name, server, log in servers:
             proc = server.proc
@@ -349,8 +408,10 @@ async def _default_write_key(home: Path, admin_url: str, token: str) -> str | No
 class SupervisedService:
     """One service process; restarted with a growing pause if it dies while Cairn is up."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], service: str = "") -> None:
         self.name = name
+        self.service = service or name
+        """The service this process runs (``matcher`` for ``matcher-2``)."""
         self.env = env
         self.health_url = f"http://127.0.0.1:{env['CAIRN_HEALTH_PORT']}"
         self.pid: int | None = None
@@ -361,7 +422,7 @@ class SupervisedService:
         pause = 0.0
         while not stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"cairn_{self.name}",
+                sys.executable, "-m", f"cairn_{self.service}",
                 env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the services in order
             )  # fmt: skip

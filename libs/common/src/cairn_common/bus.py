@@ -38,6 +38,10 @@ async def connect(
 ) -> NATS:
     """Connect with endless reconnects: a NATS restart must not kill a service, only pause it.
 
+    ``url`` may name several servers of one cluster, comma-separated: the client starts with
+    whichever answers and moves to another when its server goes away (it also learns the
+    cluster's other members from the server).
+
     ``user``/``password`` authenticate (``cairn_common.nats_auth``); replies arrive under
     ``inbox_prefix``, the one inbox subject space that user may subscribe to. With ``ca_file`` or
     a ``tls://`` URL the connection is TLS, the server's certificate verified against
@@ -53,8 +57,9 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=str(exc))
 
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     return await nats.connect(
-        servers=[url],
+        servers=servers,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -65,7 +70,7 @@ async def connect(
         user=user or None,
         password=password or None,
         inbox_prefix=inbox_prefix,
-        tls=tls_context(url, ca_file),
+        tls=tls_context(servers[0], ca_file),
     )
 
 

@@ -31,6 +31,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What every service needs. Service settings subclass this and add their own fields."""
 
     nats_url: str
+    """One NATS server, or several of one cluster, comma-separated."""
     database_url: str
     nats_user: str = ""
     """This service's NATS user (``cairn_common.nats_auth``); empty on a server without users."""
