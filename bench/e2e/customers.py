@@ -61,6 +61,8 @@ class Customers:
         self.arrivals: list[Arrival] = []
         self.reactions: dict[str, int] = {"open": 0, "order": 0, "failed": 0}
         self.seen_email: set[str] = set()
+        self.accepted: dict[str, float] = {}
+        """cart id -> when Cairn answered 200 to the customer's open or order (after retries)."""
         self.http: aiohttp.ClientSession | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -75,7 +77,7 @@ class Customers:
         run, index = parse_cart_id(cart_id)
         shopper = cart(self.seed, run, index)
         if shopper.reaction == "open" and pixel:
-            self._later(OPEN_AFTER, self._open(pixel))
+            self._later(OPEN_AFTER, self._open(pixel, cart_id))
         elif shopper.reaction == "order":
             self._later(ORDER_AFTER, self._order(shopper.order()))
 
@@ -88,18 +90,19 @@ class Customers:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _open(self, url: str) -> None:
+    async def _open(self, url: str, cart_id: str) -> None:
         assert self.http is not None
         http = self.http
-        await self._call("open", lambda: http.get(url))
+        await self._call("open", lambda: http.get(url), cart_id)
 
     async def _order(self, event: dict[str, Any]) -> None:
         assert self.http is not None
         http, url = self.http, f"{self.tracking_url}/v1/track"
         headers = {"Authorization": self.auth}
-        await self._call("order", lambda: http.post(url, json=event, headers=headers))
+        cart_id = str(event["properties"]["cart_id"])
+        await self._call("order", lambda: http.post(url, json=event, headers=headers), cart_id)
 
-    async def _call(self, kind: str, request: Callable[[], Any]) -> None:
+    async def _call(self, kind: str, request: Callable[[], Any], cart_id: str) -> None:
         """A customer tries again while ingest restarts (the fault run), for up to ~20 s."""
         for attempt in range(25):
             try:
@@ -107,6 +110,7 @@ class Customers:
                     await resp.read()
                     if resp.status == 200:
                         self.reactions[kind] += 1
+                        self.accepted[cart_id] = time.time()
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
@@ -170,11 +174,15 @@ def http_app(customers: Customers) -> web.Application:
             body=msgspec.json.encode(customers.arrivals), content_type="application/json"
         )
 
+    async def reactions(_: web.Request) -> web.Response:
+        return web.json_response(customers.accepted)
+
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", twilio)
     app.router.add_post("/v1/projects/{project}/messages:send", fcm)
     app.router.add_get("/progress", progress)
     app.router.add_get("/arrivals", arrivals)
+    app.router.add_get("/reactions", reactions)
     return app
 
 

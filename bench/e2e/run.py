@@ -30,6 +30,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,9 +70,12 @@ def say(text: str) -> None:
 class System:
     """``cairn up`` in a folder of its own, on free ports."""
 
-    def __init__(self, home: Path, sync: str) -> None:
+    def __init__(self, home: Path, sync: str, cluster: bool = False) -> None:
         self.home = home
         self.sync = sync
+        self.cluster = cluster
+        """Scaled out as deploy/k8s runs it: three NATS nodes (R3 streams), two matchers and two
+        dispatchers."""
         self.log = home / "cairn-up.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.state: LocalState | None = None
@@ -94,6 +98,8 @@ class System:
             "--nats-port", str(free_port()), "--postgres-port", str(free_port()),
             "--jetstream-sync", self.sync,
         ]  # fmt: skip
+        if self.cluster:
+            args += ["--nats-nodes", "3", "--scale", "matcher=2,dispatcher=2"]
         self.proc = subprocess.Popen(
             args, env=self.env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
         )
@@ -122,11 +128,20 @@ class System:
         state = read_state(self.home) or self.state
         assert state is not None
         found = {name: ep.pid for name, ep in state.services.items()}
-        for ports in (self.home / "nats" / "ports").glob("nats-server_*.ports"):
-            found["nats"] = int(ports.stem.rsplit("_", 1)[1])
+        for name, (pid, _) in self.nats_nodes().items():
+            found[name] = pid
         with contextlib.suppress(OSError, ValueError, IndexError):  # restarting
             pid_file = self.home / "postgres" / "postmaster.pid"
             found["postgres"] = int(pid_file.read_text().split()[0])
+        return found
+
+    def nats_nodes(self) -> dict[str, tuple[int, str]]:
+        """Each NATS server (``nats``, ``nats-2``, ...): its PID and monitoring URL."""
+        found = {}
+        for ports in self.home.glob("nats*/ports/nats-server_*.ports"):
+            with contextlib.suppress(OSError, ValueError, KeyError):  # being written
+                monitor = json.loads(ports.read_text())["monitoring"][0]
+                found[ports.parent.parent.name] = (int(ports.stem.rsplit("_", 1)[1]), monitor)
         return found
 
     def stop(self) -> None:
@@ -188,6 +203,8 @@ class Meter:
     find: Callable[[], dict[str, int]]
     cpu: dict[str, float] = field(default_factory=dict)
     peak_mb: dict[str, float] = field(default_factory=dict)
+    series: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """(wall-clock time, RSS MB by process) every two seconds: the soak's memory over time."""
     wall: float = 0.0
     _seen: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -214,9 +231,12 @@ class Meter:
                 pids = self._observe()
                 tick += 1
                 if tick % 2 == 0:
+                    sample: dict[str, float] = {}
                     for name, pid in pids.items():
                         mb = await asyncio.to_thread(tree_memory_mb, pid)
                         self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), mb)
+                        sample[name.split("-")[0]] = sample.get(name.split("-")[0], 0.0) + mb
+                    self.series.append((time.time(), sample))
 
     async def end(self) -> None:
         self.wall = time.monotonic() - self._t0
@@ -315,10 +335,15 @@ class Fault:
     target: str
     offset: float
     """Seconds after the load started."""
+    process: str = ""
+    """The process killed: ``target`` itself, or with replicas one of them (``matcher-2``); for
+    ``nats`` in a cluster, the node leading the inputs stream at that moment."""
     pid: int = 0
     killed_at: float = 0.0
     back_after: float | None = None
     """Seconds from the SIGKILL until the target answered again (ready, or accepting logins)."""
+    owned_after: float | None = None
+    """For a matcher: seconds from the SIGKILL until every partition it held had a new lease."""
 
 
 def fault_plan(seed: int, kills: int, seconds: float, only: list[str] | None = None) -> list[Fault]:
@@ -345,43 +370,108 @@ class Faults:
         self.plan = plan
 
     async def run(self, started: float) -> None:
-        for fault in self.plan:
+        for n, fault in enumerate(self.plan):
             await asyncio.sleep(max(0.0, started + fault.offset - time.time()))
-            pid = self.system.processes().get(fault.target)
+            fault.process = await self._choose(fault.target, n)
+            pid = self.system.processes().get(fault.process)
             if pid is None:
                 continue
+            held = await self._leases_of(fault.process) if fault.target == "matcher" else {}
             fault.pid, fault.killed_at = pid, time.time()
             os.kill(pid, signal.SIGKILL)
             back = await self._back(fault)
             fault.back_after = None if back is None else back - fault.killed_at
             shown = "not back in 60 s" if back is None else f"back after {fault.back_after:.2f} s"
-            say(f"fault: SIGKILL {fault.target} (pid {pid}) at +{fault.offset:.1f} s; {shown}")
+            if held:
+                owned = await self._owned_again(held, fault.killed_at + 60)
+                fault.owned_after = None if owned is None else owned - fault.killed_at
+                shown += f", its {len(held)} partitions owned again after " + (
+                    "-" if fault.owned_after is None else f"{fault.owned_after:.2f} s"
+                )
+            say(f"fault: SIGKILL {fault.process} (pid {pid}) at +{fault.offset:.1f} s; {shown}")
+
+    async def _choose(self, target: str, n: int) -> str:
+        """The process to kill: with replicas, each in turn; a NATS cluster's inputs leader."""
+        running = self.system.processes()
+        if target == "nats" and self.system.cluster:
+            return await self._inputs_leader() or "nats"
+        replicas = sorted(name for name in running if name.split("-")[0] == target)
+        return replicas[n % len(replicas)] if replicas else target
+
+    async def _inputs_leader(self) -> str | None:
+        for _, monitor in self.system.nats_nodes().values():
+            with contextlib.suppress(OSError, TimeoutError, aiohttp.ClientError, ValueError):
+                async with self.http.get(f"{monitor}/jsz?streams=true") as resp:
+                    body = await resp.json()
+                for account in body.get("account_details", []):
+                    for stream in account.get("stream_detail", []):
+                        if stream["name"].endswith("_INPUTS"):
+                            leader = str(stream.get("cluster", {}).get("leader", ""))
+                            node = leader.rsplit("-", 1)[-1]  # cairn-local-2 -> nats-2
+                            return "nats" if node == "1" else f"nats-{node}"
+        return None
+
+    async def _leases_of(self, process: str) -> dict[int, int]:
+        """partition -> epoch of the leases ``process`` holds now."""
+        state = self.system.state
+        assert state is not None
+        conn = await asyncpg.connect(state.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT partition, epoch FROM partition_leases WHERE owner = $1",
+                f"{socket.gethostname()}-{process}",
+            )
+        finally:
+            await conn.close()
+        return {r["partition"]: r["epoch"] for r in rows}
+
+    async def _owned_again(self, held: dict[int, int], deadline: float) -> float | None:
+        """When every partition of ``held`` has a live lease with a newer epoch."""
+        state = self.system.state
+        assert state is not None
+        while time.time() < deadline:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                conn = await asyncpg.connect(state.database_url, timeout=1)
+                try:
+                    rows = await conn.fetch(
+                        "SELECT partition, epoch FROM partition_leases"
+                        " WHERE partition = ANY($1::int[]) AND owner IS NOT NULL"
+                        " AND expires_at > now()",
+                        list(held),
+                    )
+                finally:
+                    await conn.close()
+                if sum(1 for r in rows if r["epoch"] > held[r["partition"]]) == len(held):
+                    return time.time()
+            await asyncio.sleep(0.05)
+        return None
 
     async def _back(self, fault: Fault) -> float | None:
         state = self.system.state
         assert state is not None
         deadline = time.time() + 60
         while time.time() < deadline:
-            now = self.system.processes().get(fault.target)
-            if now is not None and now != fault.pid and await self._answers(fault.target, state):
+            now = self.system.processes().get(fault.process)
+            if now is not None and now != fault.pid and await self._answers(fault.process, state):
                 return time.time()
             await asyncio.sleep(0.05)
         return None
 
-    async def _answers(self, target: str, state: LocalState) -> bool:
+    async def _answers(self, process: str, state: LocalState) -> bool:
         try:
-            if target == "postgres":
+            if process == "postgres":
                 conn = await asyncpg.connect(state.database_url, timeout=1)
                 await conn.close()
                 return True
+            nats = self.system.nats_nodes()
             url = (
-                f"{state.nats_monitor_url}/healthz"
-                if target == "nats"
-                else f"{state.services[target].health_url}/readyz"
+                f"{nats[process][1]}/healthz"
+                if process in nats
+                else f"{state.services[process].health_url}/readyz"
             )
             async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
                 return resp.status == 200
-        except (OSError, TimeoutError, aiohttp.ClientError, asyncpg.PostgresError):
+        except (OSError, TimeoutError, KeyError, aiohttp.ClientError, asyncpg.PostgresError):
             return False
 
 
@@ -402,8 +492,8 @@ def fault_report(
             continue
         window = (f.killed_at, f.killed_at + 15)
         out.append({
-            "target": f.target, "offset_s": round(f.offset, 2), "pid": f.pid,
-            "back_after_s": f.back_after,
+            "target": f.process, "offset_s": round(f.offset, 2), "pid": f.pid,
+            "back_after_s": f.back_after, "partitions_owned_after_s": f.owned_after,
             "accept_gap_s": longest_gap(loaded.accepted_at, *window),
             "send_gap_s": longest_gap(sends, *window),
         })  # fmt: skip
@@ -564,14 +654,19 @@ class Bench:
         nats_after = await nats_counters(self.http, state.nats_monitor_url)
         runs_arrivals = [a for a in await self.arrivals() if parse_cart_id(a.cart_id)[0] == run]
         logs = self.system.log.read_bytes()[log_offset:].decode(errors="replace")
+        async with self.http.get(f"{self.customers_url}/reactions") as resp:
+            reacted: dict[str, float] = await resp.json()
         result = analyse(
             args, run, carts, rate, loaded, runs_arrivals, meter, db_before, db_after,
-            nats_before, nats_after, log_warnings(logs),
+            nats_before, nats_after, log_warnings(logs), reacted,
         )  # fmt: skip
         states = await end_states(state.database_url, run)
         wrong = []
+        late = set(result["after_late_reaction"]["carts"])
         for i in range(carts):
             c = cart(args.seed, run, i)
+            if c.cart_id in late and states.get(c.cart_id) == ["completed"]:
+                continue  # its order came after its push: the journey had ended
             if sorted(states.get(c.cart_id, [])) != expected_state(c):
                 wrong.append(f"{c.cart_id} {states.get(c.cart_id, [])} ({c.reaction})")
         result["problems"]["wrong_end_state"] = {"count": len(wrong), "examples": wrong[:5]}
@@ -610,6 +705,7 @@ def analyse(
     nats_before: dict[str, int],
     nats_after: dict[str, int],
     warnings: dict[str, Any],
+    reacted: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     got: dict[str, dict[str, list[Arrival]]] = defaultdict(lambda: defaultdict(list))
     for a in sorted(arrivals, key=lambda a: a.at):
@@ -624,23 +720,27 @@ def analyse(
     per_channel: Counter[str] = Counter()
     expected_per_channel: Counter[str] = Counter()
     duplicate_keys: list[dict[str, Any]] = []
+    after_late_reaction: list[str] = []
     for i in range(carts):
         c = cart(args.seed, run, i)
         mine = got.get(c.cart_id, {})
         want = c.expected()
         expected_per_channel.update(want)
+        firsts = {ch: mine[ch][0].at for ch in mine}
+        late = late_sends(c.reaction, (reacted or {}).get(c.cart_id), firsts, args)
         for channel in ("email", "sms", "push"):
             n = len(mine.get(channel, []))
             per_channel[channel] += n
             if channel in want and n == 0:
                 missing.append(f"{c.cart_id} {channel} ({c.reaction})")
+            elif channel not in want and n and channel in late:
+                after_late_reaction.append(f"{c.cart_id} {channel} ({c.reaction})")
             elif channel not in want and n:
                 unexpected.append(f"{c.cart_id} {channel} ({c.reaction}, value 0: {c.zero_value})")
             elif n > 1:
                 duplicates.append(f"{c.cart_id} {channel} x{n}")
                 ids = [a.delivery_id for a in mine[channel]]
                 duplicate_keys.append({"cart": c.cart_id, "channel": channel, "delivery_ids": ids})
-        firsts = {ch: mine[ch][0].at for ch in mine}
         if "email" in firsts and c.cart_id in loaded.sent_at:
             email_latency.append(firsts["email"] - loaded.sent_at[c.cart_id])
         if "sms" in firsts and "email" in firsts:
@@ -651,6 +751,7 @@ def analyse(
         if order != sorted(order) or ("push" in firsts and "sms" not in firsts):
             out_of_order.append(c.cart_id)
     load_seconds = max(loaded.finished - loaded.started, 1e-9)
+    minutes = per_minute(loaded, got, meter) if args.soak else None
     emails = [a.at for a in arrivals if a.channel == "email"]
     keep_up = len(emails) / max(max(emails) - loaded.started, 1e-9) if emails else 0.0
     cpu_total = sum(meter.cpu.values())
@@ -682,6 +783,11 @@ def analyse(
         "problems": {
             name: {"count": len(items), "examples": items[:5]} for name, items in problems.items()
         },
+        "after_late_reaction": {
+            "count": len(after_late_reaction),
+            "examples": after_late_reaction[:5],
+            "carts": sorted({e.split()[0] for e in after_late_reaction}),
+        },
         "duplicate_delivery_ids": duplicate_keys[:20],
         "wall_s": meter.wall,
         "cpu_s": meter.cpu,
@@ -703,7 +809,66 @@ def analyse(
             "nats_in_msgs_per_cart": (nats_after["in_msgs"] - nats_before["in_msgs"]) / carts,
         },
         "log_warnings": warnings,
+        **({"per_minute": minutes, "drift": drift(minutes)} if minutes else {}),
     }
+
+
+def per_minute(
+    loaded: LoadResult, got: dict[str, dict[str, list[Arrival]]], meter: Meter
+) -> list[dict[str, Any]]:
+    """Each minute of the load: carts sent, event->email percentiles of those carts, and the
+    RSS of every process (MB, replicas summed) at the minute's last sample."""
+    latency: dict[int, list[float]] = defaultdict(list)
+    sent: Counter[int] = Counter()
+    for cart_id, at in loaded.sent_at.items():
+        minute = int((at - loaded.started) // 60)
+        sent[minute] += 1
+        if emails := got.get(cart_id, {}).get("email"):
+            latency[minute].append(emails[0].at - at)
+    rows = []
+    for minute in sorted(sent):
+        end = loaded.started + 60 * (minute + 1)
+        rss = next((mb for t, mb in reversed(meter.series) if t <= end), {})
+        rows.append({"minute": minute + 1, "carts": sent[minute],
+                     "event_to_email_s": percentiles(latency[minute]), "rss_mb": rss})  # fmt: skip
+    return rows
+
+
+def drift(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the soak stayed flat: each process's RSS growth per minute after the first two
+    (warm-up) by least squares, and p99 event->email of the first and last full minute."""
+    steady = [r for r in rows[2:-1] if r["rss_mb"]] or rows
+    xs = [float(r["minute"]) for r in steady]
+    slope: dict[str, float] = {}
+    for name in steady[0]["rss_mb"] if steady else []:
+        ys = [r["rss_mb"].get(name, 0.0) for r in steady]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        slope[name] = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if (
+            var) else 0.0  # fmt: skip
+    full = [r for r in rows[:-1] if r["event_to_email_s"]]
+    return {
+        "rss_mb_per_minute": slope,
+        "p99_first_s": full[0]["event_to_email_s"]["p99"] if full else None,
+        "p99_last_s": full[-1]["event_to_email_s"]["p99"] if full else None,
+    }
+
+
+def late_sends(
+    reaction: str, accepted: float | None, firsts: dict[str, float], args: argparse.Namespace
+) -> set[str]:
+    """The follow-ups a customer's open or order no longer stops because Cairn accepted it only
+    after the wait had ended: its requests were refused (503, retried) while the system could not
+    store them. The wait ends at the email's request + T, before its arrival + T; Cairn cannot
+    act on an event it has not accepted, so these sends are right. An open or order Cairn
+    answered 200 to in time (a tracking hit ingest held back, say) explains nothing."""
+    if accepted is None or "email" not in firsts or accepted <= firsts["email"] + args.within:
+        return set()
+    if reaction == "open":
+        return {"sms", "push"}  # an open stops nothing after its wait
+    if "sms" in firsts and accepted > firsts["sms"] + args.pause:
+        return {"sms", "push"}
+    return {"sms"}
 
 
 def fault_run_passed(result: dict[str, Any]) -> bool:
@@ -760,6 +925,12 @@ def show(result: dict[str, Any]) -> None:
     for name, problem in result["problems"].items():
         if problem["count"]:
             lines.append(f"  {name}: {', '.join(problem['examples'])}")
+    if late := result["after_late_reaction"]["count"]:
+        lines.append(
+            f"  right, after a late reaction: {late} follow-ups to customers whose open or order"
+            " Cairn accepted only after the wait had ended (refused while it could not store"
+            f" them, retried): {', '.join(result['after_late_reaction']['examples'])}"
+        )
     pg = result["postgres"]
     js = result["jetstream"]
     lines += [
@@ -782,13 +953,29 @@ def show(result: dict[str, Any]) -> None:
         lines.append(f"log warnings       {who}: {w['total']}  {w['top']}")
     for f in result.get("faults", []):
         back = "never" if f["back_after_s"] is None else f"{f['back_after_s']:.2f} s"
+        owned = f.get("partitions_owned_after_s")
         lines.append(
-            f"fault  +{f['offset_s']:6.1f} s  SIGKILL {f['target']:<10} back {back:>8}  "
+            f"fault  +{f['offset_s']:6.1f} s  SIGKILL {f['target']:<12} back {back:>8}  "
             f"longest gap: accepts {f['accept_gap_s']:.2f} s, sends {f['send_gap_s']:.2f} s"
+            + ("" if owned is None else f"; partitions owned again after {owned:.2f} s")
         )
     for name, top in result.get("profile", {}).items():
         lines.append(f"profile {name}: " + "; ".join(f"{100 * share:.1f}% {frame}"
                                                     for frame, share in top))  # fmt: skip
+    if rows := result.get("per_minute"):
+        names = sorted(rows[-1]["rss_mb"])
+        lines.append("minute  carts  e->email p50   p99 ms   RSS MB " + " ".join(
+            f"{n[:9]:>9}" for n in names))  # fmt: skip
+        for r in rows:
+            lat = r["event_to_email_s"] or {"p50": float("nan"), "p99": float("nan")}
+            lines.append(
+                f"{r['minute']:6d} {r['carts']:6d} {lat['p50'] * 1000:13.1f} "
+                f"{lat['p99'] * 1000:8.1f}        "
+                + " ".join(f"{r['rss_mb'].get(n, 0.0):9.0f}" for n in names)
+            )
+        d = result["drift"]
+        lines.append("RSS drift MB/min   " + "  ".join(
+            f"{k} {v:+.2f}" for k, v in d["rss_mb_per_minute"].items()))  # fmt: skip
     if "fault_run_passed" in result:
         lines.append(f"FAULT RUN {'PASSED' if result['fault_run_passed'] else 'FAILED'}")
     print("\n".join(lines), flush=True)
@@ -804,7 +991,7 @@ async def session(args: argparse.Namespace, sync: str) -> dict[str, Any]:
         if not args.keep:
             cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
         home = Path(tmp) / "cairn"
-        system = System(home, sync)
+        system = System(home, sync, cluster=args.cluster)
         customers: subprocess.Popen[bytes] | None = None
         try:
             say(f"starting the system (cairn up, JetStream sync {sync}) in {home}")
@@ -879,6 +1066,14 @@ async def runs(args: argparse.Namespace, bench: Bench) -> list[dict[str, Any]]:
     return results
 
 
+def duration(value: str) -> float:
+    """``90s``, ``30m``, ``1h`` (or plain seconds) as seconds."""
+    match = re.fullmatch(r"([0-9.]+)(s|m|h)?", value)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a duration such as 90s, 30m, 1h")
+    return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2] or "s"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--carts", type=int, help="carts per run (default 20,000; rate x --seconds)")
@@ -894,6 +1089,16 @@ def main() -> None:
     p.add_argument(
         "--fault-targets", type=lambda v: v.split(","),
         help="only these, --kills times each (e.g. nats,matcher)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cluster", action="store_true",
+        help="scaled out: 3 NATS nodes (R3 streams), 2 matchers, 2 dispatchers; with --faults, "
+        "SIGKILL the inputs stream's leader node and one replica of each",
+    )  # fmt: skip
+    p.add_argument(
+        "--soak", type=duration, metavar="DURATION",
+        help="e.g. 30m: --rate (default 75, half the sustained rate) for this long, with a "
+        "per-minute table of latency and every process's memory",
     )  # fmt: skip
     p.add_argument("--ladder", action="store_true", help="find the highest rate that keeps up")
     p.add_argument("--ladder-start", type=float, default=50.0)
@@ -914,6 +1119,11 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the data folder (logs, databases)")
     p.add_argument("--profile", action="store_true", help="sample each service with py-spy")
     args = p.parse_args()
+    if args.soak:
+        args.rate = args.rate or 75.0
+        args.seconds = args.soak
+    if args.faults and args.cluster and args.fault_targets is None:
+        args.fault_targets = ["nats", "matcher", "dispatcher"]
     if args.faults and args.rate <= 0:
         args.rate = 30.0
     if args.seconds is None:
