@@ -37,7 +37,9 @@ class Part:
     argv: list[str]
     quick: list[str]
     json: bool = True
-    """The part writes its figures as JSON (``--out``); else only its printed output counts."""
+    """The part's JSON is an end-to-end report (tables); else its printed output is shown."""
+    out: bool = True
+    """The part takes ``--out FILE`` for its JSON."""
 
 
 FAULTS = "--faults --rate 30 --kills 2 --within 5 --pause 3"
@@ -56,18 +58,22 @@ PARTS = [
          f"{E2E} --cluster {FAULTS} --kills 1 --seconds 60".split()),
     Part("soak", "Soak at half the sustained rate", f"{E2E} --soak 30m --rate 75".split(),
          f"{E2E} --soak 5m --rate 75 --idle-seconds 0".split()),
+    Part("parked", "1,000,000 instances waiting, the whole system up; 100,000 come due in 10 s",
+         ["bench/e2e/parked.py"], ["bench/e2e/parked.py", "--total", "100000", "--due", "20000"],
+         json=False),
     Part("timers", "Scheduler: 1,000,000 timers waiting, 100,000 due within 10 s",
          ["bench/engine/timers.py"],
-         ["bench/engine/timers.py", "--total", "200000", "--due", "50000"], json=False),
+         ["bench/engine/timers.py", "--total", "200000", "--due", "50000"], json=False,
+         out=False),
     Part("matcher", "Matcher alone: backlog drain and steady rate", ["bench/engine/matcher.py"],
-         ["bench/engine/matcher.py", "--backlog", "5000"], json=False),
+         ["bench/engine/matcher.py", "--backlog", "5000"], json=False, out=False),
 ]  # fmt: skip
 
 
 def run_part(part: Part, argv: list[str], folder: Path) -> dict[str, Any]:
     out = folder / f"{part.name}.json"
     log = folder / f"{part.name}.log"
-    command = [sys.executable, *argv, *(["--out", str(out)] if part.json else [])]
+    command = [sys.executable, *argv, *(["--out", str(out)] if part.out else [])]
     print(f"report | {part.name}: {' '.join(argv)}", flush=True)
     started = time.monotonic()
     with log.open("wb") as sink:

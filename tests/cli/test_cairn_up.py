@@ -49,6 +49,25 @@ def _start_up(
     )  # fmt: skip
 
 
+def _kill_all(proc: subprocess.Popen[str], home: Path) -> None:
+    """A test that failed half-way: `cairn up` killed, and the servers and services it started
+    (each in a session of its own, so they outlive it) with it, so they do not load the machine
+    for every later test."""
+    if proc.poll() is not None:
+        return  # it stopped by itself, and stopped what it started
+    proc.kill()
+    proc.wait(10)
+    pids = [int(f.stem.rsplit("_", 1)[1]) for f in home.glob("nats*/ports/nats-server_*.ports")]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids.append(int((home / "postgres" / "postmaster.pid").read_text().split()[0]))
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        services = json.loads((home / "state.json").read_text())["services"]
+        pids += [s["pid"] for s in services.values()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _read_until_up(proc: subprocess.Popen[str]) -> str:
     assert proc.stdout is not None
     seen: list[str] = []
@@ -160,8 +179,7 @@ def test_up_reports_every_part_healthy_and_ctrl_c_leaves_nothing_behind(tmp_path
                 proc.wait(timeout=0.3)
         assert proc.wait(timeout=5) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_all(proc, home)
     assert not [pid for pid in pids if _alive(pid)]
     assert not (home / "state.json").exists()
     code, report = _status(home)
@@ -178,8 +196,7 @@ def test_second_run_resumes_with_the_data_it_left(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _kill_all(proc, home)
     # The second start found its database and migrations in place.
     assert "migrations: up to date" in output
     # ... and JetStream at the server's own sync interval, as asked.
@@ -234,8 +251,7 @@ def test_up_restarts_nats_and_postgres_and_the_services_carry_on(tmp_path: Path)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_all(proc, home)
 
 
 def _monitor(url: str) -> dict[str, Any]:
@@ -348,8 +364,7 @@ def test_up_scaled_out_runs_a_nats_cluster_and_replicas_and_loses_a_node(tmp_pat
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_all(proc, home)
 
 
 @pytest.mark.parametrize("value", ["ingest=2", "matcher=0", "matcher", "dispatcher=x"])
