@@ -34,6 +34,8 @@ class Recorded(msgspec.Struct):
     query: dict[str, str]
     raw_path: str = ""
     """The path as sent, percent-encoding kept (``path`` is decoded)."""
+    at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    """When the sink received it."""
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -57,21 +57,55 @@ class Profile:
     """One profile driven through the interpreter, with a clock and a log of every effect.
 
     State goes through encode/decode after every input, as it does in the matcher.
+
+    With ``dispatch=True`` (the default) every requested send is reported ``sent`` at once, as a
+    dispatcher with no backlog would; with ``dispatch=False`` the test reports outcomes itself
+    (:meth:`result`) and ``requested`` lists the sends still waiting for one.
     """
 
-    def __init__(self, cat: Catalogue, profile_id: str = "user-1", now: datetime = T0) -> None:
+    def __init__(
+        self,
+        cat: Catalogue,
+        profile_id: str = "user-1",
+        now: datetime = T0,
+        *,
+        dispatch: bool = True,
+    ) -> None:
         self.catalogue = cat
         self.profile_id = profile_id
         self.now = now
         self.state = ProfileState(profile_id=profile_id)
         self.log: list[Effect | TimerFiredMark] = []
         self._seq = 0
+        self.dispatch = dispatch
 
     def apply(self, inp: ProfileInput) -> list[Effect]:
         state, effects = run_input(self.state, inp, catalogue=self.catalogue, now=self.now)
         self.state = decode_state(encode_state(state))
         self.log.extend(effects)
+        if self.dispatch:
+            for effect in list(effects):
+                if isinstance(effect, SendRequested):
+                    effects.extend(self.result(effect, "sent"))
         return effects
+
+    def requested(self) -> list[SendRequested]:
+        """Sends whose instance still waits for their outcome."""
+        waiting = {
+            (i.id, i.pending.step_id)
+            for i in self.state.instances
+            if i.pending is not None and i.pending.kind == "send"
+        }
+        return [
+            e
+            for e in self.log
+            if isinstance(e, SendRequested)
+            and (e.delivery.instance_id, e.delivery.step_id) in waiting
+            and any(
+                i.sends.get(e.delivery.step_id) == e.delivery.delivery_id
+                for i in self.state.instances
+            )
+        ]
 
     def _id(self) -> str:
         self._seq += 1
@@ -149,6 +183,7 @@ class Profile:
 
     def result(self, send: SendRequested, outcome: str, **extra: Any) -> list[Effect]:
         d = send.delivery
+        extra.setdefault("at", self.now)
         return self.apply(
             DeliveryResult(
                 delivery_id=d.delivery_id,
@@ -157,7 +192,6 @@ class Profile:
                 instance_id=d.instance_id,
                 step_id=d.step_id,
                 outcome=outcome,  # type: ignore[arg-type]
-                at=self.now,
                 channel=d.channel,
                 destination=d.destination,
                 **extra,

@@ -105,7 +105,7 @@ async def outcome(
             await pool.fetchval("SELECT count(*) FROM journey_instances WHERE status <> 'active'")
             < total
         ):
-            await deliveries.poll()
+            await asyncio.sleep(0.2)
     await deliveries.settle(quiet=2.0)
     rows = await pool.fetch("SELECT profile_id, unique_value, status FROM journey_instances")
     assert len(rows) == total, "one instance per cart, none duplicated by a replay"
@@ -123,7 +123,7 @@ async def setup(
 ) -> tuple[asyncpg.Pool, Inputs, Deliveries]:
     pool = await prepared(database_url, js, topology)
     await publish_journey(pool, CART)
-    return pool, Inputs(js, topology, P), await Deliveries(js, topology).start()
+    return pool, Inputs(js, topology, P), await Deliveries(js, topology, P).start()
 
 
 async def test_crash_free_run(

@@ -148,7 +148,7 @@ async def engine(
     matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P))
     scheduler = spawn("cairn_scheduler", CAIRN_PARTITIONS=str(P))
     await asyncio.gather(matcher.wait_ready(), scheduler.wait_ready())
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P).start()
     yield Engine(pool, Inputs(js, topology, P), deliveries, matcher)
     await pool.close()
 

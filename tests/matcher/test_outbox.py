@@ -96,7 +96,7 @@ async def assert_refused_and_reported(
 async def assert_only_published(
     js: JetStreamContext, topology: Topology, *published: DeliveryRequested
 ) -> None:
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P, report=False).start()  # results: the relay's
     await deliveries.until(len(published), timeout=20)
     seen = await deliveries.settle(quiet=0.5)
     assert [d.delivery_id for d in seen] == [r.delivery_id for r in published]
@@ -222,7 +222,7 @@ async def test_a_profile_grown_past_the_bound_fails_its_send_and_the_neighbours_
         "WHERE ji.profile_id = 'ann' AND t.step_id = 'after'",
         expect=1,
     )  # the failed send finished its step: ann's journey went on to the wait
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P).start()
     await deliveries.until(1, timeout=20)
     assert [d.profile_id for d in await deliveries.settle(quiet=0.5)] == ["bob"]
     dlq = await js.get_last_msg(

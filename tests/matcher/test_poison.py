@@ -78,7 +78,7 @@ async def test_a_nul_in_a_trait_is_dead_lettered_and_its_partition_goes_on(
 
     spawn("cairn_matcher", CAIRN_PARTITIONS=str(P))
 
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P).start()
     await deliveries.until(4, timeout=30)
     sent = await deliveries.settle(quiet=0.5)
     assert sorted(d.profile_id for d in sent) == sorted([ann, *neighbours])
@@ -116,7 +116,7 @@ async def test_traits_past_their_budget_are_refused_and_the_profile_goes_on(
 
     spawn("cairn_matcher", CAIRN_PARTITIONS=str(P), CAIRN_MAX_PROFILE_TRAITS_BYTES="4096")
 
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P).start()
     [sent] = await deliveries.until(1, timeout=30)
     assert sent.address == "ann@example.com"
     assert set(sent.profile) >= {"a", "b"}
@@ -166,7 +166,7 @@ async def test_a_partition_that_cannot_commit_waits_says_so_and_loses_nothing(
         finally:
             await lock.rollback()
 
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, P).start()
     await deliveries.until(1, timeout=30)
     assert [d.profile_id for d in await deliveries.settle(quiet=0.5)] == ["ann"]
     async with asyncio.timeout(20):

@@ -43,7 +43,7 @@ async def test_tracked_cart_abandonment_walks_the_journey_to_the_final_push(
         spawn("cairn_scheduler", CAIRN_PARTITIONS=P),
     ]
     await asyncio.gather(*(p.wait_ready() for p in procs))
-    deliveries = await Deliveries(js, topology).start()
+    deliveries = await Deliveries(js, topology, int(P)).start()
 
     auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}", headers=auth) as http:

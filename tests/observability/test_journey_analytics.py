@@ -121,7 +121,8 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     )
 
     # ann opens the email; bob does not (SMS, then no push token: skipped); cy has no email
-    # address (skipped) and orders at once (exit + conversion).
+    # address (skipped: nothing to open, so on at once to the SMS, skipped too, and the pause)
+    # and orders at once (exit + conversion).
     for user, traits in [("ann", {"email": "ann@example.test", "phone": "+15550001"}),
                          ("bob", {"email": "bob@example.test", "phone": "+15550002"})]:  # fmt: skip
         await system.post("/v1/identify", {"userId": user, "traits": traits})
@@ -138,7 +139,7 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     assert await system.get(pixel) == 200
     assert await system.get(pixel) == 200  # a second mail client loads it too: one unique open
     await eventually(lambda: _status(pool, "c1", "completed"))  # ann's wait_for matched
-    await system.start("scheduler")  # bob's and cy's waits time out now
+    await system.start("scheduler")  # bob's wait times out now
 
     stats = await _settled(system)
     assert (stats["entered"], stats["completed"], stats["converted"]) == (3, 2, 1)
@@ -149,9 +150,15 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     assert (email["requested"], email["sent"], email["opened"], email["clicked"]) == (2, 2, 1, 0)
     assert (email["skipped"], email["reasons"]) == (1, {"skipped": {"no address": 1}})
     assert email["open_rate"] == 50.0
-    assert steps["opened"]["counters"] == {"reached": 3, "matched": 1, "timed_out": 1}
+    assert steps["opened"]["counters"] == {
+        "reached": 3,
+        "matched": 1,
+        "timed_out": 1,
+        "not_sent": 1,  # the skipped email: nothing to open, its wait ended at once
+        "not_sent:skipped": 1,
+    }
     sms = steps["text-reminder"]["sends"]
-    assert (sms["requested"], sms["sent"], sms["failed"]) == (1, 1, 0)
+    assert (sms["requested"], sms["sent"], sms["failed"], sms["skipped"]) == (1, 1, 0, 1)
     push = steps["final-push"]["sends"]
     assert (push["requested"], push["sent"], push["skipped"]) == (0, 0, 1)
     (today,) = stats["series"]
@@ -186,7 +193,7 @@ async def test_the_funnel_counts_each_send_outcome_and_unique_open_once(
     assert row_of["initial-email"][:9] == [
         "initial-email", "send", "3", "2", "2", "1", "(50%)", "0", "1",
     ]  # fmt: skip
-    assert row_of["text-reminder"][:8] == ["text-reminder", "send", "1", "1", "1", "0", "0", "0"]
+    assert row_of["text-reminder"][:8] == ["text-reminder", "send", "2", "1", "1", "0", "0", "1"]
     assert "initial-email skipped: no address 1" in lines
     assert "final-push skipped: no address 1" in lines
     await pool.close()

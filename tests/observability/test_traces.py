@@ -127,11 +127,12 @@ async def test_one_trace_runs_from_the_tracking_request_to_the_provider_call(
     assert result.destination.endswith(".result")
     assert sink.requests[0].headers["traceparent"].split("-")[1] == request.trace_id
 
-    # The wait's fire: a trace of its own that links to the span that set the timer.
+    # The wait's fire: a trace of its own that links to the span that set the timer (the wait
+    # starts when the send's result arrives: it counts from the real sending).
     (fire,) = collector.find(service="cairn-scheduler", kind="PRODUCER")
     assert fire.destination.endswith(".timer")
     assert fire.trace_id != request.trace_id
-    assert fire.links == (Link(request.trace_id, matched.span_id),)
+    assert fire.links == (Link(request.trace_id, result.span_id),)
     timer = _child(spans, fire, service="cairn-matcher", kind="CONSUMER")
     _delivery_chain(spans, timer)
     assert sink.requests[1].headers["traceparent"].split("-")[1] == fire.trace_id

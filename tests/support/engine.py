@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -13,11 +14,20 @@ from typing import Any
 import aiohttp
 import asyncpg
 import msgspec
+from nats.errors import ConnectionClosedError
 from nats.js.client import JetStreamContext
 
 from cairn_common.bus import provision_topology, publish
 from cairn_common.db import apply_migrations
-from cairn_common.messages import DeadLetter, DeliveryRequested, Event, EventType, decode
+from cairn_common.messages import (
+    DeadLetter,
+    DeliveryOutcome,
+    DeliveryRequested,
+    DeliveryResult,
+    Event,
+    EventType,
+    decode,
+)
 from cairn_common.partitioning import partition_for
 from cairn_common.topology import Topology
 
@@ -114,42 +124,98 @@ class Inputs:
 
 
 class Deliveries:
-    """Takes delivery requests from the dispatcher's durable consumer and keeps them all
-    (duplicates included: a request emitted twice would show up twice)."""
+    """Stands in for the dispatcher: takes delivery requests from its durable consumer, keeps
+    them all (duplicates included: a request emitted twice would show up twice) and, as a
+    dispatcher with no backlog would, reports each one ``sent`` into the profile's partition
+    (journeys move past a send only when its outcome is known). ``report=False`` keeps the
+    outcomes back; :meth:`report` sends one by hand."""
 
-    def __init__(self, js: JetStreamContext, topology: Topology) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        topology: Topology,
+        partitions: int,
+        *,
+        report: bool = True,
+    ) -> None:
         self._js = js
         self._topology = topology
+        self._partitions = partitions
+        self._report = report
         self.seen: list[DeliveryRequested] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Deliveries:
         self._sub = await self._js.pull_subscribe_bind(
             durable=self._topology.dispatcher_consumer, stream=self._topology.deliveries_stream
         )
+        self._task = asyncio.create_task(self._run())
         return self
 
-    async def poll(self, wait: float = 0.2) -> None:
-        try:
-            msgs = await self._sub.fetch(500, timeout=wait)
-        except TimeoutError:
-            return
-        for m in msgs:
-            request = decode(m.data)
-            assert isinstance(request, DeliveryRequested)
-            self.seen.append(request)
-            await m.ack()
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                msgs = await self._sub.fetch(500, timeout=0.2)
+            except TimeoutError:
+                continue
+            except ConnectionClosedError:
+                return  # the test is over (its connection closed): nothing more to take
+            for m in msgs:
+                request = decode(m.data)
+                assert isinstance(request, DeliveryRequested)
+                self.seen.append(request)
+                if self._report:
+                    await self.report(request)
+                await m.ack()
+            self._arrived.set()
+
+    async def report(
+        self, request: DeliveryRequested, outcome: DeliveryOutcome = "sent", **extra: Any
+    ) -> DeliveryResult:
+        partition = partition_for(request.profile_id, self._partitions)
+        result = DeliveryResult(
+            delivery_id=request.delivery_id,
+            profile_id=request.profile_id,
+            partition=partition,
+            instance_id=request.instance_id,
+            step_id=request.step_id,
+            outcome=outcome,
+            at=extra.pop("at", None) or datetime.now(UTC),
+            channel=request.channel,
+            destination=request.destination,
+            **extra,
+        )
+        await publish(
+            self._js,
+            self._topology.input_subject(partition, "result"),
+            result,
+            msg_id=f"result:{request.delivery_id}:{outcome}",
+        )
+        return result
+
+    async def _next(self, wait: float) -> None:
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout=wait)
 
     async def until(self, count: int, timeout: float = 60.0) -> list[DeliveryRequested]:
         async with asyncio.timeout(timeout):
             while len(self.seen) < count:
-                await self.poll()
+                await self._next(0.2)
         return self.seen
 
     async def settle(self, quiet: float = 1.5) -> list[DeliveryRequested]:
-        """Poll until nothing new arrives for ``quiet`` seconds."""
+        """Wait until nothing new arrives for ``quiet`` seconds."""
         while True:
             before = len(self.seen)
-            await self.poll(wait=quiet)
+            await asyncio.sleep(quiet)
             if len(self.seen) == before:
                 return self.seen
 

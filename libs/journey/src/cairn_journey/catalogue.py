@@ -28,6 +28,7 @@ class CompiledJourney:
     """One published version with its steps indexed by id."""
 
     __slots__ = (
+        "awaited_sends",
         "events",
         "exits",
         "first",
@@ -53,6 +54,12 @@ class CompiledJourney:
         self.wait_for_events = frozenset(
             s.wait_for.event for s in self.steps.values() if isinstance(s, WaitForStep)
         )
+        self.awaited_sends = frozenset(
+            s.wait_for.of
+            for s in self.steps.values()
+            if isinstance(s, WaitForStep) and s.wait_for.of is not None
+        )
+        """Send steps a ``wait_for … of:`` refers to (their correlated events are kept)."""
         events = {journey.trigger.event, *self.exits, *self.wait_for_events}
         if journey.goal is not None:
             events.add(journey.goal.event)
@@ -67,8 +74,8 @@ class CompiledJourney:
             self.steps[step.id] = step
             self.next_step[step.id] = following
             if isinstance(step, WaitForStep):
-                self._index(step.wait_for.matched, following)
-                self._index(step.wait_for.timed_out, following)
+                for _, nested in step.wait_for.paths():
+                    self._index(nested, following)
             elif isinstance(step, BranchStep):
                 for case in step.branch.cases:
                     self._index(case.steps, following)
@@ -143,5 +150,9 @@ class Catalogue:
                 return bool(self.compiled)
             return self.interested(inp.event if inp.type == "track" else inp.name)
         if isinstance(inp, DeliveryResult):
-            return self.interested(delivery_event_name(inp))
+            # Every final outcome moves the instance that waits on its send; a deferral only
+            # matters to a journey that awaits the event it names (none: it has no name).
+            if inp.outcome == "deferred":
+                return self.interested(delivery_event_name(inp))
+            return bool(self.compiled)
         return True

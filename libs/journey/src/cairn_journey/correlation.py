@@ -23,6 +23,7 @@ _OUTCOME_VERB = {
     "sent": "Delivered",
     "failed": "Failed",
     "dead_lettered": "Failed",
+    "bounced": "Failed",
     "skipped": "Skipped",
     "suppressed": "Suppressed",
     "dropped": "Dropped",

@@ -52,7 +52,7 @@ class TimerSet(EffectBase, frozen=True, kw_only=True):
     instance_id: str
     step_id: str
     due_at: datetime
-    kind: Literal["wait", "wait_for"]
+    kind: Literal["wait", "wait_for", "send"]
 
 
 class TimerCancelled(EffectBase, frozen=True, kw_only=True):

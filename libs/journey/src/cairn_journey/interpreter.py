@@ -94,14 +94,16 @@ _EMPTY: dict[str, Any] = {}
 def _delivery_result(
     state: ProfileState, inp: DeliveryResult, catalogue: Catalogue, now: datetime
 ) -> tuple[ProfileState, list[Effect]]:
-    """A delivery result acts as the event :func:`delivery_event_name` names."""
+    """A delivery result finishes the send step waiting on it, then acts as the event
+    :func:`delivery_event_name` names."""
     name = delivery_event_name(inp)
     key = f"{inp.delivery_id}:{inp.outcome}"
     fingerprint = input_fingerprint(key)
     if name is None or fingerprint in state.seen:
-        return state, []
+        return state, []  # ``deferred``: it will be tried again, the instance keeps waiting
     run = ProfileRun(state, inp.profile_id, catalogue, now)
     run.expire()
+    run.on_outcome(inp)
     scope = Scope(delivery_event_properties(inp), _EMPTY, run.traits, name)
     run.on_event(name, key, scope, inp.at)
     run.remember(fingerprint, SEEN_KEPT)

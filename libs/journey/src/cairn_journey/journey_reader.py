@@ -32,6 +32,7 @@ from cairn_journey.model import (
 from cairn_journey.reader import join
 
 STEP_KINDS = ("send", "wait", "wait_for", "branch", "split")
+WAIT_FOR_KEYS = ("event", "within", "of", "match", "where", "matched", "timed_out", "not_sent")
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 FULL_DAYS = {
@@ -260,17 +261,26 @@ class JourneyReader(ConditionReader):
         data = self.mapping(value, path, line)
         if data is None:
             return None
-        self.keys(data, path, allowed=("channel", "destination", "template", "to"))
+        self.keys(
+            data, path, allowed=("channel", "destination", "template", "to", "outcome_within")
+        )
         channel = self.name(data, "channel", path)
         destination = self.name(data, "destination", path)
         template = self.name(data, "template", path)
         to = self.property_path(data, "to", path)
+        outcome_within = self.duration(data, "outcome_within", path)
         if ("channel" in data) == ("destination" in data):
             self.problem(path, "a send names exactly one of channel or destination", line)
             return None
         if "channel" in data and "template" not in data:
             self.problem(join(path, "template"), "required but missing", line)
-        return Send(channel=channel, destination=destination, template=template, to=to)
+        return Send(
+            channel=channel,
+            destination=destination,
+            template=template,
+            to=to,
+            outcome_within=outcome_within,
+        )
 
     def wait(self, value: Any, path: str, line: int | None) -> Wait | None:
         if isinstance(value, str):
@@ -330,7 +340,7 @@ class JourneyReader(ConditionReader):
         self.keys(
             data,
             path,
-            allowed=("event", "within", "of", "match", "where", "matched", "timed_out"),
+            allowed=WAIT_FOR_KEYS,
             required=("event", "within"),
         )
         event = self.string(data, "event", path)
@@ -355,9 +365,22 @@ class JourneyReader(ConditionReader):
             self.line_in(data, "timed_out"),
             sends_before,
         )
+        not_sent = self.steps(
+            data.get("not_sent"),
+            join(path, "not_sent"),
+            self.line_in(data, "not_sent"),
+            sends_before,
+        )
+        if "not_sent" in data and of is None:
+            self.problem(
+                join(path, "not_sent"),
+                "only goes with of (the send whose message may not have been sent)",
+                self.line_in(data, "not_sent"),
+            )
         if not event or within is None:
             return None
         return WaitFor(
+            not_sent=not_sent,
             event=event,
             within=within,
             of=of,

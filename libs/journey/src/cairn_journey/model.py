@@ -82,6 +82,9 @@ class Send(Doc, frozen=True):
     template: str | None = None
     to: str | None = None
     """Where the address comes from: ``profile.email``, ``event.properties.phone``, ..."""
+    outcome_within: timedelta | None = None
+    """How long the instance waits for this message's outcome before it moves on as ``unknown``
+    (default: the matcher's ``send_outcome_bound``, 1 day)."""
 
 
 class Wait(Doc, frozen=True):
@@ -108,7 +111,11 @@ class WaitStep(Doc, frozen=True):
 
 class WaitFor(Doc, frozen=True):
     """Wait up to ``within`` for ``event``; optionally correlated with ``of`` (the delivery of an
-    earlier send step) or ``match`` (a property equal to the instance's unique value)."""
+    earlier send step) or ``match`` (a property equal to the instance's unique value).
+
+    With ``of``, ``within`` counts from the moment that message was sent, and a message that was
+    not sent at all (skipped, suppressed, failed, ...) takes ``not_sent`` (or, without it,
+    ``timed_out``) at once."""
 
     event: str
     within: timedelta
@@ -117,6 +124,15 @@ class WaitFor(Doc, frozen=True):
     where: tuple[ConditionNode, ...] = ()
     matched: tuple[Step, ...] = ()
     timed_out: tuple[Step, ...] = ()
+    not_sent: tuple[Step, ...] = ()
+
+    def paths(self) -> tuple[tuple[str, tuple[Step, ...]], ...]:
+        """Every nested step list with its key (``matched``, ``timed_out``, ``not_sent``)."""
+        return (
+            ("matched", self.matched),
+            ("timed_out", self.timed_out),
+            ("not_sent", self.not_sent),
+        )
 
 
 class WaitForStep(Doc, frozen=True):

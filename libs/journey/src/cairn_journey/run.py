@@ -8,12 +8,13 @@ from typing import Any
 
 from msgspec.structs import replace
 
+from cairn_common.messages import DeliveryResult
 from cairn_journey.catalogue import CompiledJourney
 from cairn_journey.conditions import MISSING, Scope, matches, resolve
-from cairn_journey.correlation import DELIVERY_ID_PROPERTY
-from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled
-from cairn_journey.model import RepeatAfter, WaitForStep
-from cairn_journey.state import EntryHistory, Instance, TriggerEvent
+from cairn_journey.correlation import ALL_DELIVERY_EVENTS, DELIVERY_ID_PROPERTY
+from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled, TimerSet
+from cairn_journey.model import RepeatAfter, SendStep, WaitForStep
+from cairn_journey.state import EntryHistory, Instance, Pending, SendOutcome, TriggerEvent
 from cairn_journey.stepping import StepRunner, make_id, unique_key
 
 __all__ = ["ProfileRun", "make_id", "unique_key"]
@@ -34,26 +35,17 @@ class ProfileRun(StepRunner):
     def on_event(self, name: str, key: str, scope: Scope, timestamp: datetime | None) -> None:
         self._exits(name, scope)
         self._goals(name, scope)
-        self._waits(name, key, scope, timestamp)
+        consumed = self._waits(name, key, scope, timestamp)
+        self._hear(name, key, scope, timestamp, consumed)
         for compiled in self.catalogue.by_trigger.get(name, ()):
             self._enter(compiled, name, key, scope, timestamp)
-
-    def _correlates(self, match: str | None, instance: Instance, scope: Scope) -> bool:
-        if match is None:
-            return True
-        value = resolve(match, scope)
-        return (
-            value is not MISSING
-            and value is not None
-            and (unique_key(value) == instance.unique_value)
-        )
 
     def _exits(self, name: str, scope: Scope) -> None:
         for instance in list(self.instances.values()):
             compiled = self.catalogue.get(instance.journey, instance.version)
             rules = compiled.exits.get(name) if compiled is not None else None
             if rules and any(
-                self._correlates(rule.match, instance, scope) and matches(rule.where, scope)
+                self.correlates(rule.match, instance, scope) and matches(rule.where, scope)
                 for rule in rules
             ):
                 # The event that ends the instance may also be its goal (a completed order):
@@ -74,7 +66,7 @@ class ProfileRun(StepRunner):
             instance.converted
             or goal is None
             or goal.event != name
-            or not self._correlates(goal.match, instance, scope)
+            or not self.correlates(goal.match, instance, scope)
             or not matches(goal.where, scope)
         ):
             return instance
@@ -89,7 +81,9 @@ class ProfileRun(StepRunner):
         self.count_instance(instance, "converted")
         return replace(instance, converted=True)
 
-    def _waits(self, name: str, key: str, scope: Scope, timestamp: datetime | None) -> None:
+    def _waits(self, name: str, key: str, scope: Scope, timestamp: datetime | None) -> set[str]:
+        """Satisfy the ``wait_for`` steps this event ends; the ids of the instances it moved."""
+        consumed: set[str] = set()
         for instance in list(self.instances.values()):
             pending = instance.pending
             if pending is None or pending.kind != "wait_for":
@@ -105,18 +99,109 @@ class ProfileRun(StepRunner):
                 sent = instance.sends.get(spec.of)
                 if sent is None or resolve(DELIVERY_ID_PROPERTY, scope) != sent:
                     continue
-            elif not self._correlates(spec.match, instance, scope):
+            elif not self.correlates(spec.match, instance, scope):
                 continue
+            consumed.add(instance.id)
             self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-            record = {"event": name, "message_id": key, "properties": _as_dict(scope.properties)}
-            if timestamp is not None:
-                record["timestamp"] = timestamp.isoformat()
+            record = _record(name, key, scope, timestamp)
             instance = replace(
                 instance, pending=None, matched={**instance.matched, step.id: record}
             )
             self.count(compiled, step.id, "matched")
             first = spec.matched[0] if spec.matched else compiled.next_step[step.id]
             self.proceed(instance, compiled, first)
+        return consumed
+
+    def _hear(
+        self, name: str, key: str, scope: Scope, timestamp: datetime | None, consumed: set[str]
+    ) -> None:
+        """Keep an event a later ``wait_for`` of the instance may need: any it listens for
+        while the instance waits on a send's outcome (an open can overtake the email's result),
+        and one naming a send that a ``wait_for … of:`` refers to."""
+        delivery: Any = None
+        for instance in list(self.instances.values()):
+            compiled = self.catalogue.get(instance.journey, instance.version)
+            if instance.id in consumed or compiled is None:
+                continue
+            if name not in compiled.wait_for_events:
+                continue
+            pending = instance.pending
+            if pending is None or pending.kind != "send":
+                if delivery is None:
+                    delivery = resolve(DELIVERY_ID_PROPERTY, scope)
+                if delivery is MISSING or not any(
+                    instance.sends.get(s) == delivery for s in compiled.awaited_sends
+                ):
+                    continue
+            self.hear(instance, _record(name, key, scope, timestamp))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def on_outcome(self, result: DeliveryResult) -> None:
+        """A send's outcome is known: the instance waiting on it moves on, counting its next
+        wait from when the message was sent. A late result (after the instance moved on as
+        ``unknown``) re-times a ``wait_for … of:`` that send."""
+        if result.outcome == "deferred":
+            return  # it will be tried again; the instance keeps waiting
+        instance = self.instances.get(result.instance_id)
+        if instance is None or instance.sends.get(result.step_id) != result.delivery_id:
+            return  # ended, or an earlier visit's message
+        prior = instance.outcomes.get(result.step_id)
+        compiled = self.catalogue.get(instance.journey, instance.version)
+        if (prior is not None and prior.outcome != "unknown") or compiled is None:
+            return
+        outcome = SendOutcome(result.outcome, min(result.at, self.now), result.reason)
+        instance = replace(instance, outcomes={**instance.outcomes, result.step_id: outcome})
+        self.instances[instance.id] = instance
+        pending = instance.pending
+        if pending is None:
+            return
+        if pending.kind == "send" and pending.step_id == result.step_id:
+            self.effects.append(TimerCancelled(timer_id=pending.timer_id))
+            following = compiled.next_step[result.step_id]
+            self.proceed(replace(instance, pending=None), compiled, following, since=outcome.at)
+            return
+        step = compiled.steps.get(pending.step_id)
+        if (
+            prior is not None
+            and isinstance(step, WaitForStep)
+            and step.wait_for.of == result.step_id
+            and step.wait_for.event not in ALL_DELIVERY_EVENTS  # that event itself comes next
+        ):
+            self._retime(instance, compiled, step, outcome)
+
+    def _retime(
+        self, instance: Instance, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome
+    ) -> None:
+        pending = instance.pending
+        assert pending is not None
+        self.effects.append(TimerCancelled(timer_id=pending.timer_id))
+        instance = replace(instance, pending=None)
+        spec = step.wait_for
+        if outcome.not_sent:
+            self.proceed(instance, compiled, self.not_sent(compiled, step, outcome))
+            return
+        due = min(outcome.at + spec.within, self.now + self.catalogue.limits.max_wait)
+        if due <= self.now:
+            self.count(compiled, step.id, "timed_out")
+            first = spec.timed_out[0] if spec.timed_out else compiled.next_step[step.id]
+            self.proceed(instance, compiled, first, since=due)
+            return
+        visit = instance.visits.get(step.id, 1)
+        timer_id = make_id("tm_", instance.id, step.id, f"{visit}:{outcome.outcome}")
+        self.effects.append(
+            TimerSet(
+                timer_id=timer_id,
+                instance_id=instance.id,
+                step_id=step.id,
+                due_at=due,
+                kind="wait_for",
+            )
+        )
+        self.instances[instance.id] = replace(
+            instance,
+            pending=Pending(step_id=step.id, timer_id=timer_id, kind="wait_for", due_at=due),
+        )
 
     # ------------------------------------------------------------------ entry
 
@@ -222,15 +307,29 @@ class ProfileRun(StepRunner):
             return
         step = compiled.steps.get(pending.step_id)
         instance = replace(instance, pending=None)
-        if isinstance(step, WaitForStep):
+        if isinstance(step, SendStep):
+            self.outcome_unknown(instance, compiled, step)
+        elif isinstance(step, WaitForStep):
             self.count(compiled, step.id, "timed_out")
             spec = step.wait_for
             first = spec.timed_out[0] if spec.timed_out else compiled.next_step[step.id]
-            self.proceed(instance, compiled, first)
+            self.proceed(instance, compiled, first, since=pending.due_at)
         else:
             self.proceed(instance, compiled, compiled.next_step.get(pending.step_id))
 
     # ------------------------------------------------------------------ steps
+
+
+def _record(name: str, key: str, scope: Scope, timestamp: datetime | None) -> dict[str, Any]:
+    """How a matched (or early) event is kept: ``steps.<id>.event`` in templates reads it."""
+    record: dict[str, Any] = {
+        "event": name,
+        "message_id": key,
+        "properties": _as_dict(scope.properties),
+    }
+    if timestamp is not None:
+        record["timestamp"] = timestamp.isoformat()
+    return record
 
 
 def _as_dict(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,17 +14,45 @@ from typing import Any, Literal
 
 import msgspec
 
-PendingKind = Literal["wait", "wait_for"]
+PendingKind = Literal["wait", "wait_for", "send"]
 
 
 class Pending(msgspec.Struct, frozen=True, array_like=True):
     """What an instance is waiting for at its current step: a timer, and for ``wait_for`` also an
-    event."""
+    event; for ``send`` the delivery's outcome (the timer is the bound after which it moves on
+    as ``unknown``)."""
 
     step_id: str
     timer_id: str
     kind: PendingKind
     due_at: datetime
+
+
+class SendOutcome(msgspec.Struct, frozen=True, array_like=True):
+    """What became of a send step's message: ``sent`` (``at`` is when the provider took it),
+    ``skipped``, ``suppressed``, ``failed``, ``bounced``, ``dropped``, ``dead_lettered``, or
+    ``unknown`` (no result within the step's bound; ``at`` is when the bound ended)."""
+
+    outcome: str
+    at: datetime
+    reason: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome == "sent"
+
+    @property
+    def not_sent(self) -> bool:
+        return self.outcome not in ("sent", "unknown")
+
+
+class Heard(msgspec.Struct, frozen=True, array_like=True):
+    """An event a later ``wait_for`` may need that arrived before the instance got there (while
+    it waited on a send's outcome, or one naming a send of this instance): ``record`` as in
+    ``Instance.matched``, ``at`` when it was applied."""
+
+    record: dict[str, Any]
+    at: datetime
 
 
 class TriggerEvent(msgspec.Struct, frozen=True, array_like=True):
@@ -44,7 +72,8 @@ class Instance(msgspec.Struct, frozen=True, array_like=True):
     names the path to the step). ``sends`` maps a send step's id to the delivery id it requested
     (what ``wait_for: {of: step}`` correlates with); ``matched`` maps a ``wait_for`` step's id to
     the event that satisfied it; ``splits`` the path index a ``split`` chose; ``visits`` how many
-    times each step was reached (part of timer and delivery ids).
+    times each step was reached (part of timer and delivery ids); ``outcomes`` what became of
+    each send step's message; ``heard`` events a later ``wait_for`` may need (newest last).
     """
 
     id: str
@@ -60,6 +89,8 @@ class Instance(msgspec.Struct, frozen=True, array_like=True):
     matched: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     splits: dict[str, int] = msgspec.field(default_factory=dict)
     visits: dict[str, int] = msgspec.field(default_factory=dict)
+    outcomes: dict[str, SendOutcome] = msgspec.field(default_factory=dict)
+    heard: tuple[Heard, ...] = ()
 
 
 class EntryHistory(msgspec.Struct, frozen=True, array_like=True):

@@ -15,7 +15,9 @@ from msgspec.structs import replace
 
 from cairn_common.messages import DeliveryRequested
 from cairn_journey.catalogue import Catalogue, CompiledJourney
-from cairn_journey.conditions import Scope, matches, resolve
+from cairn_journey.conditions import MISSING, Scope, matches, resolve
+from cairn_journey.correlation import ALL_DELIVERY_EVENTS, DELIVERY_ID_PROPERTY
+from cairn_journey.durations import format_duration
 from cairn_journey.effects import (
     Counted,
     Effect,
@@ -25,10 +27,12 @@ from cairn_journey.effects import (
     TimerSet,
 )
 from cairn_journey.model import BranchStep, SendStep, SplitStep, Step, WaitForStep, WaitStep
-from cairn_journey.state import Instance, Pending, ProfileState
+from cairn_journey.state import Heard, Instance, Pending, ProfileState, SendOutcome
 from cairn_journey.timing import wait_until
 
 _SEP = "\x1f"
+HEARD_KEPT = 8
+"""How many early events (see :class:`cairn_journey.state.Heard`) an instance keeps."""
 
 
 def make_id(prefix: str, a: str, b: str, c: str | int) -> str:
@@ -127,15 +131,40 @@ class StepRunner:
         trigger = instance.trigger
         return Scope(trigger.properties, trigger.context, self.traits, trigger.name)
 
-    def proceed(self, instance: Instance, compiled: CompiledJourney, step: Step | None) -> None:
+    def correlates(self, match: str | None, instance: Instance, scope: Scope) -> bool:
+        if match is None:
+            return True
+        value = resolve(match, scope)
+        return (
+            value is not MISSING
+            and value is not None
+            and (unique_key(value) == instance.unique_value)
+        )
+
+    def proceed(
+        self,
+        instance: Instance,
+        compiled: CompiledJourney,
+        step: Step | None,
+        since: datetime | None = None,
+    ) -> None:
         """Run steps from ``step`` until one waits or the journey's list ends (completion).
 
-        The instance's bookkeeping (visits, sends, splits) is collected in locals and written
-        once, when the instance parks at a wait or ends: one new struct per input, not per step.
+        ``since`` is when the previous step really finished (a send: when its message was sent);
+        a wait or ``wait_for`` reached on the way counts from then, not from when this input
+        was applied. A send parks the instance until its outcome is known (``on_outcome``).
+
+        The instance's bookkeeping (visits, sends, splits, ...) is collected in locals and
+        written once, when the instance parks at a wait or ends: one new struct per input, not
+        per step.
         """
+        start = since if since is not None and since < self.now else self.now
         visits = dict(instance.visits)
         sends = instance.sends
         splits = instance.splits
+        outcomes = instance.outcomes
+        matched = instance.matched
+        heard = instance.heard
         while step is not None:
             step_id = step.id
             visit = visits.get(step_id, 0) + 1
@@ -143,23 +172,50 @@ class StepRunner:
             self.count(compiled, step_id, "reached")
             following = compiled.next_step[step_id]
             due: datetime | None = None
+            kind: Literal["wait", "wait_for", "send"] = "wait"
             if type(step) is SendStep:
+                if step_id in outcomes:  # an earlier visit's outcome is not this one's
+                    outcomes = {k: v for k, v in outcomes.items() if k != step_id}
                 delivery_id = self._send(instance, compiled, step, visit)
-                if delivery_id is not None:
+                if delivery_id is None:
+                    outcomes = {**outcomes, step_id: SendOutcome("skipped", self.now, "no address")}
+                    sends = {k: v for k, v in sends.items() if k != step_id}
+                else:
                     sends = {**sends, step_id: delivery_id}
+                    bound = step.send.outcome_within or self.catalogue.limits.send_outcome_bound
+                    due, kind = self.now + bound, "send"
             elif type(step) is WaitStep:
-                due = wait_until(step.wait, self._trigger_scope(instance), self.traits, self.now)
+                due = wait_until(step.wait, self._trigger_scope(instance), self.traits, start)
                 if due is not None and due <= self.now:
                     due = None  # already past: carry on at once
             elif type(step) is WaitForStep:
-                due = self.now + step.wait_for.within
+                spec = step.wait_for
+                opened = start
+                outcome = outcomes.get(spec.of) if spec.of is not None else None
+                if spec.of is not None and _never_comes(spec, outcome, sends):
+                    following = self.not_sent(compiled, step, outcome)
+                else:
+                    if outcome is not None:
+                        opened = min(outcome.at, self.now)
+                    early = self._heard_match(instance, heard, spec, sends, opened)
+                    if early is not None:
+                        matched = {**matched, step_id: early.record}
+                        heard = tuple(h for h in heard if h is not early)
+                        self.count(compiled, step_id, "matched")
+                        following = spec.matched[0] if spec.matched else following
+                        start = early.at
+                    elif opened + spec.within <= self.now:
+                        self.count(compiled, step_id, "timed_out")
+                        following = spec.timed_out[0] if spec.timed_out else following
+                        start = opened + spec.within
+                    else:
+                        due, kind = opened + spec.within, "wait_for"
             elif type(step) is BranchStep:
                 following = self._branch(instance, compiled, step, following)
             elif type(step) is SplitStep:
                 chosen, following = self._split(instance, compiled, step, following)
                 splits = {**splits, step_id: chosen}
             if due is not None:
-                kind: Literal["wait", "wait_for"] = "wait" if type(step) is WaitStep else "wait_for"
                 due = min(due, self.now + self.catalogue.limits.max_wait)
                 timer_id = make_id("tm_", instance.id, step_id, visit)
                 self.effects.append(
@@ -171,17 +227,75 @@ class StepRunner:
                         kind=kind,
                     )
                 )
+                if kind != "send":  # only events naming an awaited send can still matter
+                    awaited = {sends[s] for s in compiled.awaited_sends if s in sends}
+                    heard = tuple(h for h in heard if _delivery_of(h.record) in awaited)
                 self.instances[instance.id] = replace(
                     instance,
                     position=step_id,
                     visits=visits,
                     sends=sends,
                     splits=splits,
+                    outcomes=outcomes,
+                    matched=matched,
+                    heard=heard,
                     pending=Pending(step_id=step_id, timer_id=timer_id, kind=kind, due_at=due),
                 )
                 return
             step = following
         self.end(instance, "completed", "completed", "completed")
+
+    def not_sent(
+        self, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome | None
+    ) -> Step | None:
+        """Count a ``wait_for … of:`` whose message was not sent; the step to go on with."""
+        reason = outcome.outcome if outcome is not None else "not_requested"
+        self.count(compiled, step.id, "not_sent")
+        self.count(compiled, step.id, f"not_sent:{reason}")
+        spec = step.wait_for
+        path = spec.not_sent or spec.timed_out
+        return path[0] if path else compiled.next_step[step.id]
+
+    def _heard_match(
+        self,
+        instance: Instance,
+        heard: tuple[Heard, ...],
+        spec: Any,
+        sends: dict[str, str],
+        opened: datetime,
+    ) -> Heard | None:
+        """The first early event that satisfies ``spec`` inside its window, or ``None``."""
+        for h in heard:
+            record = h.record
+            if record.get("event") != spec.event:
+                continue
+            properties = record.get("properties") or {}
+            scope = Scope(properties, _EMPTY, self.traits, spec.event)
+            if h.at >= opened + spec.within:
+                continue  # after its window
+            if spec.of is not None:
+                if properties.get(DELIVERY_ID_PROPERTY) != sends.get(spec.of):
+                    continue
+            elif h.at < opened or not self.correlates(spec.match, instance, scope):
+                continue
+            if matches(spec.where, scope):
+                return h
+        return None
+
+    def hear(self, instance: Instance, record: dict[str, Any]) -> None:
+        """Keep an early event for a later ``wait_for`` (bounded, oldest dropped)."""
+        heard = (*instance.heard[-(HEARD_KEPT - 1) :], Heard(record=record, at=self.now))
+        self.instances[instance.id] = replace(instance, heard=heard)
+
+    def outcome_unknown(
+        self, instance: Instance, compiled: CompiledJourney, step: SendStep
+    ) -> None:
+        """A send's bound passed with no result: move on as ``unknown``."""
+        bound = step.send.outcome_within or self.catalogue.limits.send_outcome_bound
+        outcome = SendOutcome("unknown", self.now, f"no outcome within {format_duration(bound)}")
+        self.count(compiled, step.id, "unknown")
+        instance = replace(instance, pending=None, outcomes={**instance.outcomes, step.id: outcome})
+        self.proceed(instance, compiled, compiled.next_step[step.id])
 
     def _send(
         self, instance: Instance, compiled: CompiledJourney, step: SendStep, visit: int
@@ -261,6 +375,23 @@ class StepRunner:
         path = step.split[chosen]
         self.count(compiled, step.id, f"split:{path.name or chosen}")
         return chosen, (path.steps[0] if path.steps else following)
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def _never_comes(spec: Any, outcome: SendOutcome | None, sends: dict[str, str]) -> bool:
+    """Whether a ``wait_for … of:`` can only end one way: no message was requested, or (for an
+    event about the recipient, such as an open) the message was not sent. An awaited delivery
+    event (``Email Bounced``) is itself the outcome, so only a missing request rules it out."""
+    if spec.event in ALL_DELIVERY_EVENTS:
+        return spec.of not in sends
+    return outcome is None or outcome.not_sent
+
+
+def _delivery_of(record: dict[str, Any]) -> Any:
+    properties = record.get("properties")
+    return properties.get(DELIVERY_ID_PROPERTY) if isinstance(properties, dict) else None
 
 
 def _address(value: Any) -> str | None:

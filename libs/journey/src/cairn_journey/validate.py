@@ -47,6 +47,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_wait: timedelta = timedelta(days=365)
     instance_lifetime: timedelta = timedelta(days=365)
     instances_per_profile: int = 25
+    send_outcome_bound: timedelta = timedelta(days=1)
+    """How long an instance waits for a send's outcome before moving on as ``unknown``."""
 
 
 def walk_steps(steps: tuple[Step, ...], path: str = "steps") -> Iterator[tuple[str, Step]]:
@@ -55,8 +57,8 @@ def walk_steps(steps: tuple[Step, ...], path: str = "steps") -> Iterator[tuple[s
         here = f"{path}[{i}]"
         yield here, step
         if isinstance(step, WaitForStep):
-            yield from walk_steps(step.wait_for.matched, f"{here}.wait_for.matched")
-            yield from walk_steps(step.wait_for.timed_out, f"{here}.wait_for.timed_out")
+            for key, nested in step.wait_for.paths():
+                yield from walk_steps(nested, f"{here}.wait_for.{key}")
         elif isinstance(step, BranchStep):
             for c, case in enumerate(step.branch.cases):
                 yield from walk_steps(case.steps, f"{here}.branch.cases[{c}].steps")
@@ -86,6 +88,7 @@ def check_publishable(
     for path, step in steps:
         if isinstance(step, SendStep):
             check.send(path, step, templates, channels, destinations, ready_templates)
+            check.duration(f"{path}.send.outcome_within", step.send.outcome_within, limits.max_wait)
         elif isinstance(step, WaitStep):
             wait = step.wait
             check.duration(f"{path}.wait", wait.duration, limits.max_wait)

@@ -98,6 +98,8 @@ class Pending(msgspec.Struct, kw_only=True):
     its ledger row."""
     span: Span | None = None
     """CONSUMER span of this request, continuing the trace of the input that caused it."""
+    sent_at: datetime | None = None
+    """When the provider took the message: a journey's next wait counts from here."""
 
 
 class Dispatcher:
@@ -199,6 +201,7 @@ class Dispatcher:
                     reason=row.reason,
                     provider_message_id=row.provider_message_id,
                 )
+                p.sent_at = row.sent_at
                 replay.append(p)
             elif statuses.get(p.req.instance_id) == "exited":
                 p.decision = Decision(status="dropped", settle=ACK, reason="instance exited")
@@ -350,6 +353,8 @@ class Dispatcher:
             PROVIDER_SECONDS.labels(p.target.type, _result(outcome)).observe(
                 time.perf_counter() - started
             )
+            if not isinstance(outcome, Failed):
+                p.sent_at = datetime.now(UTC)
             return outcome
         except asyncio.CancelledError:
             raise
@@ -404,7 +409,7 @@ class Dispatcher:
             reason=p.decision.reason,
             provider_message_id=p.decision.provider_message_id,
             attempts=p.item.deliveries if p.job is not None else 0,
-            sent_at=now if p.decision.status == "sent" else None,
+            sent_at=(p.sent_at or now) if p.decision.status == "sent" else None,
             redriven=REDRIVE_HEADER in p.item.headers,
         )
 
@@ -452,7 +457,7 @@ class Dispatcher:
             instance_id=req.instance_id,
             step_id=req.step_id,
             outcome=decision.status,  # type: ignore[arg-type]
-            at=now,
+            at=(p.sent_at or now) if decision.status == "sent" else now,
             channel=req.channel,
             destination=req.destination,
             reason=decision.reason,

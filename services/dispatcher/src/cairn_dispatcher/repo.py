@@ -24,6 +24,7 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     provider_message_id: str | None
     attempts: int
+    sent_at: datetime | None = None
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +75,7 @@ class DeliveryLedger:
 
     async def rows(self, delivery_ids: Sequence[str]) -> dict[str, LedgerRow]:
         records = await self._pool.fetch(
-            "SELECT delivery_id, status, reason, provider_message_id, attempts"
+            "SELECT delivery_id, status, reason, provider_message_id, attempts, sent_at"
             " FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
             list(delivery_ids),
         )
