@@ -123,7 +123,7 @@ BAD = [
         "kind: Journey\nname: j\ntrigger: A\nsteps:\n  - {id: a, wiat: 1d}\n",
         [
             'steps[0].wiat: unknown key; did you mean "wait"? (j.yaml:5)',
-            "steps[0]: a step needs one of send, wait, wait_for, branch, split (j.yaml:5)",
+            "steps[0]: a step needs one of send, wait, wait_for, branch, split, update (j.yaml:5)",
         ],
     ),
     (

@@ -5,6 +5,7 @@ taken off the dispatcher's consumer and recorded."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -336,3 +337,55 @@ async def test_a_new_version_takes_new_entries_while_running_instances_finish_on
         ("s1", 1, "hello-v1"),
         ("s2", 2, "hello-v2"),
     ]
+
+
+async def test_an_update_step_writes_the_traits_other_journeys_read_in_the_same_commit(
+    engine: Engine,
+) -> None:
+    counter = {
+        "kind": "Journey",
+        "name": "counter",
+        "trigger": {"event": "Cart Abandoned"},
+        "steps": [
+            {
+                "id": "mark",
+                "update": {
+                    "set": {"reminded": True, "last_cart": {"from": "event.properties.cart_id"}},
+                    "increment": {"carts": 1},
+                    "unset": ["cleared_at"],
+                },
+            }
+        ],
+    }
+    follower = {
+        **welcome(),
+        "name": "pricing",
+        "trigger": {
+            "event": "Page Viewed",
+            "where": [
+                {"property": "name", "op": "eq", "value": "Pricing"},
+                {"property": "profile.carts", "op": "gte", "value": 2},
+            ],
+        },
+    }
+    await engine.publish(counter)
+    await engine.publish(follower)
+    await engine.customer("kim")
+    await engine.inputs.identify("kim", cleared_at="2026-01-01")
+    for cart in ("k1", "k2"):
+        await engine.inputs.send("kim", "Cart Abandoned", properties={"cart_id": cart})
+    await wait_for_rows(
+        engine.pool,
+        "SELECT count(*) FROM profiles WHERE profile_id = 'kim' AND traits->>'carts' = '2'",
+        expect=1,
+    )
+    traits = json.loads(
+        await engine.pool.fetchval("SELECT traits FROM profiles WHERE profile_id = 'kim'")
+    )
+    assert traits["reminded"] is True
+    assert traits["last_cart"] == "k2"
+    assert "cleared_at" not in traits
+    assert traits["email"] == "kim@example.com", "identify traits are kept"
+    await engine.inputs.send("kim", "Pricing", type="page")
+    [hello] = await engine.deliveries.until(1)
+    assert (hello.journey, hello.profile["carts"], hello.profile["id"]) == ("pricing", 2, "kim")

@@ -110,7 +110,8 @@ class Inputs:
             partition=partition,
             received_at=now,
             timestamp=now,
-            event=event,
+            event=event if type == "track" else None,
+            name=event if type in ("page", "screen") else None,  # a page's or screen's name
             properties=properties or {},
             traits=traits or {},
         )

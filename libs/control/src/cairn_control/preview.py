@@ -21,6 +21,7 @@ import msgspec
 from cairn_common.messages import DeliveryRequested
 from cairn_control.errors import Invalid, NotFound
 from cairn_control.requests import PreviewRequest
+from cairn_journey.journey_reader import STEP_KINDS
 from cairn_journey.render import Rendered, RenderError, render
 
 PREVIEW_ID = "preview"
@@ -51,9 +52,7 @@ class Preview(msgspec.Struct, frozen=True, kw_only=True):
 def steps_in(definition: Any) -> Iterator[dict[str, Any]]:
     """Every step of a journey document, at any depth of branches."""
     if isinstance(definition, dict):
-        if isinstance(definition.get("id"), str) and any(
-            k in definition for k in ("send", "wait", "wait_for", "branch", "split")
-        ):
+        if isinstance(definition.get("id"), str) and any(k in definition for k in STEP_KINDS):
             yield definition
         for value in definition.values():
             yield from steps_in(value)
@@ -160,7 +159,11 @@ def build_preview(
         "instance_id": PREVIEW_ID,
         "delivery_id": PREVIEW_ID,
     }
-    scope = {"profile": body.profile, "event": body.event, "journey": journey_scope}
+    user_id, anonymous_id = body.event.get("userId"), body.event.get("anonymousId")
+    profile_id = str(user_id or anonymous_id or PREVIEW_ID)
+    ids = {"id": profile_id, "user_id": user_id, "anonymous_id": anonymous_id}
+    profile = {**body.profile, **{k: v for k, v in ids.items() if v}}  # as the matcher sends it
+    scope = {"profile": profile, "event": body.event, "journey": journey_scope, "steps": {}}
     to = send.get("to")
     address = resolve(to, scope)
     skipped = None
@@ -174,7 +177,7 @@ def build_preview(
             raise Invalid(f"template {send.get('template')!r} cannot render: {exc}") from None
     delivery = DeliveryRequested(
         delivery_id=PREVIEW_ID,
-        profile_id=str(body.event.get("userId") or body.event.get("anonymousId") or PREVIEW_ID),
+        profile_id=profile_id,
         journey=body.journey,
         version=body.version or 0,
         instance_id=PREVIEW_ID,
@@ -186,7 +189,7 @@ def build_preview(
         template=send.get("template"),
         to=to,
         address=None if address is None else str(address),
-        profile=dict(body.profile),
+        profile=profile,
         event=dict(body.event),
     )
     return Preview(

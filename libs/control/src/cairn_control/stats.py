@@ -20,6 +20,7 @@ import msgspec
 
 from cairn_control.errors import NotFound
 from cairn_control.preview import steps_in
+from cairn_journey.journey_reader import STEP_KINDS
 
 Period = Literal["day", "hour"]
 SERIES_COUNTERS = ("entered", "completed", "converted")
@@ -186,7 +187,7 @@ def _percent(target: Any) -> float | None:
 
 
 def _step_kind(step: dict[str, Any]) -> str:
-    return next(k for k in ("send", "wait_for", "wait", "branch", "split") if k in step)
+    return next(k for k in STEP_KINDS if k in step)
 
 
 def _arrange(

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cairn_common.messages import DeliveryResult, Event, ProfileInput
-from cairn_journey.correlation import delivery_event_name
+from cairn_journey.correlation import delivery_event_name, journey_event_name
 from cairn_journey.model import (
     BranchStep,
     ExitRule,
@@ -148,7 +148,7 @@ class Catalogue:
         if isinstance(inp, Event):
             if inp.type == "identify":
                 return bool(self.compiled)
-            return self.interested(inp.event if inp.type == "track" else inp.name)
+            return self.interested(journey_event_name(inp))
         if isinstance(inp, DeliveryResult):
             # Every final outcome moves the instance that waits on its send; a deferral only
             # matters to a journey that awaits the event it names (none: it has no name).

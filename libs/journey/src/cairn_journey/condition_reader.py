@@ -104,7 +104,7 @@ class ConditionReader(Reader):
             self.problem(
                 value_path, f"starts_with needs a string, got {type_name(cond_value)}", value_line
             )
-        return Condition(property=prop, op=op, value=_plain(cond_value))
+        return Condition(property=prop, op=op, value=plain(cond_value))
 
     def conditions_list(self, value: Any, path: str, line: int | None) -> tuple[ConditionNode, ...]:
         if not isinstance(value, list | tuple) or not value:
@@ -125,10 +125,10 @@ def valid_path(path: str) -> bool:
     return True
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Located containers back to plain ``dict``/``list``."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value

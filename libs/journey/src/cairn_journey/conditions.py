@@ -4,7 +4,9 @@ Property paths:
 
 - a bare name (``cart_value``, ``items.0.sku``) is an event property;
 - ``event.properties.x``, ``event.context.x`` read the event, ``event.name`` its name;
-- ``profile.x`` reads the profile's traits.
+- ``profile.x`` reads the profile's traits; ``profile.id``, ``profile.user_id`` and
+  ``profile.anonymous_id`` its ids;
+- ``steps.<step id>.event.properties.x`` reads the event a ``wait_for`` step matched.
 
 Dots walk into objects; a numeric segment indexes a list. Evaluation never raises: a missing
 property makes every operator false except ``not_exists``; a type mismatch (``gt`` on a string
@@ -71,12 +73,16 @@ ConditionNode = Condition | AllOf | AnyOf
 
 
 class Scope(msgspec.Struct, frozen=True):
-    """What conditions read: the event (name, properties, context) and the profile's traits."""
+    """What conditions read: the event (name, properties, context), the profile's traits and
+    ids (``id``, ``user_id``, ``anonymous_id``), and the events earlier ``wait_for`` steps of
+    the instance matched (``steps.<step id>.event``)."""
 
     properties: Mapping[str, Any]
     context: Mapping[str, Any]
     traits: Mapping[str, Any]
     event: str | None = None
+    ids: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    steps: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
 def resolve(path: str, scope: Scope) -> Any:
@@ -87,8 +93,12 @@ def resolve(path: str, scope: Scope) -> Any:
     head, _, rest = path.partition(".")
     if head == "profile" and rest:
         if "." not in rest:
+            if rest in scope.ids:  # the profile's own ids win over a trait of that name
+                return scope.ids[rest]
             return scope.traits.get(rest, _MISSING)
         return _walk(scope.traits, rest)
+    if head == "steps" and rest:
+        return _walk(scope.steps, rest)
     if head == "event" and rest:
         area, _, tail = rest.partition(".")
         if area == "properties" and tail:

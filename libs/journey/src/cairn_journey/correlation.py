@@ -14,9 +14,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from cairn_common.messages import DeliveryResult
+from cairn_common.messages import DeliveryResult, Event
 
 DELIVERY_ID_PROPERTY = "delivery_id"
+
+VIEW_EVENTS = {"page": "Page Viewed", "screen": "Screen Viewed"}
+"""The events ``page`` and ``screen`` calls stand for in journeys (their ``name`` becomes the
+property ``name``; ingest already moved ``category`` into the properties)."""
+
+
+def journey_event_name(event: Event) -> str | None:
+    """The name journeys know an event by: a track's ``event``; ``Page Viewed`` for a page call
+    and ``Screen Viewed`` for a screen call; ``None`` for anything else (identify, group,
+    alias)."""
+    if event.type == "track":
+        return event.event
+    return VIEW_EVENTS.get(event.type)
+
+
+def journey_event_properties(event: Event) -> dict[str, Any]:
+    if event.type in VIEW_EVENTS and event.name is not None and "name" not in event.properties:
+        return {**event.properties, "name": event.name}
+    return event.properties
+
 
 _CHANNEL_NOUN = {"email": "Email", "sms": "SMS", "push": "Push", "webhook": "Webhook"}
 _OUTCOME_VERB = {

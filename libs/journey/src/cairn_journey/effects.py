@@ -6,7 +6,7 @@ Tagged structs (``"effect": "<class name>"``), so they can be stored or logged a
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -63,13 +63,22 @@ class SendRequested(EffectBase, frozen=True, kw_only=True):
     delivery: DeliveryRequested
 
 
+class TraitsUpdated(EffectBase, frozen=True, kw_only=True):
+    """An ``update`` step changed the profile's traits: ``set`` (increments already added up)
+    and ``unset`` (keys removed); the matcher writes them to ``profiles`` in the same commit."""
+
+    set: dict[str, Any]
+    unset: tuple[str, ...] = ()
+
+
 class Counted(EffectBase, frozen=True, kw_only=True):
     """An analytics increment. ``step_id`` is ``""`` for journey-level counters.
 
     Counters: ``entered``, ``completed``, ``exited:<exit event>`` (``exited:lifetime``,
     ``exited:<stop reason>``), ``converted``; per step: ``reached``, ``send_requested``,
     ``skipped:no_address``, ``matched``, ``timed_out``, ``branch:<case name or index>``,
-    ``branch:otherwise``, ``split:<path name or index>``; entry refusals (journey level):
+    ``branch:otherwise``, ``split:<path name or index>``, ``updated``; entry refusals (journey
+    level):
     ``skipped:repeat_once``, ``skipped:cooldown``, ``skipped:already_active``,
     ``skipped:no_unique_value``, ``skipped:instance_limit``, ``skipped:outside_window``.
     """
@@ -88,5 +97,6 @@ Effect = (
     | TimerSet
     | TimerCancelled
     | SendRequested
+    | TraitsUpdated
     | Counted
 )

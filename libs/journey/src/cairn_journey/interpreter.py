@@ -23,8 +23,12 @@ from cairn_common.messages import (
     TimerFired,
 )
 from cairn_journey.catalogue import Catalogue, CompiledJourney
-from cairn_journey.conditions import Scope
-from cairn_journey.correlation import delivery_event_name, delivery_event_properties
+from cairn_journey.correlation import (
+    delivery_event_name,
+    delivery_event_properties,
+    journey_event_name,
+    journey_event_properties,
+)
 from cairn_journey.effects import (
     Counted,
     Effect,
@@ -69,20 +73,26 @@ def run_input(
         return _exit_all(state, inp, catalogue, now)
     if isinstance(inp, Event):
         identify = inp.type == "identify"
-        if identify and not inp.traits:
+        new_ids = (inp.user_id or state.user_id, inp.anonymous_id or state.anonymous_id) != (
+            state.user_id,
+            state.anonymous_id,
+        )
+        if identify and not inp.traits and not new_ids:
             return state, []
-        if not identify and (inp.type != "track" or not catalogue.interested(inp.event)):
+        name = journey_event_name(inp)
+        if not identify and not catalogue.interested(name):
             return state, []  # no journey can react: nothing to remember either
         fingerprint = input_fingerprint(inp.dedupe_key)  # a repeat within its source
         if fingerprint in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)
+        run.note_ids(inp.user_id, inp.anonymous_id)
         if identify:
             run.merge_traits(inp.traits)
-        elif inp.event:
+        elif name:
             run.expire()
-            scope = Scope(inp.properties, inp.context, run.traits, inp.event)
-            run.on_event(inp.event, inp.message_id, scope, inp.timestamp)
+            scope = run.scope(journey_event_properties(inp), inp.context, name)
+            run.on_event(name, inp.message_id, scope, inp.timestamp)
         run.remember(fingerprint, SEEN_KEPT)
         return run.finish()
     return _delivery_result(state, inp, catalogue, now)
@@ -104,7 +114,7 @@ def _delivery_result(
     run = ProfileRun(state, inp.profile_id, catalogue, now)
     run.expire()
     run.on_outcome(inp)
-    scope = Scope(delivery_event_properties(inp), _EMPTY, run.traits, name)
+    scope = run.scope(delivery_event_properties(inp), _EMPTY, name)
     run.on_event(name, key, scope, inp.at)
     run.remember(fingerprint, SEEN_KEPT)
     return run.finish()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cairn_journey.condition_reader import ConditionReader
+from cairn_journey.condition_reader import ConditionReader, plain, valid_path
 from cairn_journey.model import (
     WEEKDAYS,
     Branch,
@@ -23,6 +23,8 @@ from cairn_journey.model import (
     SplitStep,
     Step,
     TriggerSpec,
+    Update,
+    UpdateStep,
     Wait,
     WaitFor,
     WaitForStep,
@@ -31,7 +33,9 @@ from cairn_journey.model import (
 )
 from cairn_journey.reader import join
 
-STEP_KINDS = ("send", "wait", "wait_for", "branch", "split")
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "split", "update")
+UPDATE_KEYS = ("set", "unset", "increment")
+MAX_TRAIT_NAME = 255
 WAIT_FOR_KEYS = ("event", "within", "of", "match", "where", "matched", "timed_out", "not_sent")
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
@@ -231,8 +235,66 @@ class JourneyReader(ConditionReader):
         if kind == "branch":
             branch = self.branch(body, body_path, body_line, sends_before)
             return BranchStep(id=step_id, branch=branch) if step_id and branch else None
+        if kind == "update":
+            update = self.update(body, body_path, body_line)
+            return UpdateStep(id=step_id, update=update) if step_id and update else None
         split = self.split(body, body_path, body_line, sends_before)
         return SplitStep(id=step_id, split=split) if step_id and split else None
+
+    def update(self, value: Any, path: str, line: int | None) -> Update | None:
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=UPDATE_KEYS)
+        if not any(data.get(k) for k in UPDATE_KEYS):
+            self.problem(path, "an update needs at least one of set, unset or increment", line)
+            return None
+        seen: dict[str, str] = {}
+
+        def trait(name: Any, here: str, op: str) -> bool:
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_TRAIT_NAME:
+                self.problem(here, f"{name!r} is not a trait name", line)
+                return False
+            if name in seen:
+                self.problem(
+                    here, f'"{name}" is already in {seen[name]}; one change per trait', line
+                )
+                return False
+            seen[name] = op
+            return True
+
+        sets: dict[str, Any] = {}
+        for name, item in (
+            self.mapping(data.get("set") or {}, join(path, "set"), line) or {}
+        ).items():
+            here = join(join(path, "set"), name)
+            if not trait(name, here, "set"):
+                continue
+            if isinstance(item, dict) and set(item) == {"from"}:
+                source = item["from"]
+                if not isinstance(source, str) or not valid_path(source):
+                    self.problem(join(here, "from"), f"{source!r} is not a property path", line)
+                    continue
+                sets[name] = {"from": source}
+            else:
+                sets[name] = plain(item)
+        increments: dict[str, int | float] = {}
+        for name, by in (
+            self.mapping(data.get("increment") or {}, join(path, "increment"), line) or {}
+        ).items():
+            here = join(join(path, "increment"), name)
+            if not trait(name, here, "increment"):
+                continue
+            if isinstance(by, bool) or not isinstance(by, int | float):
+                self.problem(here, f"{by!r} is not a number to add", line)
+                continue
+            increments[name] = by
+        unset: list[str] = []
+        items = self.sequence(data.get("unset") or [], join(path, "unset"), line) or []
+        for i, name in enumerate(items):
+            if trait(name, join(join(path, "unset"), i), "unset"):
+                unset.append(name)
+        return Update(set=sets, unset=tuple(unset), increment=increments)
 
     def step_id(self, data: dict[str, Any], path: str) -> str | None:
         value = data.get("id")

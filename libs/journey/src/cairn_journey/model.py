@@ -167,7 +167,25 @@ class SplitStep(Doc, frozen=True):
     split: tuple[SplitPath, ...]
 
 
-Step = SendStep | WaitStep | WaitForStep | BranchStep | SplitStep
+class Update(Doc, frozen=True):
+    """Change the profile's traits from inside a journey, in the same commit as the step.
+
+    ``set`` values are literals, or ``{from: <property path>}`` to copy a value the instance can
+    read (``event.properties.cart_id``, ``steps.<id>.event.properties.x``, ``profile.x``);
+    ``increment`` adds a number (a trait that is not a number starts from 0); ``unset`` removes
+    traits. A trait appears in one of the three at most."""
+
+    set: dict[str, Any] = msgspec.field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    increment: dict[str, int | float] = msgspec.field(default_factory=dict)
+
+
+class UpdateStep(Doc, frozen=True):
+    id: str
+    update: Update
+
+
+Step = SendStep | WaitStep | WaitForStep | BranchStep | SplitStep | UpdateStep
 
 
 class Journey(Doc, frozen=True, kw_only=True):

@@ -102,6 +102,9 @@ class EntryHistory(msgspec.Struct, frozen=True, array_like=True):
 
 class ProfileState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     profile_id: str = ""
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    """The ids the profile's events carried last (``profile.user_id``, ``profile.anonymous_id``)."""
     traits: dict[str, Any] = msgspec.field(default_factory=dict)
     instances: tuple[Instance, ...] = ()
     history: dict[str, EntryHistory] = msgspec.field(default_factory=dict)

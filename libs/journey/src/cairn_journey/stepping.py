@@ -25,8 +25,17 @@ from cairn_journey.effects import (
     SendRequested,
     TimerCancelled,
     TimerSet,
+    TraitsUpdated,
 )
-from cairn_journey.model import BranchStep, SendStep, SplitStep, Step, WaitForStep, WaitStep
+from cairn_journey.model import (
+    BranchStep,
+    SendStep,
+    SplitStep,
+    Step,
+    UpdateStep,
+    WaitForStep,
+    WaitStep,
+)
 from cairn_journey.state import Heard, Instance, Pending, ProfileState, SendOutcome
 from cairn_journey.timing import wait_until
 
@@ -69,14 +78,39 @@ class StepRunner:
         self.catalogue = catalogue
         self.now = now
         self.traits: dict[str, Any] = state.traits
+        self.user_id = state.user_id
+        self.anonymous_id = state.anonymous_id
+        self.ids = self._ids()
         self.instances: dict[str, Instance] = {i.id: i for i in state.instances}
         self.history = state.history
         self.seen = state.seen
         self.effects: list[Effect] = []
 
+    def _ids(self) -> dict[str, str]:
+        ids = {"id": self.profile_id}
+        if self.user_id:
+            ids["user_id"] = self.user_id
+        if self.anonymous_id:
+            ids["anonymous_id"] = self.anonymous_id
+        return ids
+
+    def note_ids(self, user_id: str | None, anonymous_id: str | None) -> None:
+        """The ids an event of the profile carried (the latest of each is kept)."""
+        self.user_id = user_id or self.user_id
+        self.anonymous_id = anonymous_id or self.anonymous_id
+        self.ids = self._ids()
+
+    def scope(
+        self, properties: Mapping[str, Any], context: Mapping[str, Any], event: str | None
+    ) -> Scope:
+        """What a condition on the event being applied reads."""
+        return Scope(properties, context, self.traits, event, self.ids)
+
     def finish(self) -> tuple[ProfileState, list[Effect]]:
         state = ProfileState(
             profile_id=self.profile_id,
+            user_id=self.user_id,
+            anonymous_id=self.anonymous_id,
             traits=self.traits,
             instances=tuple(self.instances.values()),
             history=self.history,
@@ -129,7 +163,10 @@ class StepRunner:
 
     def _trigger_scope(self, instance: Instance) -> Scope:
         trigger = instance.trigger
-        return Scope(trigger.properties, trigger.context, self.traits, trigger.name)
+        steps = {k: {"event": v} for k, v in instance.matched.items()} if instance.matched else {}
+        return Scope(
+            trigger.properties, trigger.context, self.traits, trigger.name, self.ids, steps
+        )
 
     def correlates(self, match: str | None, instance: Instance, scope: Scope) -> bool:
         if match is None:
@@ -215,6 +252,8 @@ class StepRunner:
             elif type(step) is SplitStep:
                 chosen, following = self._split(instance, compiled, step, following)
                 splits = {**splits, step_id: chosen}
+            elif type(step) is UpdateStep:
+                self._update(replace(instance, matched=matched), compiled, step)
             if due is not None:
                 due = min(due, self.now + self.catalogue.limits.max_wait)
                 timer_id = make_id("tm_", instance.id, step_id, visit)
@@ -270,7 +309,7 @@ class StepRunner:
             if record.get("event") != spec.event:
                 continue
             properties = record.get("properties") or {}
-            scope = Scope(properties, _EMPTY, self.traits, spec.event)
+            scope = self.scope(properties, _EMPTY, spec.event)
             if h.at >= opened + spec.within:
                 continue  # after its window
             if spec.of is not None:
@@ -332,7 +371,7 @@ class StepRunner:
             template=send.template,
             to=send.to,
             address=address,
-            profile=self.traits,
+            profile={**self.traits, **self.ids},
             event=event,
             matched_events=instance.matched,
             unique_value=instance.unique_value,
@@ -340,6 +379,30 @@ class StepRunner:
         self.effects.append(SendRequested(delivery=request))
         self.count(compiled, step.id, "send_requested")
         return delivery_id
+
+    def _update(self, instance: Instance, compiled: CompiledJourney, step: UpdateStep) -> None:
+        """Change the traits now: later steps, and every journey's next input, read them."""
+        spec = step.update
+        scope = self._trigger_scope(instance)
+        changed: dict[str, Any] = {}
+        for name, value in spec.set.items():
+            if isinstance(value, dict) and set(value) == {"from"}:
+                value = resolve(value["from"], scope)
+                if value is MISSING:
+                    self.count(compiled, step.id, f"update:missing:{name}")
+                    continue
+            changed[name] = value
+        for name, by in spec.increment.items():
+            current = self.traits.get(name)
+            if isinstance(current, bool) or not isinstance(current, int | float):
+                current = 0  # not a number (or absent): counting starts here
+            changed[name] = current + by
+        traits = {**self.traits, **changed}
+        for name in spec.unset:
+            traits.pop(name, None)
+        self.traits = traits
+        self.effects.append(TraitsUpdated(set=changed, unset=spec.unset))
+        self.count(compiled, step.id, "updated")
 
     def _branch(
         self,

@@ -558,6 +558,7 @@ def _scope(req: DeliveryRequested) -> dict[str, Any]:
     return {
         "profile": req.profile,
         "event": {**req.event, "matched": req.matched_events},
+        "steps": {step: {"event": event} for step, event in req.matched_events.items()},
         "journey": {
             "name": req.journey,
             "version": req.version,

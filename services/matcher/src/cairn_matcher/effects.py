@@ -30,6 +30,7 @@ from cairn_journey.effects import (
     SendRequested,
     TimerCancelled,
     TimerSet,
+    TraitsUpdated,
 )
 from cairn_journey.state import ProfileState, encode_state
 from cairn_matcher import repo
@@ -60,6 +61,8 @@ class BatchWrites:
         self.applied: dict[int, int] = {}
         """partition -> the last stream sequence this batch applied there."""
         self.traits: dict[str, dict[str, Any]] = {}
+        self.unset: dict[str, set[str]] = {}
+        """Traits to remove per profile (never also in ``traits``: the later change wins)."""
         self.timers: dict[str, repo.TimerRow] = {}
         self.cancelled: set[str] = set()
         self.outbox: list[repo.OutboxRow] = []
@@ -77,6 +80,17 @@ class BatchWrites:
 
     def merge_traits(self, profile_id: str, traits: dict[str, Any]) -> None:
         self.traits[profile_id] = {**self.traits.get(profile_id, {}), **traits}
+        unset = self.unset.get(profile_id)
+        if unset:
+            unset.difference_update(traits)
+
+    def unset_traits(self, profile_id: str, names: tuple[str, ...]) -> None:
+        """Remove traits (an ``update`` step's ``unset``); a later merge in the batch wins."""
+        pending = self.traits.get(profile_id)
+        for name in names:
+            if pending is not None:
+                pending.pop(name, None)
+            self.unset.setdefault(profile_id, set()).add(name)
 
     def add(
         self,
@@ -124,6 +138,11 @@ class BatchWrites:
                     self.cancelled.add(effect.timer_id)
             case SendRequested():
                 self.outbox.append(self._delivery(effect.delivery, traceparent))
+            case TraitsUpdated():
+                if effect.set:
+                    self.merge_traits(profile_id, effect.set)
+                if effect.unset:
+                    self.unset_traits(profile_id, effect.unset)
             case Counted():
                 key = (effect.journey, effect.version, effect.step_id, effect.counter, self._hour)
                 self.stats[key] = self.stats.get(key, 0) + effect.amount
@@ -160,6 +179,7 @@ class BatchWrites:
             shard=self._shard,
         )
         await repo.merge_traits(conn, self.traits, budget=self._traits_budget)
+        await repo.unset_traits(conn, self.unset)
         await repo.end_instances(conn, self.ended)  # after write_batch: it may have started them
         await repo.convert_instances(conn, self.converted)
         await repo.delete_timers(conn, sorted(self.cancelled))

@@ -85,6 +85,21 @@ async def merge_traits(
         )
 
 
+async def unset_traits(conn: asyncpg.Connection, unset: dict[str, set[str]]) -> None:
+    """Remove traits an ``update`` step unset (profiles in key order, as every writer)."""
+    rows = [(p, _json.encode(sorted(names)).decode()) for p, names in unset.items() if names]
+    if not rows:
+        return
+    await conn.execute(
+        """UPDATE profiles AS pr
+           SET traits = pr.traits - ARRAY(SELECT jsonb_array_elements_text(x.names::jsonb)),
+               updated_at = now()
+           FROM unnest($1::text[], $2::text[]) AS x(p, names)
+           WHERE pr.profile_id = x.p""",
+        *_columns(rows, 2, key=_first),
+    )
+
+
 TimerRow = tuple[str, str, int, str, str, str, datetime, str | None]
 """timer_id, profile_id, partition, instance_id, step_id, kind, due_at, traceparent"""
 
