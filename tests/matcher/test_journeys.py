@@ -389,3 +389,78 @@ async def test_an_update_step_writes_the_traits_other_journeys_read_in_the_same_
     await engine.inputs.send("kim", "Pricing", type="page")
     [hello] = await engine.deliveries.until(1)
     assert (hello.journey, hello.profile["carts"], hello.profile["id"]) == ("pricing", 2, "kim")
+
+
+HOLD_UNTIL: dict[str, Any] = {
+    "kind": "Journey",
+    "name": "hold-until",
+    "trigger": {"event": "Cart Abandoned"},
+    "entry": {"repeat": "always", "unique_by": "cart_id"},
+    "steps": [
+        {"id": "email", "send": {"channel": "email", "template": "e", "to": "profile.email"}},
+        {
+            "id": "hold",
+            "wait_for": {
+                "within": "4s",
+                "events": [
+                    {
+                        "name": "clicked",
+                        "event": "Email Link Clicked",
+                        "of": "email",
+                        "steps": [{"id": "thanks", "send": {"channel": "email", "template": "t",
+                                                            "to": "profile.email"}}],
+                    },
+                    {
+                        "name": "ordered",
+                        "event": "Order Completed",
+                        "match": "cart_id",
+                        "steps": [{"id": "receipt", "send": {"channel": "email", "template": "r",
+                                                             "to": "profile.email"}}],
+                    },
+                    {"name": "support", "event": "Ticket Opened", "match": "cart_id"},
+                ],
+                "reset_on": [{"event": "Cart Modified", "match": "cart_id"}],
+                "timed_out": [{"id": "sms", "send": {"channel": "sms", "template": "s",
+                                                     "to": "profile.phone"}}],
+            },
+        },
+    ],
+}  # fmt: skip
+
+
+async def test_a_three_path_hold_until_takes_the_first_event_and_a_reset_restarts_it(
+    engine: Engine,
+) -> None:
+    await engine.publish(HOLD_UNTIL)
+    for pid in ("dan", "eve", "fay", "gus"):
+        await engine.customer(pid)
+        await engine.inputs.send(pid, "Cart Abandoned", properties={"cart_id": f"c-{pid}"})
+    emails = {d.profile_id: d for d in await engine.deliveries.until(4)}
+    await engine.inputs.send("eve", "Ticket Opened", properties={"cart_id": "c-eve"})
+    await engine.inputs.send(
+        "gus", "Email Link Clicked", properties={"delivery_id": emails["gus"].delivery_id}
+    )
+    await asyncio.sleep(2.5)
+    await engine.inputs.send("dan", "Cart Modified", properties={"cart_id": "c-dan"})  # reset
+    await asyncio.sleep(2.5)  # dan's first window (4 s) is over: only the reset keeps him
+    await engine.inputs.send("dan", "Order Completed", properties={"cart_id": "c-dan"})
+    for cart in ("c-dan", "c-eve", "c-fay", "c-gus"):
+        await engine.until_status(cart, "completed")
+    await engine.deliveries.settle()
+    assert {pid: engine.deliveries.steps(pid) for pid in ("dan", "eve", "fay", "gus")} == {
+        "dan": ["email", "receipt"],
+        "eve": ["email"],
+        "fay": ["email", "sms"],
+        "gus": ["email", "thanks"],
+    }
+    rows = await engine.pool.fetch(
+        "SELECT counter, sum(n)::int AS n FROM journey_stats"
+        " WHERE journey = 'hold-until' AND step_id = 'hold' GROUP BY counter"
+    )
+    counters = {r["counter"]: r["n"] for r in rows}
+    assert {k: counters.get(k) for k in (
+        "matched", "matched:ordered", "matched:support", "matched:clicked", "reset", "timed_out"
+    )} == {
+        "matched": 3, "matched:ordered": 1, "matched:support": 1, "matched:clicked": 1,
+        "reset": 1, "timed_out": 1,
+    }  # fmt: skip

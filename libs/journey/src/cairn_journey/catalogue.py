@@ -14,6 +14,7 @@ from typing import Any
 from cairn_common.messages import DeliveryResult, Event, ProfileInput
 from cairn_journey.correlation import delivery_event_name, journey_event_name
 from cairn_journey.model import (
+    Awaited,
     BranchStep,
     ExitRule,
     Journey,
@@ -28,7 +29,9 @@ class CompiledJourney:
     """One published version with its steps indexed by id."""
 
     __slots__ = (
+        "anchors",
         "awaited_sends",
+        "awaits",
         "events",
         "exits",
         "first",
@@ -51,13 +54,20 @@ class CompiledJourney:
         self.exits: dict[str, tuple[ExitRule, ...]] = {}
         for rule in journey.exit:
             self.exits[rule.event] = (*self.exits.get(rule.event, ()), rule)
+        waits = [s for s in self.steps.values() if isinstance(s, WaitForStep)]
+        self.awaits: dict[str, tuple[Awaited, ...]] = {s.id: s.wait_for.awaited() for s in waits}
+        """Per ``wait_for`` step: the events it waits for, each with its steps."""
+        self.anchors: dict[str, str | None] = {}
+        """Per ``wait_for`` step: the send its window counts from (the one send its paths'
+        ``of`` name, if exactly one), else ``None``."""
+        for s in waits:
+            ofs = {a.of for a in self.awaits[s.id] if a.of is not None}
+            self.anchors[s.id] = ofs.pop() if len(ofs) == 1 else None
         self.wait_for_events = frozenset(
-            s.wait_for.event for s in self.steps.values() if isinstance(s, WaitForStep)
+            a.event for s in waits for a in (*self.awaits[s.id], *s.wait_for.reset_on)
         )
         self.awaited_sends = frozenset(
-            s.wait_for.of
-            for s in self.steps.values()
-            if isinstance(s, WaitForStep) and s.wait_for.of is not None
+            a.of for s in waits for a in self.awaits[s.id] if a.of is not None
         )
         """Send steps a ``wait_for … of:`` refers to (their correlated events are kept)."""
         events = {journey.trigger.event, *self.exits, *self.wait_for_events}

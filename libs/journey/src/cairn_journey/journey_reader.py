@@ -8,6 +8,7 @@ from typing import Any
 from cairn_journey.condition_reader import ConditionReader, plain, valid_path
 from cairn_journey.model import (
     WEEKDAYS,
+    Awaited,
     Branch,
     BranchStep,
     Case,
@@ -36,7 +37,11 @@ from cairn_journey.reader import join
 STEP_KINDS = ("send", "wait", "wait_for", "branch", "split", "update")
 UPDATE_KEYS = ("set", "unset", "increment")
 MAX_TRAIT_NAME = 255
-WAIT_FOR_KEYS = ("event", "within", "of", "match", "where", "matched", "timed_out", "not_sent")
+SINGLE_KEYS = ("event", "of", "match", "where", "matched")
+WAIT_FOR_KEYS = (*SINGLE_KEYS, "within", "events", "reset_on", "timed_out", "not_sent")
+PATH_KEYS = ("name", "event", "of", "match", "where", "steps")
+RESET_KEYS = ("event", "of", "match", "where")
+MAX_PATHS = 10
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 FULL_DAYS = {
@@ -399,28 +404,31 @@ class JourneyReader(ConditionReader):
         data = self.mapping(value, path, line)
         if data is None:
             return None
-        self.keys(
-            data,
-            path,
-            allowed=WAIT_FOR_KEYS,
-            required=("event", "within"),
-        )
-        event = self.string(data, "event", path)
+        self.keys(data, path, allowed=WAIT_FOR_KEYS, required=("within",))
         within = self.duration(data, "within", path)
-        of = self.string(data, "of", path)
-        if of is not None and of not in sends_before:
-            self.problem(
-                join(path, "of"),
-                f'"{of}" is not an earlier send step on this path',
-                self.line_in(data, "of"),
-            )
-        match = self.match(data, path)
-        if of is not None and match is not None:
-            self.problem(path, "use of or match, not both", line)
-        where = self.conditions(data.get("where"), join(path, "where"), self.line_in(data, "where"))
-        matched = self.steps(
-            data.get("matched"), join(path, "matched"), self.line_in(data, "matched"), sends_before
-        )
+        single = [k for k in SINGLE_KEYS if k in data]
+        if ("event" in data) == ("events" in data):
+            self.problem(path, "a wait_for has exactly one of event or events", line)
+            return None
+        if "events" in data:
+            for key in single:
+                self.problem(
+                    join(path, key),
+                    "goes on each of events (a path has its own event, of, match, where, steps)",
+                    self.line_in(data, key),
+                )
+            events = self.awaited_list(data, "events", path, sends_before, with_steps=True)
+            if events is not None and not events:
+                self.problem(join(path, "events"), "needs at least one event", line)
+            if events and len(events) > MAX_PATHS:
+                self.problem(
+                    join(path, "events"), f"{len(events)} paths; the limit is {MAX_PATHS}", line
+                )
+            first: Awaited | None = None
+        else:
+            first = self.awaited(data, path, line, sends_before, steps_key="matched")
+            events = ()
+        reset_on = self.awaited_list(data, "reset_on", path, sends_before, with_steps=False)
         timed_out = self.steps(
             data.get("timed_out"),
             join(path, "timed_out"),
@@ -433,24 +441,116 @@ class JourneyReader(ConditionReader):
             self.line_in(data, "not_sent"),
             sends_before,
         )
-        if "not_sent" in data and of is None:
+        paths = events if first is None else (first,)
+        if "not_sent" in data and not any(a.of for a in paths or ()):
             self.problem(
                 join(path, "not_sent"),
                 "only goes with of (the send whose message may not have been sent)",
                 self.line_in(data, "not_sent"),
             )
-        if not event or within is None:
+        if within is None or (first is None and not events) or events is None:
             return None
+        if first is not None:
+            return WaitFor(
+                within=within,
+                event=first.event,
+                of=first.of,
+                match=first.match,
+                where=first.where,
+                matched=first.steps,
+                reset_on=reset_on or (),
+                timed_out=timed_out,
+                not_sent=not_sent,
+            )
         return WaitFor(
-            not_sent=not_sent,
-            event=event,
             within=within,
-            of=of,
-            match=match,
-            where=where,
-            matched=matched,
+            events=events,
+            reset_on=reset_on or (),
             timed_out=timed_out,
+            not_sent=not_sent,
         )
+
+    def awaited_list(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: str,
+        sends_before: frozenset[str],
+        *,
+        with_steps: bool,
+    ) -> tuple[Awaited, ...] | None:
+        if data.get(key) is None:
+            return ()
+        here, line = join(path, key), self.line_in(data, key)
+        items = self.sequence(data[key], here, line)
+        if items is None:
+            return None
+        out: list[Awaited] = []
+        names: set[str] = set()
+        for i, item in enumerate(items):
+            item_path, item_line = join(here, i), self.line_in(items, i)
+            mapping = self.mapping(item, item_path, item_line)
+            if mapping is None:
+                continue
+            self.keys(
+                mapping,
+                item_path,
+                allowed=PATH_KEYS if with_steps else RESET_KEYS,
+                required=("event",),
+            )
+            awaited = self.awaited(
+                mapping,
+                item_path,
+                item_line,
+                sends_before,
+                steps_key="steps" if with_steps else None,
+            )
+            if awaited is None:
+                continue
+            if awaited.name is not None:
+                if awaited.name in names:
+                    self.problem(
+                        join(item_path, "name"),
+                        f'"{awaited.name}" names another path too; path names are unique',
+                        self.line_in(mapping, "name"),
+                    )
+                names.add(awaited.name)
+            out.append(awaited)
+        return tuple(out)
+
+    def awaited(
+        self,
+        data: dict[str, Any],
+        path: str,
+        line: int | None,
+        sends_before: frozenset[str],
+        *,
+        steps_key: str | None,
+    ) -> Awaited | None:
+        event = self.string(data, "event", path)
+        of = self.string(data, "of", path)
+        if of is not None and of not in sends_before:
+            self.problem(
+                join(path, "of"),
+                f'"{of}" is not an earlier send step on this path',
+                self.line_in(data, "of"),
+            )
+        match = self.match(data, path)
+        if of is not None and match is not None:
+            self.problem(path, "use of or match, not both", line)
+        where = self.conditions(data.get("where"), join(path, "where"), self.line_in(data, "where"))
+        steps: tuple[Step, ...] = ()
+        if steps_key is not None:
+            steps = self.steps(
+                data.get(steps_key),
+                join(path, steps_key),
+                self.line_in(data, steps_key),
+                sends_before,
+            )
+        name = self.string(data, "name", path) if steps_key == "steps" else None
+        if not event:
+            return None
+        return Awaited(event=event, of=of, match=match, where=where, steps=steps, name=name)
 
     def branch(
         self, value: Any, path: str, line: int | None, sends_before: frozenset[str]

@@ -109,27 +109,61 @@ class WaitStep(Doc, frozen=True):
     wait: Wait
 
 
+class Awaited(Doc, frozen=True):
+    """One event a ``wait_for`` waits for: a path of a hold-until (``events:``), or a rule of
+    ``reset_on``. ``of`` / ``match`` / ``where`` as in the single form."""
+
+    event: str
+    of: str | None = None
+    match: str | None = None
+    where: tuple[ConditionNode, ...] = ()
+    steps: tuple[Step, ...] = ()
+    name: str | None = None
+
+
 class WaitFor(Doc, frozen=True):
     """Wait up to ``within`` for ``event``; optionally correlated with ``of`` (the delivery of an
     earlier send step) or ``match`` (a property equal to the instance's unique value).
 
     With ``of``, ``within`` counts from the moment that message was sent, and a message that was
     not sent at all (skipped, suppressed, failed, ...) takes ``not_sent`` (or, without it,
-    ``timed_out``) at once."""
+    ``timed_out``) at once.
 
-    event: str
+    The hold-until form lists several ``events`` instead, each with its own correlation and
+    steps: the first to arrive wins. An event matching a ``reset_on`` rule restarts the wait.
+    """
+
     within: timedelta
+    event: str | None = None
     of: str | None = None
     match: str | None = None
     where: tuple[ConditionNode, ...] = ()
     matched: tuple[Step, ...] = ()
+    events: tuple[Awaited, ...] = ()
+    reset_on: tuple[Awaited, ...] = ()
     timed_out: tuple[Step, ...] = ()
     not_sent: tuple[Step, ...] = ()
 
+    def awaited(self) -> tuple[Awaited, ...]:
+        """The events it waits for, each with its steps (the single form is one path)."""
+        if self.events:
+            return self.events
+        assert self.event is not None
+        return (
+            Awaited(
+                event=self.event,
+                of=self.of,
+                match=self.match,
+                where=self.where,
+                steps=self.matched,
+            ),
+        )
+
     def paths(self) -> tuple[tuple[str, tuple[Step, ...]], ...]:
-        """Every nested step list with its key (``matched``, ``timed_out``, ``not_sent``)."""
+        """Every nested step list with its key (``matched``, ``events[0].steps``, ...)."""
         return (
             ("matched", self.matched),
+            *((f"events[{i}].steps", a.steps) for i, a in enumerate(self.events)),
             ("timed_out", self.timed_out),
             ("not_sent", self.not_sent),
         )

@@ -11,11 +11,11 @@ from msgspec.structs import replace
 from cairn_common.messages import DeliveryResult
 from cairn_journey.catalogue import CompiledJourney
 from cairn_journey.conditions import MISSING, Scope, matches, resolve
-from cairn_journey.correlation import ALL_DELIVERY_EVENTS, DELIVERY_ID_PROPERTY
+from cairn_journey.correlation import DELIVERY_ID_PROPERTY
 from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled, TimerSet
 from cairn_journey.model import RepeatAfter, SendStep, WaitForStep
 from cairn_journey.state import EntryHistory, Instance, Pending, SendOutcome, TriggerEvent
-from cairn_journey.stepping import StepRunner, make_id, unique_key
+from cairn_journey.stepping import StepRunner, can_come, make_id, unique_key, with_path
 
 __all__ = ["ProfileRun", "make_id", "unique_key"]
 
@@ -93,24 +93,49 @@ class ProfileRun(StepRunner):
             if compiled is None or not isinstance(step, WaitForStep):
                 continue
             spec = step.wait_for
-            if spec.event != name or not matches(spec.where, scope):
-                continue
-            if spec.of is not None:
-                sent = instance.sends.get(spec.of)
-                if sent is None or resolve(DELIVERY_ID_PROPERTY, scope) != sent:
-                    continue
-            elif not self.correlates(spec.match, instance, scope):
+            index = next(
+                (
+                    i
+                    for i, awaited in enumerate(compiled.awaits[step.id])
+                    if awaited.event == name and self.takes(awaited, instance, scope)
+                ),
+                None,
+            )
+            if index is None:
+                if any(r.event == name and self.takes(r, instance, scope) for r in spec.reset_on):
+                    consumed.add(instance.id)
+                    self._reset(instance, compiled, step)
                 continue
             consumed.add(instance.id)
             self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-            record = _record(name, key, scope, timestamp)
+            record = with_path(_record(name, key, scope, timestamp), spec, index)
             instance = replace(
                 instance, pending=None, matched={**instance.matched, step.id: record}
             )
-            self.count(compiled, step.id, "matched")
-            first = spec.matched[0] if spec.matched else compiled.next_step[step.id]
-            self.proceed(instance, compiled, first)
+            self.proceed(instance, compiled, self.path_taken(compiled, step, index))
         return consumed
+
+    def _reset(self, instance: Instance, compiled: CompiledJourney, step: WaitForStep) -> None:
+        """A ``reset_on`` event: the wait starts again, a whole ``within`` from now."""
+        pending = instance.pending
+        assert pending is not None
+        self.effects.append(TimerCancelled(timer_id=pending.timer_id))
+        due = min(self.now + step.wait_for.within, self.now + self.catalogue.limits.max_wait)
+        timer_id = make_id("tm_", instance.id, step.id, f"{pending.timer_id}:reset")
+        self.effects.append(
+            TimerSet(
+                timer_id=timer_id,
+                instance_id=instance.id,
+                step_id=step.id,
+                due_at=due,
+                kind="wait_for",
+            )
+        )
+        self.count(compiled, step.id, "reset")
+        self.instances[instance.id] = replace(
+            instance,
+            pending=Pending(step_id=step.id, timer_id=timer_id, kind="wait_for", due_at=due),
+        )
 
     def _hear(
         self, name: str, key: str, scope: Scope, timestamp: datetime | None, consumed: set[str]
@@ -165,22 +190,29 @@ class ProfileRun(StepRunner):
         if (
             prior is not None
             and isinstance(step, WaitForStep)
-            and step.wait_for.of == result.step_id
-            and step.wait_for.event not in ALL_DELIVERY_EVENTS  # that event itself comes next
+            and compiled.anchors[step.id] == result.step_id
         ):
             self._retime(instance, compiled, step, outcome)
 
     def _retime(
         self, instance: Instance, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome
     ) -> None:
+        """A late outcome of the send the wait's window counts from: re-time the window from
+        the real sending, or end it if nothing it waits for can come any more."""
         pending = instance.pending
         assert pending is not None
-        self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-        instance = replace(instance, pending=None)
         spec = step.wait_for
-        if outcome.not_sent:
+        if not any(
+            can_come(a, instance.outcomes, instance.sends) for a in compiled.awaits[step.id]
+        ):
+            self.effects.append(TimerCancelled(timer_id=pending.timer_id))
+            instance = replace(instance, pending=None)
             self.proceed(instance, compiled, self.not_sent(compiled, step, outcome))
             return
+        if outcome.not_sent:
+            return  # other paths can still come: their window stays as it was
+        self.effects.append(TimerCancelled(timer_id=pending.timer_id))
+        instance = replace(instance, pending=None)
         due = min(outcome.at + spec.within, self.now + self.catalogue.limits.max_wait)
         if due <= self.now:
             self.count(compiled, step.id, "timed_out")

@@ -28,11 +28,13 @@ from cairn_journey.effects import (
     TraitsUpdated,
 )
 from cairn_journey.model import (
+    Awaited,
     BranchStep,
     SendStep,
     SplitStep,
     Step,
     UpdateStep,
+    WaitFor,
     WaitForStep,
     WaitStep,
 )
@@ -228,19 +230,22 @@ class StepRunner:
             elif type(step) is WaitForStep:
                 spec = step.wait_for
                 opened = start
-                outcome = outcomes.get(spec.of) if spec.of is not None else None
-                if spec.of is not None and _never_comes(spec, outcome, sends):
+                anchor = compiled.anchors[step_id]
+                outcome = outcomes.get(anchor) if anchor is not None else None
+                awaits = compiled.awaits[step_id]
+                if not any(can_come(a, outcomes, sends) for a in awaits):
                     following = self.not_sent(compiled, step, outcome)
                 else:
-                    if outcome is not None:
+                    if outcome is not None and not outcome.not_sent:
                         opened = min(outcome.at, self.now)
-                    early = self._heard_match(instance, heard, spec, sends, opened)
+                    early = self._heard_match(instance, heard, awaits, sends, opened, spec)
                     if early is not None:
-                        matched = {**matched, step_id: early.record}
-                        heard = tuple(h for h in heard if h is not early)
-                        self.count(compiled, step_id, "matched")
-                        following = spec.matched[0] if spec.matched else following
-                        start = early.at
+                        heard_event, index = early
+                        record = with_path(heard_event.record, spec, index)
+                        matched = {**matched, step_id: record}
+                        heard = tuple(h for h in heard if h is not heard_event)
+                        following = self.path_taken(compiled, step, index)
+                        start = heard_event.at
                     elif opened + spec.within <= self.now:
                         self.count(compiled, step_id, "timed_out")
                         following = spec.timed_out[0] if spec.timed_out else following
@@ -284,6 +289,14 @@ class StepRunner:
             step = following
         self.end(instance, "completed", "completed", "completed")
 
+    def path_taken(self, compiled: CompiledJourney, step: WaitForStep, index: int) -> Step | None:
+        """Count the path an awaited event chose; the step to go on with."""
+        self.count(compiled, step.id, "matched")
+        awaited = compiled.awaits[step.id][index]
+        if step.wait_for.events:
+            self.count(compiled, step.id, f"matched:{awaited.name or index}")
+        return awaited.steps[0] if awaited.steps else compiled.next_step[step.id]
+
     def not_sent(
         self, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome | None
     ) -> Step | None:
@@ -299,27 +312,40 @@ class StepRunner:
         self,
         instance: Instance,
         heard: tuple[Heard, ...],
-        spec: Any,
+        awaits: tuple[Awaited, ...],
         sends: dict[str, str],
         opened: datetime,
-    ) -> Heard | None:
-        """The first early event that satisfies ``spec`` inside its window, or ``None``."""
+        spec: WaitFor,
+    ) -> tuple[Heard, int] | None:
+        """The first early event that one of the paths takes inside the window (with the
+        path's index), or ``None``."""
         for h in heard:
-            record = h.record
-            if record.get("event") != spec.event:
-                continue
-            properties = record.get("properties") or {}
-            scope = self.scope(properties, _EMPTY, spec.event)
             if h.at >= opened + spec.within:
                 continue  # after its window
-            if spec.of is not None:
-                if properties.get(DELIVERY_ID_PROPERTY) != sends.get(spec.of):
+            record = h.record
+            name = record.get("event")
+            properties = record.get("properties") or {}
+            scope = self.scope(properties, _EMPTY, name)
+            for index, awaited in enumerate(awaits):
+                if awaited.event != name:
                     continue
-            elif h.at < opened or not self.correlates(spec.match, instance, scope):
-                continue
-            if matches(spec.where, scope):
-                return h
+                if awaited.of is not None:
+                    if properties.get(DELIVERY_ID_PROPERTY) != sends.get(awaited.of):
+                        continue
+                elif h.at < opened or not self.correlates(awaited.match, instance, scope):
+                    continue
+                if matches(awaited.where, scope):
+                    return h, index
         return None
+
+    def takes(self, awaited: Awaited, instance: Instance, scope: Scope) -> bool:
+        """Whether the event in ``scope`` is the one ``awaited`` waits for (name aside)."""
+        if not matches(awaited.where, scope):
+            return False
+        if awaited.of is not None:
+            sent = instance.sends.get(awaited.of)
+            return sent is not None and resolve(DELIVERY_ID_PROPERTY, scope) == sent
+        return self.correlates(awaited.match, instance, scope)
 
     def hear(self, instance: Instance, record: dict[str, Any]) -> None:
         """Keep an early event for a later ``wait_for`` (bounded, oldest dropped)."""
@@ -443,13 +469,24 @@ class StepRunner:
 _EMPTY: dict[str, Any] = {}
 
 
-def _never_comes(spec: Any, outcome: SendOutcome | None, sends: dict[str, str]) -> bool:
-    """Whether a ``wait_for … of:`` can only end one way: no message was requested, or (for an
-    event about the recipient, such as an open) the message was not sent. An awaited delivery
-    event (``Email Bounced``) is itself the outcome, so only a missing request rules it out."""
-    if spec.event in ALL_DELIVERY_EVENTS:
-        return spec.of not in sends
-    return outcome is None or outcome.not_sent
+def can_come(awaited: Awaited, outcomes: dict[str, SendOutcome], sends: dict[str, str]) -> bool:
+    """Whether the event a path waits for can still arrive. With ``of``: not when no message was
+    requested, nor (for an event about the recipient, such as an open) when it was not sent; an
+    awaited delivery event (``Email Bounced``) is itself the outcome, so only a missing request
+    rules it out."""
+    if awaited.of is None:
+        return True
+    if awaited.event in ALL_DELIVERY_EVENTS:
+        return awaited.of in sends
+    outcome = outcomes.get(awaited.of)
+    return outcome is not None and not outcome.not_sent
+
+
+def with_path(record: dict[str, Any], spec: WaitFor, index: int) -> dict[str, Any]:
+    """The matched event's record, naming the path it took in the hold-until form."""
+    if not spec.events:
+        return record
+    return {**record, "path": spec.events[index].name or index}
 
 
 def _delivery_of(record: dict[str, Any]) -> Any:

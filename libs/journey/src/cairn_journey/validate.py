@@ -191,9 +191,17 @@ class _Check:
         for path, step in walk_steps(journey.steps):
             if isinstance(step, WaitForStep):
                 spec = step.wait_for
-                self.references(f"{path}.wait_for", spec.event, spec.where)
-                if spec.match is not None:
-                    self.property(f"{path}.wait_for.match", spec.event, spec.match, None)
+                rules = [
+                    (f"{path}.wait_for" if not spec.events else f"{path}.wait_for.events[{i}]", a)
+                    for i, a in enumerate(spec.awaited())
+                ]
+                rules += [
+                    (f"{path}.wait_for.reset_on[{i}]", r) for i, r in enumerate(spec.reset_on)
+                ]
+                for here, awaited in rules:
+                    self.references(here, awaited.event, awaited.where)
+                    if awaited.match is not None:
+                        self.property(f"{here}.match", awaited.event, awaited.match, None)
             elif isinstance(step, BranchStep):
                 for c, case in enumerate(step.branch.cases):
                     self.conditions(f"{path}.branch.cases[{c}].when", trigger.event, case.when)
