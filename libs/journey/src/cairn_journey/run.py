@@ -12,9 +12,9 @@ from cairn_common.messages import DeliveryResult
 from cairn_journey.catalogue import CompiledJourney
 from cairn_journey.conditions import MISSING, Scope, matches, resolve
 from cairn_journey.correlation import DELIVERY_ID_PROPERTY
-from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled, TimerSet
+from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled
 from cairn_journey.model import RepeatAfter, SendStep, WaitForStep
-from cairn_journey.state import EntryHistory, Instance, Pending, SendOutcome, TriggerEvent
+from cairn_journey.state import EntryHistory, Instance, SendOutcome, TriggerEvent
 from cairn_journey.stepping import StepRunner, can_come, make_id, unique_key, with_path
 
 __all__ = ["ProfileRun", "make_id", "unique_key"]
@@ -120,22 +120,9 @@ class ProfileRun(StepRunner):
         pending = instance.pending
         assert pending is not None
         self.effects.append(TimerCancelled(timer_id=pending.timer_id))
-        due = min(self.now + step.wait_for.within, self.now + self.catalogue.limits.max_wait)
         timer_id = make_id("tm_", instance.id, step.id, f"{pending.timer_id}:reset")
-        self.effects.append(
-            TimerSet(
-                timer_id=timer_id,
-                instance_id=instance.id,
-                step_id=step.id,
-                due_at=due,
-                kind="wait_for",
-            )
-        )
         self.count(compiled, step.id, "reset")
-        self.instances[instance.id] = replace(
-            instance,
-            pending=Pending(step_id=step.id, timer_id=timer_id, kind="wait_for", due_at=due),
-        )
+        self.park_wait_for(instance, step, timer_id, self.now + step.wait_for.within)
 
     def _hear(
         self, name: str, key: str, scope: Scope, timestamp: datetime | None, consumed: set[str]
@@ -213,27 +200,13 @@ class ProfileRun(StepRunner):
             return  # other paths can still come: their window stays as it was
         self.effects.append(TimerCancelled(timer_id=pending.timer_id))
         instance = replace(instance, pending=None)
-        due = min(outcome.at + spec.within, self.now + self.catalogue.limits.max_wait)
+        due = outcome.at + spec.within
         if due <= self.now:
-            self.count(compiled, step.id, "timed_out")
-            first = spec.timed_out[0] if spec.timed_out else compiled.next_step[step.id]
-            self.proceed(instance, compiled, first, since=due)
+            self.proceed(instance, compiled, self.timed_out(compiled, step), since=due)
             return
         visit = instance.visits.get(step.id, 1)
         timer_id = make_id("tm_", instance.id, step.id, f"{visit}:{outcome.outcome}")
-        self.effects.append(
-            TimerSet(
-                timer_id=timer_id,
-                instance_id=instance.id,
-                step_id=step.id,
-                due_at=due,
-                kind="wait_for",
-            )
-        )
-        self.instances[instance.id] = replace(
-            instance,
-            pending=Pending(step_id=step.id, timer_id=timer_id, kind="wait_for", due_at=due),
-        )
+        self.park_wait_for(instance, step, timer_id, due)
 
     # ------------------------------------------------------------------ entry
 
@@ -342,10 +315,7 @@ class ProfileRun(StepRunner):
         if isinstance(step, SendStep):
             self.outcome_unknown(instance, compiled, step)
         elif isinstance(step, WaitForStep):
-            self.count(compiled, step.id, "timed_out")
-            spec = step.wait_for
-            first = spec.timed_out[0] if spec.timed_out else compiled.next_step[step.id]
-            self.proceed(instance, compiled, first, since=pending.due_at)
+            self.proceed(instance, compiled, self.timed_out(compiled, step), since=pending.due_at)
         else:
             self.proceed(instance, compiled, compiled.next_step.get(pending.step_id))
 

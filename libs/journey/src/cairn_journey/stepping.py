@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from msgspec.structs import replace
@@ -221,8 +221,7 @@ class StepRunner:
                     sends = {k: v for k, v in sends.items() if k != step_id}
                 else:
                     sends = {**sends, step_id: delivery_id}
-                    bound = step.send.outcome_within or self.catalogue.limits.send_outcome_bound
-                    due, kind = self.now + bound, "send"
+                    due, kind = self.now + self.outcome_bound(step), "send"
             elif type(step) is WaitStep:
                 due = wait_until(step.wait, self._trigger_scope(instance), self.traits, start)
                 if due is not None and due <= self.now:
@@ -247,8 +246,7 @@ class StepRunner:
                         following = self.path_taken(compiled, step, index)
                         start = heard_event.at
                     elif opened + spec.within <= self.now:
-                        self.count(compiled, step_id, "timed_out")
-                        following = spec.timed_out[0] if spec.timed_out else following
+                        following = self.timed_out(compiled, step)
                         start = opened + spec.within
                     else:
                         due, kind = opened + spec.within, "wait_for"
@@ -297,6 +295,35 @@ class StepRunner:
             self.count(compiled, step.id, f"matched:{awaited.name or index}")
         return awaited.steps[0] if awaited.steps else compiled.next_step[step.id]
 
+    def timed_out(self, compiled: CompiledJourney, step: WaitForStep) -> Step | None:
+        """Count a ``wait_for`` whose window ended; the step to go on with."""
+        self.count(compiled, step.id, "timed_out")
+        path = step.wait_for.timed_out
+        return path[0] if path else compiled.next_step[step.id]
+
+    def park_wait_for(
+        self, instance: Instance, step: WaitForStep, timer_id: str, due: datetime
+    ) -> None:
+        """Wait (again) at ``step`` until ``due`` with a new timer (a reset, a re-timing)."""
+        due = min(due, self.now + self.catalogue.limits.max_wait)
+        self.effects.append(
+            TimerSet(
+                timer_id=timer_id,
+                instance_id=instance.id,
+                step_id=step.id,
+                due_at=due,
+                kind="wait_for",
+            )
+        )
+        self.instances[instance.id] = replace(
+            instance,
+            pending=Pending(step_id=step.id, timer_id=timer_id, kind="wait_for", due_at=due),
+        )
+
+    def outcome_bound(self, step: SendStep) -> timedelta:
+        """How long an instance waits at ``step`` for its message's outcome."""
+        return step.send.outcome_within or self.catalogue.limits.send_outcome_bound
+
     def not_sent(
         self, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome | None
     ) -> Step | None:
@@ -327,23 +354,25 @@ class StepRunner:
             properties = record.get("properties") or {}
             scope = self.scope(properties, _EMPTY, name)
             for index, awaited in enumerate(awaits):
-                if awaited.event != name:
-                    continue
-                if awaited.of is not None:
-                    if properties.get(DELIVERY_ID_PROPERTY) != sends.get(awaited.of):
-                        continue
-                elif h.at < opened or not self.correlates(awaited.match, instance, scope):
-                    continue
-                if matches(awaited.where, scope):
+                if awaited.event != name or (awaited.of is None and h.at < opened):
+                    continue  # an event that is not about a send counts from the window's start
+                if self.takes(awaited, instance, scope, sends):
                     return h, index
         return None
 
-    def takes(self, awaited: Awaited, instance: Instance, scope: Scope) -> bool:
-        """Whether the event in ``scope`` is the one ``awaited`` waits for (name aside)."""
+    def takes(
+        self,
+        awaited: Awaited,
+        instance: Instance,
+        scope: Scope,
+        sends: dict[str, str] | None = None,
+    ) -> bool:
+        """Whether the event in ``scope`` is the one ``awaited`` waits for (name aside);
+        ``sends``: the instance's requested deliveries, when newer than ``instance.sends``."""
         if not matches(awaited.where, scope):
             return False
         if awaited.of is not None:
-            sent = instance.sends.get(awaited.of)
+            sent = (instance.sends if sends is None else sends).get(awaited.of)
             return sent is not None and resolve(DELIVERY_ID_PROPERTY, scope) == sent
         return self.correlates(awaited.match, instance, scope)
 
@@ -356,8 +385,8 @@ class StepRunner:
         self, instance: Instance, compiled: CompiledJourney, step: SendStep
     ) -> None:
         """A send's bound passed with no result: move on as ``unknown``."""
-        bound = step.send.outcome_within or self.catalogue.limits.send_outcome_bound
-        outcome = SendOutcome("unknown", self.now, f"no outcome within {format_duration(bound)}")
+        bound = format_duration(self.outcome_bound(step))
+        outcome = SendOutcome("unknown", self.now, f"no outcome within {bound}")
         self.count(compiled, step.id, "unknown")
         instance = replace(instance, pending=None, outcomes={**instance.outcomes, step.id: outcome})
         self.proceed(instance, compiled, compiled.next_step[step.id])
