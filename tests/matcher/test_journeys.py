@@ -5,6 +5,7 @@ taken off the dispatcher's consumer and recorded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -138,6 +139,27 @@ class Engine:
         return count
 
 
+@contextlib.asynccontextmanager
+async def running_engine(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+    **matcher_env: str,
+) -> AsyncIterator[Engine]:
+    """A matcher (with ``matcher_env``) and a scheduler, a stand-in dispatcher, a pool."""
+    pool = await prepared(database_url, js, topology)
+    matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P), **matcher_env)
+    scheduler = spawn("cairn_scheduler", CAIRN_PARTITIONS=str(P))
+    await asyncio.gather(matcher.wait_ready(), scheduler.wait_ready())
+    deliveries = await Deliveries(js, topology, P).start()
+    try:
+        yield Engine(pool, Inputs(js, topology, P), deliveries, matcher)
+    finally:
+        await deliveries.stop()
+        await pool.close()
+
+
 @pytest.fixture
 async def engine(
     spawn: Callable[..., ServiceProcess],
@@ -145,13 +167,8 @@ async def engine(
     topology: Topology,
     database_url: str,
 ) -> AsyncIterator[Engine]:
-    pool = await prepared(database_url, js, topology)
-    matcher = spawn("cairn_matcher", CAIRN_PARTITIONS=str(P))
-    scheduler = spawn("cairn_scheduler", CAIRN_PARTITIONS=str(P))
-    await asyncio.gather(matcher.wait_ready(), scheduler.wait_ready())
-    deliveries = await Deliveries(js, topology, P).start()
-    yield Engine(pool, Inputs(js, topology, P), deliveries, matcher)
-    await pool.close()
+    async with running_engine(spawn, js, topology, database_url) as engine:
+        yield engine
 
 
 async def test_cart_email_opened_in_time_sends_no_sms(engine: Engine) -> None:

@@ -37,10 +37,65 @@ def _step_row(step: dict[str, Any]) -> list[Any]:
         row += [values[key] for key, _ in SEND_COLUMNS]
     row += [counters.get(key) for key, _ in STEP_COUNTERS[1:]]
     known = {key for key, _ in STEP_COUNTERS} | HIDDEN
-    other = [f"{k} {v}" for k, v in sorted(counters.items()) if k not in known]
+    shown_apart = ("holdout:", "split:", "winner:") if step.get("paths") else ("holdout:",)
+    other = [
+        f"{k} {v}"
+        for k, v in sorted(counters.items())
+        if k not in known and not k.startswith(shown_apart)
+    ]
     if sends is not None:
         other += [f"{k.replace('_', ' ')} {sends[k]}" for k in SEND_OTHER if sends.get(k)]
     return [*row, ", ".join(other) or None]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _print_holdout(h: dict[str, Any]) -> None:
+    share = f" ({h['percent']:g}% of entries)" if h.get("percent") is not None else ""
+    print(
+        f"holdout{share}: entered {h['entered']}, converted {h['converted']} "
+        f"({_pct(h['conversion_rate'])}) vs journey {h['treated_converted']}/"
+        f"{h['treated_entered']} ({_pct(h['treated_rate'])})"
+    )
+    if h.get("lift") is not None:
+        relative = f", {h['relative_lift']:+g}%" if h.get("relative_lift") is not None else ""
+        print(f"lift: {h['lift']:+g} points{relative} (p = {_p(h.get('p_value'))})")
+    else:
+        print("lift: - (no conversions to compare yet)")
+
+
+def _print_experiment(
+    step: dict[str, Any], table: Callable[[Sequence[Sequence[Any]], Sequence[str]], None]
+) -> None:
+    print()
+    print(f"experiment {step['step_id']}:")
+    rows = [
+        [
+            ("* " if path.get("winner") else "") + path["name"],
+            f"{path['percent']:g}%",
+            path["entered"],
+            path["sends"],
+            path["converted"],
+            _pct(path.get("conversion_rate")),
+            _p(path.get("p_value")),
+        ]
+        for path in step["paths"]
+    ]
+    table(rows, ["path", "share", "entered", "sends", "converted", "conversion", "p vs first"])
+    winner = step.get("winner")
+    if winner and winner.get("path") is not None:
+        when = str(winner.get("decided_at") or "").replace("T", " ")[:19]
+        print(f"winner: {winner['path']} (decided {when}; {winner['reason']})")
+    elif winner and winner["waiting_for"]:
+        print(f"winner ({winner['rule']}): waiting for " + "; ".join(winner["waiting_for"]))
+    elif winner:
+        print(f"winner ({winner['rule']}): due; the matcher records it shortly")
 
 
 def print_stats(
@@ -70,6 +125,9 @@ def print_stats(
     }
     if skipped:
         print("not entered:  " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+    holdout = answer.get("holdout")
+    if holdout:
+        _print_holdout(holdout)
     if answer["steps"]:
         print()
         rows = [_step_row(step) for step in answer["steps"]]
@@ -79,6 +137,9 @@ def print_stats(
             for outcome, reasons in sorted((step.get("sends") or {}).get("reasons", {}).items()):
                 listed = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))
                 print(f"{step['step_id']} {outcome}: {listed}")
+        for step in answer["steps"]:
+            if step.get("paths"):
+                _print_experiment(step, table)
     if answer["series"]:
         print()
         width = 10 if answer["by"] == "day" else 16

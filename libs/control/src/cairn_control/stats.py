@@ -12,7 +12,7 @@ the goal's target, and a per-day or per-hour series.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -20,7 +20,12 @@ import msgspec
 
 from cairn_control.errors import NotFound
 from cairn_control.preview import steps_in
+from cairn_journey.documents import DocumentError, parse_document
+from cairn_journey.durations import format_duration
+from cairn_journey.experiments import figures, two_proportion_p, waiting_for
 from cairn_journey.journey_reader import STEP_KINDS
+from cairn_journey.model import Journey, SplitStep
+from cairn_journey.validate import walk_steps
 
 Period = Literal["day", "hour"]
 SERIES_COUNTERS = ("entered", "completed", "converted")
@@ -28,6 +33,10 @@ SERIES_DELIVERIES = ("sent", "opened", "clicked")
 DELIVERY = "delivery:"
 """Counter prefix of delivery outcomes, opens and clicks (``delivery:sent``...): the matcher
 counts each (delivery, kind) once, when it first records it in ``delivery_events``."""
+HOLDOUT = "holdout:"
+"""Counter prefix of what holdout instances did (``holdout:entered``, ``holdout:converted``)."""
+PATH_COUNTERS = ("sends:", "converted:")
+"""A split step's per-path counters shown in its ``paths`` (``split:<path>`` stays a counter)."""
 REASON = "reason:"
 """Counter prefix of reasons: ``reason:skipped:<reason>`` for skipped, suppressed, dropped."""
 
@@ -58,12 +67,66 @@ class SendStats(msgspec.Struct, frozen=True, kw_only=True):
     """outcome -> reason -> count, for skipped, suppressed and dropped."""
 
 
+class PathStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One path of a split: its instances, the sends they requested after taking it, and their
+    goal conversions."""
+
+    name: str
+    percent: float
+    entered: int
+    sends: int
+    converted: int
+    conversion_rate: float | None
+    """Percent of the path's entries that converted."""
+    p_value: float | None = None
+    """For every path after the first: a two-sided two-proportion z-test of its conversion
+    against the first path's (small: the difference is unlikely to be chance)."""
+    winner: bool = False
+
+
+class WinnerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A split's winner selection: the rule, and the decision once it is made."""
+
+    rule: str
+    """As written: ``after 7d, sample 1000``."""
+    path: str | None = None
+    """The winning path, once decided."""
+    decided_at: datetime | None = None
+    reason: str | None = None
+    figures: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    """Per path, what the decision saw."""
+    waiting_for: list[str] = msgspec.field(default_factory=list)
+    """Until decided: the conditions that do not hold yet."""
+
+
 class StepStats(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     kind: str
     counters: dict[str, int]
     sends: SendStats | None = None
     """For a send step: its deliveries by outcome, opens and clicks."""
+    paths: list[PathStats] | None = None
+    """For a split step: its figures per path (an experiment)."""
+    winner: WinnerStats | None = None
+
+
+class HoldoutStats(msgspec.Struct, frozen=True, kw_only=True):
+    """The journey's control group against the profiles that got the journey."""
+
+    percent: float | None
+    """The holdout share of the version shown."""
+    entered: int
+    converted: int
+    conversion_rate: float | None
+    treated_entered: int
+    treated_converted: int
+    treated_rate: float | None
+    lift: float | None
+    """Treated minus holdout conversion, in percentage points."""
+    relative_lift: float | None
+    """The lift in percent of the holdout's conversion."""
+    p_value: float | None
+    """Two-sided two-proportion z-test of the two conversions."""
 
 
 class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +151,9 @@ class JourneyStats(msgspec.Struct, frozen=True, kw_only=True):
     """The goal's target share in percent, from the version shown (or the live one)."""
     journey_counters: dict[str, int]
     """Every journey-level counter, including entry refusals (``skipped:repeat_once``, ...)."""
+    holdout: HoldoutStats | None = None
+    """With a holdout (or holdout figures): the control group's conversion and the lift. The
+    other figures are of the profiles that got the journey."""
     steps: list[StepStats]
     series: list[SeriesPoint]
     by: Period
@@ -105,14 +171,16 @@ async def journey_stats(
         if journey is None:
             raise NotFound(f"journey {name!r} does not exist")
         shown = version or journey["live_version"] or journey["latest"]
-        raw = await conn.fetchval(
-            "SELECT definition FROM journey_versions WHERE journey = $1 AND version = $2",
+        stored = await conn.fetchrow(
+            "SELECT definition, published_at FROM journey_versions "
+            "WHERE journey = $1 AND version = $2",
             name,
             shown,
         )
-        if version is not None and raw is None:
+        if version is not None and stored is None:
             raise NotFound(f"journey {name!r} has no version {version}")
-        definition: dict[str, Any] = json.loads(raw) if raw is not None else {}
+        definition: dict[str, Any] = json.loads(stored["definition"]) if stored else {}
+        decisions = await _decisions(conn, name, shown)
         rows = await conn.fetch(
             "SELECT step_id, counter, sum(n)::bigint AS n FROM journey_stats "
             "WHERE journey = $1 AND ($2::int IS NULL OR version = $2) GROUP BY step_id, counter",
@@ -131,7 +199,24 @@ async def journey_stats(
             [DELIVERY + k for k in SERIES_DELIVERIES],
         )
         active = await _active(conn, name, version)
-    return _arrange(name, version, definition, rows, series, active, by)
+    published = stored["published_at"] if stored else None
+    arranged = _arrange(name, version, definition, rows, series, active, by)
+    return _with_experiments(arranged, definition, decisions, published)
+
+
+async def _decisions(
+    conn: asyncpg.Connection, name: str, version: int | None
+) -> dict[str, asyncpg.Record]:
+    try:
+        rows = await conn.fetch(
+            "SELECT step_id, path_name, reason, figures::text AS figures, decided_at "
+            "FROM split_decisions WHERE journey = $1 AND version = $2",
+            name,
+            version,
+        )
+    except asyncpg.UndefinedTableError:
+        return {}
+    return {r["step_id"]: r for r in rows}
 
 
 async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> int | None:
@@ -184,6 +269,110 @@ def _percent(target: Any) -> float | None:
         except ValueError:
             return None
     return float(target) if isinstance(target, int | float) else None
+
+
+def _rate(converted: int, entered: int) -> float | None:
+    return round(100.0 * converted / entered, 2) if entered else None
+
+
+def _with_experiments(
+    stats: JourneyStats,
+    definition: dict[str, Any],
+    decisions: dict[str, asyncpg.Record],
+    published: datetime | None,
+) -> JourneyStats:
+    """Add the holdout's lift and each split's figures per path (from the version shown)."""
+    try:
+        journey = parse_document({"kind": "Journey", **definition}) if definition else None
+    except DocumentError:
+        journey = None
+    holdout = _holdout(stats, journey.holdout if isinstance(journey, Journey) else None)
+    if not isinstance(journey, Journey):
+        return msgspec.structs.replace(stats, holdout=holdout)
+    splits = {step.id: step for _, step in walk_steps(journey.steps) if isinstance(step, SplitStep)}
+    steps = []
+    for step_stats in stats.steps:
+        split = splits.get(step_stats.step_id)
+        if split is not None:
+            step_stats = _experiment(
+                step_stats, split, decisions.get(split.id), published or datetime.now(UTC)
+            )
+        steps.append(step_stats)
+    return msgspec.structs.replace(stats, holdout=holdout, steps=steps)
+
+
+def _holdout(stats: JourneyStats, percent: float | None) -> HoldoutStats | None:
+    counters = stats.journey_counters
+    entered = counters.get(HOLDOUT + "entered", 0)
+    if percent is None and not entered:
+        return None
+    converted = counters.get(HOLDOUT + "converted", 0)
+    rate, treated = _rate(converted, entered), _rate(stats.converted, stats.entered)
+    lift = round(treated - rate, 2) if rate is not None and treated is not None else None
+    return HoldoutStats(
+        percent=percent,
+        entered=entered,
+        converted=converted,
+        conversion_rate=rate,
+        treated_entered=stats.entered,
+        treated_converted=stats.converted,
+        treated_rate=treated,
+        lift=lift,
+        relative_lift=round(100.0 * lift / rate, 2) if lift is not None and rate else None,
+        p_value=_rounded(two_proportion_p(stats.converted, stats.entered, converted, entered)),
+    )
+
+
+def _experiment(
+    step_stats: StepStats, split: SplitStep, decision: asyncpg.Record | None, published: datetime
+) -> StepStats:
+    counters = step_stats.counters
+    paths = figures(split, counters)
+    won = decision["path_name"] if decision is not None else None
+    first = paths[0]
+    rows = [
+        PathStats(
+            name=f.name,
+            percent=f.percent,
+            entered=f.entered,
+            sends=f.sends,
+            converted=f.converted,
+            conversion_rate=_rate(f.converted, f.entered),
+            p_value=None
+            if i == 0
+            else _rounded(two_proportion_p(f.converted, f.entered, first.converted, first.entered)),
+            winner=f.name == won,
+        )
+        for i, f in enumerate(paths)
+    ]
+    winner: WinnerStats | None = None
+    if split.winner is not None:
+        rule = split.winner
+        written = ", ".join(
+            part
+            for part in (
+                f"after {format_duration(rule.after)}" if rule.after is not None else "",
+                f"sample {rule.sample}" if rule.sample is not None else "",
+            )
+            if part
+        )
+        if decision is not None:
+            winner = WinnerStats(
+                rule=written,
+                path=won,
+                decided_at=decision["decided_at"],
+                reason=decision["reason"],
+                figures=json.loads(decision["figures"]),
+            )
+        else:
+            waits = waiting_for(split, counters, published, datetime.now(UTC))
+            winner = WinnerStats(rule=written, waiting_for=waits)
+    shown = {k: v for k, v in counters.items() if not k.startswith(PATH_COUNTERS)}
+    return msgspec.structs.replace(step_stats, counters=shown, paths=rows, winner=winner)
+
+
+def _rounded(p: float | None) -> float | None:
+    return round(p, 4) if p is not None else None
 
 
 def _step_kind(step: dict[str, Any]) -> str:

@@ -41,9 +41,12 @@ class CompiledJourney:
         "steps",
         "version",
         "wait_for_events",
+        "winners",
     )
 
-    def __init__(self, journey: Journey, version: int) -> None:
+    def __init__(
+        self, journey: Journey, version: int, winners: Mapping[str, int] | None = None
+    ) -> None:
         self.journey = journey
         self.name = journey.name
         self.version = version
@@ -74,6 +77,19 @@ class CompiledJourney:
         if journey.goal is not None:
             events.add(journey.goal.event)
         self.events = frozenset(events)
+        self.winners: dict[str, int] = {
+            step_id: path
+            for step_id, path in (winners or {}).items()
+            if isinstance(step := self.steps.get(step_id), SplitStep)
+            and 0 <= path < len(step.split)
+        }
+        """Per split step with a decided winner: the path every later entry takes."""
+
+    def path_name(self, step_id: str, index: int) -> str:
+        """How a split's path is named in counters: its ``name``, else its index."""
+        step = self.steps[step_id]
+        assert isinstance(step, SplitStep)
+        return step.split[index].name or str(index)
 
     def _index(self, steps: tuple[Step, ...], after: Step | None = None) -> None:
         """Index ``steps``; the step after the last one is ``after`` (the step that follows the
@@ -105,11 +121,16 @@ class Catalogue:
         live: Mapping[str, int] | None = None,
         *,
         limits: Limits | None = None,
+        winners: Mapping[tuple[str, int], Mapping[str, int]] | None = None,
     ) -> None:
+        """``winners``: per version, the split steps whose winner was decided (step id ->
+        path index)."""
         self.limits = limits or Limits()
         self.versions: dict[tuple[str, int], Journey] = dict(versions or {})
+        decided = winners or {}
         self.compiled: dict[tuple[str, int], CompiledJourney] = {
-            key: CompiledJourney(journey, key[1]) for key, journey in self.versions.items()
+            key: CompiledJourney(journey, key[1], decided.get(key))
+            for key, journey in self.versions.items()
         }
         self.live: dict[str, CompiledJourney] = {}
         for name, version in (live or {}).items():

@@ -77,7 +77,9 @@ class Counted(EffectBase, frozen=True, kw_only=True):
     Counters: ``entered``, ``completed``, ``exited:<exit event>`` (``exited:lifetime``,
     ``exited:<stop reason>``), ``converted``; per step: ``reached``, ``send_requested``,
     ``skipped:no_address``, ``matched``, ``timed_out``, ``branch:<case name or index>``,
-    ``branch:otherwise``, ``split:<path name or index>``, ``updated``; entry refusals (journey
+    ``branch:otherwise``, ``split:<path name or index>``, ``sends:<path>``, ``converted:<path>``,
+    ``winner:<path>`` (a split's experiment figures), ``updated``, ``withheld``; everything a
+    holdout instance counts is prefixed ``holdout:``; entry refusals (journey
     level):
     ``skipped:repeat_once``, ``skipped:cooldown``, ``skipped:already_active``,
     ``skipped:no_unique_value``, ``skipped:instance_limit``, ``skipped:outside_window``.

@@ -31,10 +31,13 @@ from cairn_journey.model import (
     WaitForStep,
     WaitStep,
     Weekday,
+    Winner,
 )
 from cairn_journey.reader import join
 
 STEP_KINDS = ("send", "wait", "wait_for", "branch", "split", "update")
+SPLIT_OPTIONS = ("sticky", "winner")
+"""Step-level keys only a ``split`` step takes."""
 UPDATE_KEYS = ("set", "unset", "increment")
 MAX_TRAIT_NAME = 255
 SINGLE_KEYS = ("event", "of", "match", "where", "matched")
@@ -60,6 +63,7 @@ class JourneyReader(ConditionReader):
         super().__init__(source, line)
         self.step_ids: dict[str, str] = {}
         self.unique_by: str | None = None
+        self.has_goal = False
 
     def journey(self, data: dict[str, Any]) -> Journey | None:
         self.keys(
@@ -74,6 +78,7 @@ class JourneyReader(ConditionReader):
                 "entry",
                 "exit",
                 "goal",
+                "holdout",
                 "steps",
             ),
             required=("name", "trigger", "steps"),
@@ -87,6 +92,8 @@ class JourneyReader(ConditionReader):
         goal = None
         if data.get("goal") is not None:
             goal = self.goal(data["goal"], "goal", self.line_in(data, "goal"))
+        holdout = self.holdout(data, goal)
+        self.has_goal = data.get("goal") is not None
         steps = self.steps(data.get("steps"), "steps", self.line_in(data, "steps"), frozenset())
         if data.get("steps") == []:
             self.problem("steps", "a journey needs at least one step", self.line_in(data, "steps"))
@@ -100,10 +107,22 @@ class JourneyReader(ConditionReader):
             entry=entry,
             exit=exits,
             goal=goal,
+            holdout=holdout,
             steps=steps,
         )
 
-    # ------------------------------------------------------------------ top level
+    def holdout(self, data: dict[str, Any], goal: Goal | None) -> float | None:
+        """``holdout: 10%``: more than 0 and less than 100, and only with a goal to measure."""
+        line = self.line_in(data, "holdout")
+        percent = self.percent(data.get("holdout"), "holdout", line)
+        if percent is None:
+            return None
+        if not 0 < percent < 100:
+            self.problem("holdout", f"{percent:g}% holds out nothing or everyone", line)
+            return None
+        if goal is None and data.get("goal") is None:
+            self.problem("holdout", "a holdout needs a goal: its conversion is the measure", line)
+        return percent
 
     def trigger(self, value: Any, path: str, line: int | None) -> TriggerSpec | None:
         if isinstance(value, str) and value:
@@ -217,7 +236,7 @@ class JourneyReader(ConditionReader):
         data = self.mapping(value, path, line)
         if data is None:
             return None
-        self.keys(data, path, allowed=("id", "name", *STEP_KINDS), required=("id",))
+        self.keys(data, path, allowed=("id", "name", *STEP_KINDS, *SPLIT_OPTIONS), required=("id",))
         step_id = self.step_id(data, path)
         kinds = [k for k in STEP_KINDS if k in data]
         if not kinds:
@@ -227,6 +246,11 @@ class JourneyReader(ConditionReader):
             self.problem(path, f"a step does one thing; found {' and '.join(kinds)}", line)
             return None
         kind = kinds[0]
+        for option in SPLIT_OPTIONS:
+            if option in data and kind != "split":
+                self.problem(
+                    join(path, option), "only a split step takes it", self.line_in(data, option)
+                )
         body, body_path, body_line = data[kind], join(path, kind), self.line_in(data, kind)
         if kind == "send":
             send = self.send(body, body_path, body_line)
@@ -244,7 +268,39 @@ class JourneyReader(ConditionReader):
             update = self.update(body, body_path, body_line)
             return UpdateStep(id=step_id, update=update) if step_id and update else None
         split = self.split(body, body_path, body_line, sends_before)
-        return SplitStep(id=step_id, split=split) if step_id and split else None
+        sticky = self.boolean(data, "sticky", path)
+        winner = self.winner(data.get("winner"), join(path, "winner"), self.line_in(data, "winner"))
+        if not (step_id and split):
+            return None
+        return SplitStep(id=step_id, split=split, sticky=bool(sticky), winner=winner)
+
+    def winner(self, value: Any, path: str, line: int | None) -> Winner | None:
+        if value is None:
+            return None
+        data = self.mapping(value, path, line)
+        if data is None:
+            return None
+        self.keys(data, path, allowed=("after", "sample"))
+        after = self.duration(data, "after", path) if "after" in data else None
+        sample = data.get("sample")
+        if sample is not None and (
+            isinstance(sample, bool) or not isinstance(sample, int) or sample < 1
+        ):
+            self.problem(
+                join(path, "sample"),
+                f"{sample!r} is not a number of instances (1 or more)",
+                self.line_in(data, "sample"),
+            )
+            sample = None
+        if not self.has_goal:
+            self.problem(path, "choosing a winner needs a goal: its conversion decides", line)
+        if after is None and sample is None:
+            if "after" not in data and "sample" not in data:
+                self.problem(
+                    path, "a winner needs after (a duration), sample (a count) or both", line
+                )
+            return None
+        return Winner(after=after, sample=sample)
 
     def update(self, value: Any, path: str, line: int | None) -> Update | None:
         data = self.mapping(value, path, line)

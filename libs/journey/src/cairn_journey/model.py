@@ -196,9 +196,24 @@ class SplitPath(Doc, frozen=True):
     name: str | None = None
 
 
+class Winner(Doc, frozen=True):
+    """``winner: {after: 7d, sample: 1000}``: once every condition given holds (the time since
+    the version was published, the instances the split has sent down its paths), the path with
+    the best goal conversion takes every later entry. The decision is recorded once."""
+
+    after: timedelta | None = None
+    sample: int | None = None
+
+
 class SplitStep(Doc, frozen=True):
+    """A random split (an experiment): each instance takes one path by ``percent``. ``sticky``
+    keeps a profile that enters again on the path it took first; ``winner`` picks a path for
+    every later entry once the experiment has run long enough."""
+
     id: str
     split: tuple[SplitPath, ...]
+    sticky: bool = False
+    winner: Winner | None = None
 
 
 class Update(Doc, frozen=True):
@@ -232,6 +247,10 @@ class Journey(Doc, frozen=True, kw_only=True):
     entry: Entry = msgspec.field(default_factory=Entry)
     exit: tuple[ExitRule, ...] = ()
     goal: Goal | None = None
+    holdout: float | None = None
+    """Percent of entering profiles held out as a control group: they go through the journey
+    with nothing done to them (no message, no trait change) and their goal conversion is
+    counted apart (``holdout:*`` counters), so the journey's lift can be measured."""
 
 
 # --------------------------------------------------------------------------- templates

@@ -15,7 +15,14 @@ from cairn_journey.correlation import DELIVERY_ID_PROPERTY
 from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled
 from cairn_journey.model import RepeatAfter, SendStep, WaitForStep
 from cairn_journey.state import EntryHistory, Instance, SendOutcome, TriggerEvent
-from cairn_journey.stepping import StepRunner, can_come, make_id, unique_key, with_path
+from cairn_journey.stepping import (
+    StepRunner,
+    can_come,
+    holdout_point,
+    make_id,
+    unique_key,
+    with_path,
+)
 
 __all__ = ["ProfileRun", "make_id", "unique_key"]
 
@@ -79,6 +86,7 @@ class ProfileRun(StepRunner):
             )
         )
         self.count_instance(instance, "converted")
+        self.count_paths(instance, compiled, "converted")
         return replace(instance, converted=True)
 
     def _waits(self, name: str, key: str, scope: Scope, timestamp: datetime | None) -> set[str]:
@@ -112,7 +120,7 @@ class ProfileRun(StepRunner):
             instance = replace(
                 instance, pending=None, matched={**instance.matched, step.id: record}
             )
-            self.proceed(instance, compiled, self.path_taken(compiled, step, index))
+            self.proceed(instance, compiled, self.path_taken(compiled, step, index, instance))
         return consumed
 
     def _reset(self, instance: Instance, compiled: CompiledJourney, step: WaitForStep) -> None:
@@ -121,7 +129,7 @@ class ProfileRun(StepRunner):
         assert pending is not None
         self.effects.append(TimerCancelled(timer_id=pending.timer_id))
         timer_id = make_id("tm_", instance.id, step.id, f"{pending.timer_id}:reset")
-        self.count(compiled, step.id, "reset")
+        self.count(compiled, step.id, "reset", instance)
         self.park_wait_for(instance, step, timer_id, self.now + step.wait_for.within)
 
     def _hear(
@@ -194,7 +202,7 @@ class ProfileRun(StepRunner):
         ):
             self.effects.append(TimerCancelled(timer_id=pending.timer_id))
             instance = replace(instance, pending=None)
-            self.proceed(instance, compiled, self.not_sent(compiled, step, outcome))
+            self.proceed(instance, compiled, self.not_sent(compiled, step, outcome, instance))
             return
         if outcome.not_sent:
             return  # other paths can still come: their window stays as it was
@@ -202,7 +210,7 @@ class ProfileRun(StepRunner):
         instance = replace(instance, pending=None)
         due = outcome.at + spec.within
         if due <= self.now:
-            self.proceed(instance, compiled, self.timed_out(compiled, step), since=due)
+            self.proceed(instance, compiled, self.timed_out(compiled, step, instance), since=due)
             return
         visit = instance.visits.get(step.id, 1)
         timer_id = make_id("tm_", instance.id, step.id, f"{visit}:{outcome.outcome}")
@@ -245,6 +253,9 @@ class ProfileRun(StepRunner):
             context=_as_dict(scope.context),
             timestamp=timestamp,
         )
+        held = journey.holdout is not None and (
+            holdout_point(self.profile_id, journey.name) < journey.holdout
+        )
         self._start(
             compiled,
             Instance(
@@ -254,6 +265,7 @@ class ProfileRun(StepRunner):
                 unique_value=unique,
                 started_at=self.now,
                 trigger=trigger,
+                holdout=held,
             ),
         )
 
@@ -283,11 +295,12 @@ class ProfileRun(StepRunner):
 
     def _start(self, compiled: CompiledJourney, instance: Instance) -> None:
         history = self.history.get(compiled.name)
-        entries = history.entries + 1 if history is not None else 1
-        self.history = {
-            **self.history,
-            compiled.name: EntryHistory(last_entered_at=self.now, entries=entries),
-        }
+        entered = (
+            EntryHistory(last_entered_at=self.now)
+            if history is None
+            else replace(history, last_entered_at=self.now, entries=history.entries + 1)
+        )
+        self.history = {**self.history, compiled.name: entered}
         self.effects.append(
             InstanceStarted(
                 instance_id=instance.id,
@@ -299,7 +312,7 @@ class ProfileRun(StepRunner):
                 trigger_message_id=instance.trigger.message_id,
             )
         )
-        self.count(compiled, "", "entered")
+        self.count(compiled, "", "entered", instance)
         self.proceed(instance, compiled, compiled.first)
 
     # ------------------------------------------------------------------ timers
@@ -315,7 +328,8 @@ class ProfileRun(StepRunner):
         if isinstance(step, SendStep):
             self.outcome_unknown(instance, compiled, step)
         elif isinstance(step, WaitForStep):
-            self.proceed(instance, compiled, self.timed_out(compiled, step), since=pending.due_at)
+            due = pending.due_at
+            self.proceed(instance, compiled, self.timed_out(compiled, step, instance), since=due)
         else:
             self.proceed(instance, compiled, compiled.next_step.get(pending.step_id))
 

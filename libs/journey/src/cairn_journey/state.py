@@ -31,7 +31,8 @@ class Pending(msgspec.Struct, frozen=True, array_like=True):
 class SendOutcome(msgspec.Struct, frozen=True, array_like=True):
     """What became of a send step's message: ``sent`` (``at`` is when the provider took it),
     ``skipped``, ``suppressed``, ``failed``, ``bounced``, ``dropped``, ``dead_lettered``, or
-    ``unknown`` (no result within the step's bound; ``at`` is when the bound ended)."""
+    ``unknown`` (no result within the step's bound; ``at`` is when the bound ended), or
+    ``withheld`` (the instance is in the journey's holdout)."""
 
     outcome: str
     at: datetime
@@ -43,7 +44,10 @@ class SendOutcome(msgspec.Struct, frozen=True, array_like=True):
 
     @property
     def not_sent(self) -> bool:
-        return self.outcome not in ("sent", "unknown")
+        """Known not to have reached the recipient. A message ``withheld`` from a holdout
+        instance counts as sent for what follows it: the holdout waits as long as a customer
+        who ignored it would."""
+        return self.outcome not in ("sent", "unknown", "withheld")
 
 
 class Heard(msgspec.Struct, frozen=True, array_like=True):
@@ -73,7 +77,8 @@ class Instance(msgspec.Struct, frozen=True, array_like=True):
     (what ``wait_for: {of: step}`` correlates with); ``matched`` maps a ``wait_for`` step's id to
     the event that satisfied it; ``splits`` the path index a ``split`` chose; ``visits`` how many
     times each step was reached (part of timer and delivery ids); ``outcomes`` what became of
-    each send step's message; ``heard`` events a later ``wait_for`` may need (newest last).
+    each send step's message; ``heard`` events a later ``wait_for`` may need (newest last);
+    ``holdout`` whether it is in the journey's control group (it sends nothing).
     """
 
     id: str
@@ -91,13 +96,16 @@ class Instance(msgspec.Struct, frozen=True, array_like=True):
     visits: dict[str, int] = msgspec.field(default_factory=dict)
     outcomes: dict[str, SendOutcome] = msgspec.field(default_factory=dict)
     heard: tuple[Heard, ...] = ()
+    holdout: bool = False
 
 
 class EntryHistory(msgspec.Struct, frozen=True, array_like=True):
-    """Per journey: when the profile last entered it and how often (for ``repeat``)."""
+    """Per journey: when the profile last entered it and how often (for ``repeat``); ``paths``
+    the path each ``sticky`` split first sent it down (split step id -> path index)."""
 
     last_entered_at: datetime
     entries: int = 1
+    paths: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class ProfileState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

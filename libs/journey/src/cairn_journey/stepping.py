@@ -42,6 +42,8 @@ from cairn_journey.state import Heard, Instance, Pending, ProfileState, SendOutc
 from cairn_journey.timing import wait_until
 
 _SEP = "\x1f"
+HOLDOUT = "holdout:"
+"""Prefix of every counter a holdout instance counts (``holdout:entered``, ...)."""
 HEARD_KEPT = 8
 """How many early events (see :class:`cairn_journey.state.Heard`) an instance keeps."""
 
@@ -67,6 +69,12 @@ def split_point(instance_id: str, step_id: str) -> float:
     """Where an instance falls in ``[0, 100)`` for a split: a hash, sticky per instance."""
     digest = hashlib.blake2b(f"{instance_id}{_SEP}{step_id}".encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "big") % 1_000_000) / 10_000
+
+
+def holdout_point(profile_id: str, journey: str) -> float:
+    """Where a profile falls in ``[0, 100)`` for a journey's holdout: the same every time it
+    enters, so a profile is in the control group of a journey or never."""
+    return split_point(profile_id, f"holdout{_SEP}{journey}")
 
 
 class StepRunner:
@@ -126,7 +134,16 @@ class StepRunner:
     def remember(self, key: int, keep: int) -> None:
         self.seen = (*self.seen[-(keep - 1) :], key)
 
-    def count(self, compiled: CompiledJourney, step_id: str, counter: str) -> None:
+    def count(
+        self,
+        compiled: CompiledJourney,
+        step_id: str,
+        counter: str,
+        instance: Instance | None = None,
+    ) -> None:
+        """An analytics increment; what a holdout ``instance`` does is counted apart."""
+        if instance is not None and instance.holdout:
+            counter = HOLDOUT + counter
         self.effects.append(
             Counted(
                 journey=compiled.name, version=compiled.version, step_id=step_id, counter=counter
@@ -135,9 +152,27 @@ class StepRunner:
 
     def count_instance(self, instance: Instance, counter: str) -> None:
         """A journey-level counter for a running instance's journey version."""
+        if instance.holdout:
+            counter = HOLDOUT + counter
         self.effects.append(
             Counted(journey=instance.journey, version=instance.version, step_id="", counter=counter)
         )
+
+    def count_paths(
+        self,
+        instance: Instance,
+        compiled: CompiledJourney | None,
+        counter: str,
+        splits: Mapping[str, int] | None = None,
+    ) -> None:
+        """Count ``counter`` for each split path the instance took (``converted:<path>``, ...):
+        an experiment's figures per path. ``splits``: when newer than ``instance.splits``."""
+        if compiled is None:
+            return
+        for step_id, index in (instance.splits if splits is None else splits).items():
+            if step_id in compiled.steps:
+                name = compiled.path_name(step_id, index)
+                self.count(compiled, step_id, f"{counter}:{name}", instance)
 
     def end(
         self,
@@ -208,14 +243,20 @@ class StepRunner:
             step_id = step.id
             visit = visits.get(step_id, 0) + 1
             visits[step_id] = visit
-            self.count(compiled, step_id, "reached")
+            self.count(compiled, step_id, "reached", instance)
             following = compiled.next_step[step_id]
             due: datetime | None = None
             kind: Literal["wait", "wait_for", "send"] = "wait"
             if type(step) is SendStep:
                 if step_id in outcomes:  # an earlier visit's outcome is not this one's
                     outcomes = {k: v for k, v in outcomes.items() if k != step_id}
-                delivery_id = self._send(instance, compiled, step, visit)
+                if instance.holdout:  # the control group: nothing is sent, the walk goes on
+                    self.count(compiled, step_id, "withheld", instance)
+                    outcomes = {**outcomes, step_id: SendOutcome("withheld", self.now, "holdout")}
+                    sends = {k: v for k, v in sends.items() if k != step_id}
+                    step = following
+                    continue
+                delivery_id = self._send(instance, compiled, step, visit, splits)
                 if delivery_id is None:
                     outcomes = {**outcomes, step_id: SendOutcome("skipped", self.now, "no address")}
                     sends = {k: v for k, v in sends.items() if k != step_id}
@@ -233,7 +274,7 @@ class StepRunner:
                 outcome = outcomes.get(anchor) if anchor is not None else None
                 awaits = compiled.awaits[step_id]
                 if not any(can_come(a, outcomes, sends) for a in awaits):
-                    following = self.not_sent(compiled, step, outcome)
+                    following = self.not_sent(compiled, step, outcome, instance)
                 else:
                     if outcome is not None and not outcome.not_sent:
                         opened = min(outcome.at, self.now)
@@ -243,10 +284,10 @@ class StepRunner:
                         record = with_path(heard_event.record, spec, index)
                         matched = {**matched, step_id: record}
                         heard = tuple(h for h in heard if h is not heard_event)
-                        following = self.path_taken(compiled, step, index)
+                        following = self.path_taken(compiled, step, index, instance)
                         start = heard_event.at
                     elif opened + spec.within <= self.now:
-                        following = self.timed_out(compiled, step)
+                        following = self.timed_out(compiled, step, instance)
                         start = opened + spec.within
                     else:
                         due, kind = opened + spec.within, "wait_for"
@@ -287,17 +328,21 @@ class StepRunner:
             step = following
         self.end(instance, "completed", "completed", "completed")
 
-    def path_taken(self, compiled: CompiledJourney, step: WaitForStep, index: int) -> Step | None:
+    def path_taken(
+        self, compiled: CompiledJourney, step: WaitForStep, index: int, instance: Instance
+    ) -> Step | None:
         """Count the path an awaited event chose; the step to go on with."""
-        self.count(compiled, step.id, "matched")
+        self.count(compiled, step.id, "matched", instance)
         awaited = compiled.awaits[step.id][index]
         if step.wait_for.events:
-            self.count(compiled, step.id, f"matched:{awaited.name or index}")
+            self.count(compiled, step.id, f"matched:{awaited.name or index}", instance)
         return awaited.steps[0] if awaited.steps else compiled.next_step[step.id]
 
-    def timed_out(self, compiled: CompiledJourney, step: WaitForStep) -> Step | None:
+    def timed_out(
+        self, compiled: CompiledJourney, step: WaitForStep, instance: Instance
+    ) -> Step | None:
         """Count a ``wait_for`` whose window ended; the step to go on with."""
-        self.count(compiled, step.id, "timed_out")
+        self.count(compiled, step.id, "timed_out", instance)
         path = step.wait_for.timed_out
         return path[0] if path else compiled.next_step[step.id]
 
@@ -325,12 +370,16 @@ class StepRunner:
         return step.send.outcome_within or self.catalogue.limits.send_outcome_bound
 
     def not_sent(
-        self, compiled: CompiledJourney, step: WaitForStep, outcome: SendOutcome | None
+        self,
+        compiled: CompiledJourney,
+        step: WaitForStep,
+        outcome: SendOutcome | None,
+        instance: Instance,
     ) -> Step | None:
         """Count a ``wait_for … of:`` whose message was not sent; the step to go on with."""
         reason = outcome.outcome if outcome is not None else "not_requested"
-        self.count(compiled, step.id, "not_sent")
-        self.count(compiled, step.id, f"not_sent:{reason}")
+        self.count(compiled, step.id, "not_sent", instance)
+        self.count(compiled, step.id, f"not_sent:{reason}", instance)
         spec = step.wait_for
         path = spec.not_sent or spec.timed_out
         return path[0] if path else compiled.next_step[step.id]
@@ -387,12 +436,17 @@ class StepRunner:
         """A send's bound passed with no result: move on as ``unknown``."""
         bound = format_duration(self.outcome_bound(step))
         outcome = SendOutcome("unknown", self.now, f"no outcome within {bound}")
-        self.count(compiled, step.id, "unknown")
+        self.count(compiled, step.id, "unknown", instance)
         instance = replace(instance, pending=None, outcomes={**instance.outcomes, step.id: outcome})
         self.proceed(instance, compiled, compiled.next_step[step.id])
 
     def _send(
-        self, instance: Instance, compiled: CompiledJourney, step: SendStep, visit: int
+        self,
+        instance: Instance,
+        compiled: CompiledJourney,
+        step: SendStep,
+        visit: int,
+        splits: dict[str, int],
     ) -> str | None:
         """Request the send; the delivery id, or ``None`` when skipped for want of an address."""
         send = step.send
@@ -433,10 +487,15 @@ class StepRunner:
         )
         self.effects.append(SendRequested(delivery=request))
         self.count(compiled, step.id, "send_requested")
+        self.count_paths(instance, compiled, "sends", splits)
         return delivery_id
 
     def _update(self, instance: Instance, compiled: CompiledJourney, step: UpdateStep) -> None:
-        """Change the traits now: later steps, and every journey's next input, read them."""
+        """Change the traits now: later steps, and every journey's next input, read them (not
+        for a holdout instance: the control group is left as it is)."""
+        if instance.holdout:
+            self.count(compiled, step.id, "withheld", instance)
+            return
         spec = step.update
         scope = self._trigger_scope(instance)
         changed: dict[str, Any] = {}
@@ -469,9 +528,9 @@ class StepRunner:
         scope = self._trigger_scope(instance)
         for index, case in enumerate(step.branch.cases):
             if matches(case.when, scope):
-                self.count(compiled, step.id, f"branch:{case.name or index}")
+                self.count(compiled, step.id, f"branch:{case.name or index}", instance)
                 return case.steps[0] if case.steps else following
-        self.count(compiled, step.id, "branch:otherwise")
+        self.count(compiled, step.id, "branch:otherwise", instance)
         otherwise = step.branch.otherwise
         return otherwise[0] if otherwise else following
 
@@ -482,17 +541,33 @@ class StepRunner:
         step: SplitStep,
         following: Step | None,
     ) -> tuple[int, Step | None]:
+        """Choose the instance's path: the one a ``sticky`` split sent this profile down
+        before, else the decided winner, else by ``percent`` (a hash of the instance)."""
+        history = self.history.get(compiled.name)
+        first = history.paths.get(step.id) if step.sticky and history is not None else None
+        if first is not None and first < len(step.split):
+            chosen = first
+        elif step.id in compiled.winners:
+            chosen = compiled.winners[step.id]
+            self.count(compiled, step.id, f"winner:{compiled.path_name(step.id, chosen)}", instance)
+        else:
+            chosen = self._by_percent(instance, step)
+        if step.sticky and history is not None and first is None:
+            paths = {**history.paths, step.id: chosen}
+            self.history = {**self.history, compiled.name: replace(history, paths=paths)}
+        self.count(compiled, step.id, f"split:{compiled.path_name(step.id, chosen)}", instance)
+        path = step.split[chosen]
+        return chosen, (path.steps[0] if path.steps else following)
+
+    @staticmethod
+    def _by_percent(instance: Instance, step: SplitStep) -> int:
         point = split_point(instance.id, step.id)
-        chosen = len(step.split) - 1
         total = 0.0
         for index, path in enumerate(step.split):
             total += path.percent
             if point < total:
-                chosen = index
-                break
-        path = step.split[chosen]
-        self.count(compiled, step.id, f"split:{path.name or chosen}")
-        return chosen, (path.steps[0] if path.steps else following)
+                return index
+        return len(step.split) - 1
 
 
 _EMPTY: dict[str, Any] = {}

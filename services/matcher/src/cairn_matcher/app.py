@@ -17,6 +17,7 @@ from cairn_common.failures import is_transient
 from cairn_common.lag import sample_consumer_lag
 from cairn_common.runtime import ServiceContext
 from cairn_matcher.engine import Engine
+from cairn_matcher.experiments import decide_regularly
 from cairn_matcher.housekeeping import InputTrimmer, prune_regularly, sample_instances
 from cairn_matcher.journeys import JourneyCatalogue
 from cairn_matcher.leases import PartitionLeases
@@ -95,6 +96,12 @@ async def run(ctx: ServiceContext[Settings]) -> None:
                     ctx.pool, leases, background, days=s.delivery_events_retention_days
                 ),
                 name="prune-delivery-events",
+            )
+            tg.create_task(
+                decide_regularly(
+                    ctx.pool, leases, journeys, background, interval=s.winners_seconds
+                ),
+                name="split-winners",
             )
             tg.create_task(
                 InputTrimmer(ctx.js, ctx.pool, ctx.topology, leases).run(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,11 +34,15 @@ log = structlog.get_logger(__name__)
 
 LIVE_JOURNEYS = Gauge("cairn_matcher_live_journeys", "Journeys taking new entries, as last loaded")
 LOADED_VERSIONS = Gauge("cairn_matcher_loaded_versions", "Published journey versions loaded")
+DECIDED_SPLITS = Gauge(
+    "cairn_matcher_decided_splits", "Split experiments with a recorded winner, as last loaded"
+)
 
 CHANNEL = "cairn_journeys"
 
 
-def build_catalogue(rows: list[Any]) -> Catalogue:
+def build_catalogue(rows: Sequence[Any], decided: Sequence[Any] = ()) -> Catalogue:
+    """``rows``: the published versions; ``decided``: the experiments whose winner is known."""
     versions: dict[tuple[str, int], Journey] = {}
     live: dict[str, int] = {}
     for r in rows:
@@ -53,7 +59,10 @@ def build_catalogue(rows: list[Any]) -> Catalogue:
         versions[(name, version)] = doc
         if r["state"] == "live" and r["live_version"] == version:
             live[name] = version
-    return Catalogue(versions, live)
+    winners: dict[tuple[str, int], dict[str, int]] = {}
+    for d in decided:
+        winners.setdefault((d["journey"], d["version"]), {})[d["step_id"]] = d["path"]
+    return Catalogue(versions, live, winners=winners)
 
 
 class JourneyCatalogue:
@@ -63,14 +72,19 @@ class JourneyCatalogue:
         self._pool = pool
         self._database_url = database_url
         self.current = Catalogue()
+        self.published: dict[tuple[str, int], datetime] = {}
+        """When each loaded version was published (an experiment's ``after`` counts from it)."""
         self._reload = asyncio.Event()
 
     async def load(self) -> None:
         async with self._pool.acquire() as conn:
             rows = await repo.published_journeys(conn)
-        self.current = build_catalogue(rows)
+            decided = await repo.split_winners(conn)
+        self.current = build_catalogue(rows, decided)
+        self.published = {(r["journey"], r["version"]): r["published_at"] for r in rows}
         LIVE_JOURNEYS.set(len(self.current.live))
         LOADED_VERSIONS.set(len(self.current.versions))
+        DECIDED_SPLITS.set(sum(len(c.winners) for c in self.current.compiled.values()))
         log.info("journeys loaded", versions=len(self.current.versions),
                  live=sorted(self.current.live))  # fmt: skip
 

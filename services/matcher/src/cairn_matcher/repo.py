@@ -297,11 +297,65 @@ async def published_journeys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     """Every published version (running instances may need any), with its journey's state."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT v.journey, v.version, v.definition::text AS definition,
-                  j.state, j.live_version
+                  j.state, j.live_version, v.published_at
            FROM journey_versions v JOIN journeys j ON j.name = v.journey
            ORDER BY v.journey, v.version"""
     )
     return rows
+
+
+async def split_winners(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every decided experiment: (journey, version, step_id, path)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT journey, version, step_id, path FROM split_decisions"
+    )
+    return rows
+
+
+async def split_counters(
+    conn: asyncpg.Connection, journey: str, version: int, step_id: str
+) -> dict[str, int]:
+    """A split step's counters, summed over hours and shards."""
+    rows = await conn.fetch(
+        "SELECT counter, sum(n)::bigint AS n FROM journey_stats "
+        "WHERE journey = $1 AND version = $2 AND step_id = $3 GROUP BY counter",
+        journey,
+        version,
+        step_id,
+    )
+    return {r["counter"]: int(r["n"]) for r in rows}
+
+
+async def record_winner(
+    conn: asyncpg.Connection,
+    *,
+    journey: str,
+    version: int,
+    step_id: str,
+    path: int,
+    path_name: str,
+    reason: str,
+    figures: list[dict[str, Any]],
+) -> bool:
+    """Record a split's winner once (a decision never changes); wake every matcher's catalogue.
+    ``False`` when another replica decided first."""
+    async with conn.transaction():
+        inserted = await conn.fetchval(
+            """INSERT INTO split_decisions
+                   (journey, version, step_id, path, path_name, reason, figures)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+               ON CONFLICT DO NOTHING RETURNING true""",
+            journey,
+            version,
+            step_id,
+            path,
+            path_name,
+            reason,
+            msgspec.json.encode(figures).decode(),
+        )
+        if inserted:
+            await conn.execute("SELECT pg_notify('cairn_journeys', 'winner')")
+    return bool(inserted)
 
 
 def _first(row: Sequence[Any]) -> Any:

@@ -46,6 +46,9 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
     """How often each owned partition's inputs below its committed sequence are purged from the
     inputs stream (PostgreSQL holds their effects), so CAIRN_INPUTS_MAX_BYTES bounds the backlog,
     not history."""
+    winners_seconds: float = 30.0
+    """How often the replica holding partition 0 looks for split experiments whose winner is
+    due (``winner: {after, sample}``)."""
     stalled_after_seconds: float = 60.0
     """A partition whose batch has waited this long to commit (PostgreSQL down or locked, a failure
     that keeps coming back) makes the matcher not ready: ``/readyz`` and ``cairn status`` name
@@ -68,6 +71,8 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
             raise SettingsError("CAIRN_MAX_PROFILE_TRAITS_BYTES must be at least 1024")
         if self.inputs_trim_seconds <= 0:
             raise SettingsError("CAIRN_INPUTS_TRIM_SECONDS must be positive")
+        if self.winners_seconds <= 0:
+            raise SettingsError("CAIRN_WINNERS_SECONDS must be positive")
         if self.stalled_after_seconds <= 0:
             raise SettingsError("CAIRN_STALLED_AFTER_SECONDS must be positive")
         if self.max_cached_profiles < 1:
