@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cairn_journey.documents import parse_document, parse_text
 from cairn_journey.effects import Counted, SendRequested, TraitsUpdated
@@ -303,3 +305,54 @@ def test_counted_prefix_leaves_no_holdout_counter_unprefixed() -> None:
     assert counted
     assert all(e.counter.startswith("holdout:") for e in counted)
     assert not [e for e in p.log if isinstance(e, SendRequested)]
+
+
+EXPERIMENT = journey(
+    SPLIT.replace("{options}", "sticky: true").replace(
+        "goal: {event: Order Completed, match: cart_id}",
+        "goal: {event: Order Completed, match: cart_id}\n    holdout: 20%",
+    )
+)
+
+Action = tuple[str, int]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.lists(
+        st.tuples(st.sampled_from(["enter", "order", "tick"]), st.integers(0, 3)), max_size=25
+    ),
+)
+def test_experiment_figures_always_add_up(seed: int, actions: list[Action]) -> None:
+    """Whatever arrives in whatever order: a held-out profile never gets a message nor counts
+    in the journey's own figures; each path's conversions are at most its entries, and every
+    entry and conversion of a treated instance that reached the split is one path's."""
+    p = Profile(catalogue(EXPERIMENT), profile_id=f"u{seed}")
+    for kind, n in actions:
+        if kind == "enter":
+            p.track("Cart Abandoned", cart_id=f"c{n}")
+        elif kind == "order":
+            p.track("Order Completed", cart_id=f"c{n}")
+        elif p.pending_timers():
+            p.fire_next()
+    # Entry refusals (skipped:already_active, ...) belong to no instance, so to no group.
+    counted = Counter(c for c in p.counters() if not c[1].startswith("skipped:"))
+    held = holdout_point(p.profile_id, "subject-test") < 20
+    if held:
+        assert p.sends() == []
+        assert all(c.startswith("holdout:") for _, c in counted)
+    else:
+        assert not any(c.startswith("holdout:") for _, c in counted)
+    prefix = "holdout:" if held else ""
+    per_path = {
+        name: (counted[("subject", f"{prefix}split:{name}")],
+               counted[("subject", f"{prefix}converted:{name}")])
+        for name in ("plain", "urgent")
+    }  # fmt: skip
+    assert all(converted <= entered for entered, converted in per_path.values())
+    assert sum(e for e, _ in per_path.values()) == counted[("subject", f"{prefix}reached")]
+    converted = counted[("", f"{prefix}converted")]
+    assert sum(c for _, c in per_path.values()) <= converted
+    # sticky: one path for the profile, however often it entered
+    assert len([name for name, (e, _) in per_path.items() if e]) <= 1

@@ -37,7 +37,7 @@ async def test_outcomes_opens_and_clicks_count_once_per_delivery_with_reasons(
         )
 
         def ev(n: int, kind: str, reason: str | None = None) -> DeliveryEventRow:
-            return (f"d{n}", kind, f"i{n}", "mail", "email", reason, AT)
+            return (f"d{n}", kind, f"i{n}", "mail", "email", reason, AT, None)
 
         batches = [
             [ev(1, "sent"), ev(2, "sent"), ev(3, "skipped", "frequency cap: 1 per 1 day on email")],

@@ -45,6 +45,9 @@ def _step_row(step: dict[str, Any]) -> list[Any]:
     ]
     if sends is not None:
         other += [f"{k.replace('_', ' ')} {sends[k]}" for k in SEND_OTHER if sends.get(k)]
+        if sends.get("rate_limited"):
+            delay = sends.get("rate_limit_delay_seconds")
+            other.append(f"rate limited {sends['rate_limited']} (held {delay:g} s on average)")
     return [*row, ", ".join(other) or None]
 
 

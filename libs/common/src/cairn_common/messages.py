@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from cairn_common.rates import RateLimit
+
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="msg_type"):
     """Base of every wire message: the JSON carries ``"msg_type": "<tag>"``."""
@@ -112,6 +114,8 @@ class DeliveryRequested(Wire, frozen=True, kw_only=True, tag="delivery_requested
     template_document: dict[str, Any] | None = None
     """The Template document as the journey version was published with it, when the sender has
     it; otherwise the dispatcher looks the template up by name."""
+    rate_limit: RateLimit | None = None
+    """The journey's ``rate_limit``: its sends share one schedule across dispatcher replicas."""
 
 
 class DeliveryResult(Wire, frozen=True, kw_only=True, tag="delivery_result"):
@@ -130,6 +134,8 @@ class DeliveryResult(Wire, frozen=True, kw_only=True, tag="delivery_result"):
     reason: str | None = None
     provider_message_id: str | None = None
     attempts: int = 1
+    held_for: float | None = None
+    """Seconds a rate limit held the message back before it was sent (``sent`` only)."""
 
 
 class DeadLetter(Wire, frozen=True, kw_only=True, tag="dead_letter"):

@@ -39,6 +39,9 @@ PATH_COUNTERS = ("sends:", "converted:")
 """A split step's per-path counters shown in its ``paths`` (``split:<path>`` stays a counter)."""
 REASON = "reason:"
 """Counter prefix of reasons: ``reason:skipped:<reason>`` for skipped, suppressed, dropped."""
+HELD_MS = "rate_limit:held_ms"
+"""Milliseconds rate limits held a step's sent deliveries back (``delivery:rate_limited`` of
+them)."""
 
 
 class SendStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +62,10 @@ class SendStats(msgspec.Struct, frozen=True, kw_only=True):
     opened: int = 0
     clicked: int = 0
     unsubscribed: int = 0
+    rate_limited: int = 0
+    """Sent after a rate limit held them back (each also counts as deferred)."""
+    rate_limit_delay_seconds: float | None = None
+    """How long a rate limit held those back, on average."""
     open_rate: float | None = None
     """Percent of sent deliveries opened at least once."""
     click_rate: float | None = None
@@ -235,6 +242,7 @@ async def _active(conn: asyncpg.Connection, name: str, version: int | None) -> i
 def _sends(counters: dict[str, int], delivery: dict[str, int]) -> SendStats:
     by_kind: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
+    held_ms = delivery.pop(HELD_MS, 0)
     for key, n in delivery.items():
         if key.startswith(DELIVERY):
             by_kind[key.removeprefix(DELIVERY)] = n
@@ -252,11 +260,13 @@ def _sends(counters: dict[str, int], delivery: dict[str, int]) -> SendStats:
         return round(100.0 * n / sent, 2) if sent else None
 
     fields = {f for f in SendStats.__struct_fields__ if f not in ("requested", "reasons")}
+    limited = by_kind.get("rate_limited", 0)
     return SendStats(
         requested=counters.get("send_requested", 0),
         **{k: v for k, v in by_kind.items() if k in fields},
         open_rate=rate(by_kind.get("opened", 0)),
         click_rate=rate(by_kind.get("clicked", 0)),
+        rate_limit_delay_seconds=round(held_ms / limited / 1000, 3) if limited else None,
         reasons=reasons,
     )
 
@@ -396,7 +406,9 @@ def _arrange(
 
     def step(step_id: str, kind: str) -> StepStats:
         counters = per_step.pop(step_id, {})
-        delivery = {k: v for k, v in counters.items() if k.startswith((DELIVERY, REASON))}
+        delivery = {
+            k: v for k, v in counters.items() if k.startswith((DELIVERY, REASON)) or k == HELD_MS
+        }
         for k in delivery:
             del counters[k]
         sends = _sends(counters, delivery) if kind == "send" or delivery else None

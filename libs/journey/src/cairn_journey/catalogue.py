@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cairn_common.messages import DeliveryResult, Event, ProfileInput
+from cairn_common.rates import parse_rate
 from cairn_journey.correlation import delivery_event_name, journey_event_name
 from cairn_journey.model import (
     Awaited,
@@ -38,6 +39,7 @@ class CompiledJourney:
         "journey",
         "name",
         "next_step",
+        "rate_limit",
         "steps",
         "version",
         "wait_for_events",
@@ -77,6 +79,7 @@ class CompiledJourney:
         if journey.goal is not None:
             events.add(journey.goal.event)
         self.events = frozenset(events)
+        self.rate_limit = parse_rate(journey.rate_limit) if journey.rate_limit else None
         self.winners: dict[str, int] = {
             step_id: path
             for step_id, path in (winners or {}).items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cairn_common.rates import RateError, parse_rate
 from cairn_journey.condition_reader import ConditionReader, plain, valid_path
 from cairn_journey.model import (
     WEEKDAYS,
@@ -79,6 +80,7 @@ class JourneyReader(ConditionReader):
                 "exit",
                 "goal",
                 "holdout",
+                "rate_limit",
                 "steps",
             ),
             required=("name", "trigger", "steps"),
@@ -93,6 +95,7 @@ class JourneyReader(ConditionReader):
         if data.get("goal") is not None:
             goal = self.goal(data["goal"], "goal", self.line_in(data, "goal"))
         holdout = self.holdout(data, goal)
+        rate_limit = self.rate_limit(data, "rate_limit", "")
         self.has_goal = data.get("goal") is not None
         steps = self.steps(data.get("steps"), "steps", self.line_in(data, "steps"), frozenset())
         if data.get("steps") == []:
@@ -108,8 +111,21 @@ class JourneyReader(ConditionReader):
             exit=exits,
             goal=goal,
             holdout=holdout,
+            rate_limit=rate_limit,
             steps=steps,
         )
+
+    def rate_limit(self, data: dict[str, Any], key: str, path: str) -> str | None:
+        """``500/min`` (kept as written once it reads)."""
+        value = data.get(key)
+        if value is None:
+            return None
+        try:
+            parse_rate(value)
+        except RateError as exc:
+            self.problem(join(path, key), str(exc), self.line_in(data, key))
+            return None
+        return str(value)
 
     def holdout(self, data: dict[str, Any], goal: Goal | None) -> float | None:
         """``holdout: 10%``: more than 0 and less than 100, and only with a goal to measure."""

@@ -247,6 +247,9 @@ class Journey(Doc, frozen=True, kw_only=True):
     entry: Entry = msgspec.field(default_factory=Entry)
     exit: tuple[ExitRule, ...] = ()
     goal: Goal | None = None
+    rate_limit: str | None = None
+    """``500/min``: the journey's sends share one schedule across dispatcher replicas; excess
+    sends wait for their turn, in order, and are never dropped (``cairn_common.rates``)."""
     holdout: float | None = None
     """Percent of entering profiles held out as a control group: they go through the journey
     with nothing done to them (no message, no trait change) and their goal conversion is

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from typing import Any
 
+from cairn_common.rates import RateError, parse_rate
 from cairn_journey.model import (
     CHANNEL_TYPES,
     PROPERTY_TYPES,
@@ -227,6 +228,11 @@ class ResourceReader(Reader):
                     "looks like a secret: put it under credentials as {env: VAR} or {file: /path}",
                     self.line_in(options, key),
                 )
+        if options is not None and options.get("rate_limit") is not None:
+            try:
+                parse_rate(options["rate_limit"])
+            except RateError as exc:
+                self.problem("options.rate_limit", str(exc), self.line_in(options, "rate_limit"))
         if options is not None and "allow_networks" in options:
             self.networks(options["allow_networks"], self.line_in(options, "allow_networks"))
         if options is not None and isinstance(options.get("tracking"), dict):

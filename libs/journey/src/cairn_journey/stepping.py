@@ -484,6 +484,7 @@ class StepRunner:
             event=event,
             matched_events=instance.matched,
             unique_value=instance.unique_value,
+            rate_limit=compiled.rate_limit,
         )
         self.effects.append(SendRequested(delivery=request))
         self.count(compiled, step.id, "send_requested")

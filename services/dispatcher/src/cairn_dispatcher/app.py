@@ -9,6 +9,7 @@ from cairn_common.runtime import ServiceContext, consume
 from cairn_dispatcher.handlers import Dispatcher
 from cairn_dispatcher.lookup import Lookup
 from cairn_dispatcher.providers.registry import Providers
+from cairn_dispatcher.rates import SendRates
 from cairn_dispatcher.repo import DeliveryLedger, Documents, Instances, Suppressions
 from cairn_dispatcher.results import ResultPublisher
 from cairn_dispatcher.settings import Settings
@@ -26,6 +27,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
         Lookup(Documents(ctx.pool), ttl=ctx.settings.documents_ttl_seconds),
         providers,
         ResultPublisher(ctx.nc, ctx.topology, ctx.settings.partitions),
+        SendRates(ctx.pool),
     )
     durable = ctx.topology.dispatcher_consumer
     try:

@@ -15,6 +15,7 @@ level or under ``spec:``::
       from: "Shop <shop@example.com>"
       marketing: true               # consent + unsubscribe link (default true)
       frequency_cap: {limit: 3, per: 1d}
+      rate_limit: 500/min           # shared by every dispatcher replica; excess waits in order
       quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}  # profile's timezone wins
     credentials:
       password: {env: SMTP_PASSWORD}  # secrets only by reference: {env: NAME} or {file: PATH}
@@ -53,6 +54,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from cairn_common.rates import RateError, RateLimit, parse_rate
 from cairn_dispatcher.egress import PUBLIC, EgressPolicy
 from cairn_journey.resource_reader import LINK_HOST
 
@@ -84,6 +86,9 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     settings: dict[str, Any]
     marketing: bool = True
     frequency_cap: FrequencyCap | None = None
+    rate_limit: RateLimit | None = None
+    """``rate_limit: 500/min``: every send through this channel or destination shares one
+    schedule across dispatcher replicas (``cairn_dispatcher.rates``)."""
     quiet_hours: QuietHours | None = None
     code: str | None = None
     egress: EgressPolicy = PUBLIC
@@ -220,6 +225,11 @@ def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> T
     if provider not in kind_types:
         raise DocumentError(f"{where}: provider must be one of {', '.join(sorted(kind_types))}")
     cap = _policy(doc, "frequency_cap")
+    rate = _policy(doc, "rate_limit")
+    try:
+        rate_limit = parse_rate(rate) if rate is not None else None
+    except RateError as exc:
+        raise DocumentError(f"{where}: rate_limit: {exc}") from None
     quiet = _policy(doc, "quiet_hours")
     marketing = _policy(doc, "marketing")
     code = doc.get("function") or doc.get("code")
@@ -246,6 +256,7 @@ def target_from_document(kind: str, name: str, document: Mapping[str, Any]) -> T
             if isinstance(quiet, Mapping)
             else None
         ),
+        rate_limit=rate_limit,
         code=code if isinstance(code, str) else None,
         egress=_egress(_policy(doc, "allow_networks"), where),
         link_hosts=_link_hosts(_policy(doc, "tracking"), where),

@@ -3,7 +3,8 @@
 For each request, in order: the ledger (a delivery that reached a terminal status is never sent
 again; its result is re-published and the message acked), the instance (an exited instance's send
 is dropped), the target document, the address, consent and suppressions, the frequency cap, quiet
-hours (deferred to their end, not dropped), the template. What is left is sent concurrently, each
+hours (deferred to their end, not dropped), rate limits (a slot of the schedule the replicas
+share, ``cairn_dispatcher.rates``; deferred until it, not dropped), the template. What is left is sent concurrently, each
 provider bounding its own concurrency. Then one ledger write for the whole batch (the
 suppressions its bounces and unsubscribes caused in the same transaction), the results published
 into each profile's partition, and only then the acks.
@@ -42,6 +43,7 @@ from cairn_common.consume import ACK, Incoming, Outcome, Reject, Retry
 from cairn_common.failures import Backoff, describe, is_transient
 from cairn_common.messages import DeliveryRequested, DeliveryResult
 from cairn_common.observability import tracing_enabled
+from cairn_common.rates import RateLimit
 from cairn_common.storable import string_problem
 from cairn_common.topology import Topology
 from cairn_dispatcher.documents import DocumentError, Target
@@ -49,11 +51,13 @@ from cairn_dispatcher.lookup import Lookup
 from cairn_dispatcher.policy import consent_refusal, quiet_until
 from cairn_dispatcher.providers.base import Failed, Job, SendOutcome
 from cairn_dispatcher.providers.registry import Providers
+from cairn_dispatcher.rates import SendRates
 from cairn_dispatcher.repo import (
     TERMINAL,
     DeliveryLedger,
     Instances,
     LedgerEntry,
+    LedgerRow,
     Suppression,
     Suppressions,
 )
@@ -70,6 +74,19 @@ PROVIDER_SECONDS = Histogram(
     ["provider", "result"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+RATE_LIMITED = Counter(
+    "cairn_dispatcher_rate_limited_total",
+    "Sends deferred to a later slot by a rate limit (journey, channel or destination)",
+    ["target"],
+)
+RATE_LIMIT_HELD = Histogram(
+    "cairn_dispatcher_rate_limit_held_seconds",
+    "How long a rate limit held a message back before it was sent",
+    ["target"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0),
+)
+SLOT_SLACK = 0.02
+"""A slot this close (seconds) is due: sent now rather than deferred for a few milliseconds."""
 REQUEST_TO_SENT = Histogram(
     "cairn_dispatcher_request_to_sent_seconds",
     "From the matcher's delivery request (requested_at) to the provider accepting the message",
@@ -100,6 +117,12 @@ class Pending(msgspec.Struct, kw_only=True):
     """CONSUMER span of this request, continuing the trace of the input that caused it."""
     sent_at: datetime | None = None
     """When the provider took the message: a journey's next wait counts from here."""
+    row: LedgerRow | None = None
+    """What the ledger already holds for this delivery (an earlier attempt or deferral)."""
+    slot_at: datetime | None = None
+    """The rate-limit slot it goes at (``cairn_dispatcher.rates``)."""
+    held_since: datetime | None = None
+    """When a rate limit first held it back."""
 
 
 class Dispatcher:
@@ -114,6 +137,7 @@ class Dispatcher:
         lookup: Lookup,
         providers: Providers,
         results: ResultPublisher,
+        rates: SendRates,
     ) -> None:
         self.settings = settings
         self._js = js
@@ -124,6 +148,7 @@ class Dispatcher:
         self._lookup = lookup
         self._providers = providers
         self._results = results
+        self._rates = rates
 
     async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """Handle a batch while telling JetStream it is still being worked on: the consumer's
@@ -201,13 +226,16 @@ class Dispatcher:
                     reason=row.reason,
                     provider_message_id=row.provider_message_id,
                 )
-                p.sent_at = row.sent_at
+                p.sent_at, p.held_since = row.sent_at, row.held_since
                 replay.append(p)
             elif statuses.get(p.req.instance_id) == "exited":
+                p.row = row
                 p.decision = Decision(status="dropped", settle=ACK, reason="instance exited")
             else:
+                p.row = row
                 self._resolve(p)
         await self._apply_policies([p for p in batch if p.decision is None], now)
+        await self._rate_limit([p for p in batch if p.decision is None])
         await self._prepare_jobs([p for p in batch if p.decision is None])
         await self._send_all([p for p in batch if p.decision is None])
         await self._record([p for p in batch if p not in replay], now)
@@ -307,6 +335,50 @@ class Dispatcher:
                         settle=Retry("quiet hours", delay=delay),
                         reason=f"quiet hours until {until.isoformat()}",
                     )
+
+    async def _rate_limit(self, batch: list[Pending]) -> None:
+        """Give each send under a rate limit its slot of the shared schedule, in batch order
+        (the journey's limit and its channel's or destination's, the later slot wins); one
+        whose slot is not due yet is deferred until it, never dropped. A delivery deferred
+        before keeps the slot it was given."""
+        wanted: dict[str, tuple[RateLimit, list[Pending]]] = {}
+        limited: list[tuple[Pending, list[str]]] = []
+        for p in batch:
+            keys = [key for key, limit in _limits(p) if limit is not None]
+            if not keys:
+                continue
+            row = p.row
+            if row is not None and row.status == "deferred" and row.slot_at is not None:
+                p.slot_at, p.held_since = row.slot_at, row.held_since
+                limited.append((p, []))
+                continue
+            for key, limit in _limits(p):
+                if limit is not None:
+                    wanted.setdefault(key, (limit, []))[1].append(p)
+            limited.append((p, keys))
+        if not limited:
+            return
+        slots, db_now = await self._rates.reserve(
+            [(key, limit, len(ps)) for key, (limit, ps) in wanted.items()]
+        )
+        taken = {key: iter(key_slots) for key, key_slots in slots.items()}
+        now = db_now or datetime.now(UTC)
+        for p, keys in limited:
+            for key in keys:
+                slot = next(taken[key])
+                p.slot_at = slot if p.slot_at is None else max(p.slot_at, slot)
+            assert p.slot_at is not None
+            wait = (p.slot_at - now).total_seconds()
+            if wait <= SLOT_SLACK:
+                continue
+            p.held_since = p.held_since or now
+            what = " and ".join(f"{key} {limit}" for key, limit in _limits(p) if limit)
+            RATE_LIMITED.labels(p.req.channel or p.req.destination or "").inc()
+            p.decision = Decision(
+                status="deferred",
+                settle=Retry("rate limit", delay=wait),
+                reason=f"rate limit: {what}",
+            )
 
     async def _prepare_jobs(self, batch: list[Pending]) -> None:
         for p in batch:
@@ -410,6 +482,8 @@ class Dispatcher:
             provider_message_id=p.decision.provider_message_id,
             attempts=p.item.deliveries if p.job is not None else 0,
             sent_at=(p.sent_at or now) if p.decision.status == "sent" else None,
+            slot_at=p.slot_at,
+            held_since=p.held_since,
             redriven=REDRIVE_HEADER in p.item.headers,
         )
 
@@ -425,6 +499,8 @@ class Dispatcher:
                 REQUEST_TO_SENT.labels(target).observe(
                     max(0.0, (sent_at - p.req.requested_at).total_seconds())
                 )
+                if (held := _held_for(p)) is not None:
+                    RATE_LIMIT_HELD.labels(target).observe(held)
             if decision.status != "sent":
                 log.info(
                     "delivery " + decision.status,
@@ -463,7 +539,27 @@ class Dispatcher:
             reason=decision.reason,
             provider_message_id=decision.provider_message_id,
             attempts=max(1, p.item.deliveries),
+            held_for=_held_for(p) if decision.status == "sent" else None,
         )
+
+
+def _limits(p: Pending) -> list[tuple[str, RateLimit | None]]:
+    """The rate limits a send is under, by schedule key: its journey's, its target's."""
+    target = p.target
+    return [
+        (f"journey:{p.req.journey}", p.req.rate_limit),
+        (
+            f"{target.kind.lower()}:{target.name}" if target else "",
+            target.rate_limit if target else None,
+        ),
+    ]
+
+
+def _held_for(p: Pending) -> float | None:
+    """Seconds a rate limit held the message back (from when it first did to the sending)."""
+    if p.held_since is None or p.sent_at is None:
+        return None
+    return max(0.0, (p.sent_at - p.held_since).total_seconds())
 
 
 def _result(outcome: SendOutcome) -> str:

@@ -25,6 +25,8 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True):
     provider_message_id: str | None
     attempts: int
     sent_at: datetime | None = None
+    slot_at: datetime | None = None
+    held_since: datetime | None = None
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +46,11 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
     provider_message_id: str | None
     attempts: int
     sent_at: datetime | None
+    slot_at: datetime | None = None
+    """The rate-limit slot it was given (``cairn_dispatcher.rates``); a ``deferred`` row with
+    one waits for it."""
+    held_since: datetime | None = None
+    """When a rate limit first held it back."""
     redriven: bool = False
     """Re-driven from the dead letters: may replace this delivery's ``dead_lettered`` row."""
 
@@ -75,8 +82,8 @@ class DeliveryLedger:
 
     async def rows(self, delivery_ids: Sequence[str]) -> dict[str, LedgerRow]:
         records = await self._pool.fetch(
-            "SELECT delivery_id, status, reason, provider_message_id, attempts, sent_at"
-            " FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
+            "SELECT delivery_id, status, reason, provider_message_id, attempts, sent_at,"
+            " slot_at, held_since FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
             list(delivery_ids),
         )
         return {r["delivery_id"]: LedgerRow(**dict(r)) for r in records}
@@ -118,10 +125,11 @@ class DeliveryLedger:
                 """
                 INSERT INTO delivery_ledger (delivery_id, profile_id, journey, version,
                     instance_id, step_id, channel, destination, address, status, reason,
-                    provider_message_id, attempts, sent_at)
+                    provider_message_id, attempts, sent_at, slot_at, held_since)
                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
                     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                    $12::text[], $13::int[], $14::timestamptz[])
+                    $12::text[], $13::int[], $14::timestamptz[], $15::timestamptz[],
+                    $16::timestamptz[])
                 ON CONFLICT (delivery_id) DO UPDATE SET
                     status = EXCLUDED.status,
                     reason = EXCLUDED.reason,
@@ -130,11 +138,13 @@ class DeliveryLedger:
                     attempts = GREATEST(EXCLUDED.attempts, delivery_ledger.attempts),
                     sent_at = COALESCE(delivery_ledger.sent_at, EXCLUDED.sent_at),
                     address = COALESCE(EXCLUDED.address, delivery_ledger.address),
+                    slot_at = EXCLUDED.slot_at,
+                    held_since = COALESCE(delivery_ledger.held_since, EXCLUDED.held_since),
                     updated_at = now()
                 WHERE delivery_ledger.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
                     'suppressed', 'dropped')
                   AND (delivery_ledger.status <> 'dead_lettered'
-                       OR delivery_ledger.delivery_id = ANY($15::text[]))
+                       OR delivery_ledger.delivery_id = ANY($17::text[]))
                 """,
                 *arrays,
                 [e.delivery_id for e in entries if e.redriven],

@@ -203,9 +203,11 @@ def delivery_event_row(message: Message) -> repo.DeliveryEventRow | None:
     """The analytics row for a delivery result or a tracking event; ``None`` for anything else
     (including a tracking event that does not name its delivery, instance and step)."""
     if isinstance(message, DeliveryResult):
+        held = round(message.held_for * 1000) if message.held_for is not None else None
         return (
             message.delivery_id, message.outcome, message.instance_id, message.step_id,
             message.channel or message.destination, message.reason, message.at,
+            held if message.outcome == "sent" else None,
         )  # fmt: skip
     if isinstance(message, Event) and message.type == "track" and message.event in TRACKING_KINDS:
         props = message.properties
@@ -215,6 +217,6 @@ def delivery_event_row(message: Message) -> repo.DeliveryEventRow | None:
         channel = props.get("channel")
         return (
             str(ids[0]), TRACKING_KINDS[message.event], str(ids[1]), str(ids[2]),
-            channel if isinstance(channel, str) else None, None, message.received_at,
+            channel if isinstance(channel, str) else None, None, message.received_at, None,
         )  # fmt: skip
     return None

@@ -125,8 +125,9 @@ OutboxRow = tuple[str, str, bytes, str | None]
 """subject, msg_id, payload, traceparent (of the input that emitted it)"""
 
 
-DeliveryEventRow = tuple[str, str, str, str, str | None, str | None, datetime]
-"""delivery_id, kind, instance_id, step_id, channel, reason, at"""
+DeliveryEventRow = tuple[str, str, str, str, str | None, str | None, datetime, int | None]
+"""delivery_id, kind, instance_id, step_id, channel, reason, at, held_ms (how long a rate limit
+held a sent delivery back)"""
 
 
 async def add_delivery_events(
@@ -136,34 +137,42 @@ async def add_delivery_events(
 
     Each row actually inserted also increments the analytics counters of its journey, version
     and step (``delivery:<kind>``, and ``reason:<kind>:<reason>`` for skipped, suppressed and
-    dropped) in the hour of its ``at`` and in ``shard`` (``add_stats``), so the stats read only
-    ``journey_stats``."""
+    dropped; for a send a rate limit held back ``delivery:rate_limited`` and the milliseconds,
+    ``rate_limit:held_ms``) in the hour of its ``at`` and in ``shard`` (``add_stats``), so the
+    stats read only ``journey_stats``."""
     if rows:
         await conn.execute(
             """WITH added AS (
                    INSERT INTO delivery_events
-                       (delivery_id, kind, instance_id, step_id, channel, reason, at)
+                       (delivery_id, kind, instance_id, step_id, channel, reason, at, held_ms)
                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                        $5::text[], $6::text[], $7::timestamptz[])
+                                        $5::text[], $6::text[], $7::timestamptz[], $8::bigint[])
                    ON CONFLICT (delivery_id, kind) DO NOTHING
-                   RETURNING instance_id, step_id, kind, reason, at
+                   RETURNING instance_id, step_id, kind, reason, at, held_ms
                ), counted AS (
-                   SELECT instance_id, step_id, 'delivery:' || kind AS counter, at FROM added
+                   SELECT instance_id, step_id, 'delivery:' || kind AS counter, at, 1::bigint AS n
+                   FROM added
                    UNION ALL
                    SELECT instance_id, step_id,
-                          'reason:' || kind || ':' || coalesce(reason, 'unknown'), at
+                          'reason:' || kind || ':' || coalesce(reason, 'unknown'), at, 1
                    FROM added WHERE kind IN ('skipped', 'suppressed', 'dropped')
+                   UNION ALL
+                   SELECT instance_id, step_id, 'delivery:rate_limited', at, 1
+                   FROM added WHERE held_ms IS NOT NULL
+                   UNION ALL
+                   SELECT instance_id, step_id, 'rate_limit:held_ms', at, held_ms
+                   FROM added WHERE held_ms IS NOT NULL
                )
                INSERT INTO journey_stats (journey, version, step_id, counter, hour, shard, n)
                SELECT ji.journey, ji.version, c.step_id, c.counter,
-                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $8::smallint,
-                      count(*)
+                      date_trunc('hour', c.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', $9::smallint,
+                      sum(c.n)
                FROM counted c JOIN journey_instances ji ON ji.instance_id = c.instance_id
                GROUP BY 1, 2, 3, 4, 5
                ORDER BY 1, 2, 3, 4, 5
                ON CONFLICT (journey, version, step_id, counter, hour, shard)
                DO UPDATE SET n = journey_stats.n + EXCLUDED.n""",
-            *_columns(rows, 7, key=lambda r: (r[0], r[1])),
+            *_columns(rows, 8, key=lambda r: (r[0], r[1])),
             shard,
         )
 
