@@ -4,10 +4,10 @@ For each request, in order: the ledger (a delivery that reached a terminal statu
 again; its result is re-published and the message acked), the instance (an exited instance's send
 is dropped), the target document, the address, consent and suppressions, the frequency cap, quiet
 hours (deferred to their end, not dropped), rate limits (a slot of the schedule the replicas
-share, ``cairn_dispatcher.rates``; deferred until it, not dropped), the template. What is left is sent concurrently, each
-provider bounding its own concurrency. Then one ledger write for the whole batch (the
-suppressions its bounces and unsubscribes caused in the same transaction), the results published
-into each profile's partition, and only then the acks.
+share, ``cairn_dispatcher.rates``; deferred until it, not dropped), the template. What is left
+is sent concurrently, each provider bounding its own concurrency. Then one ledger write for the
+whole batch (the suppressions its bounces and unsubscribes caused in the same transaction), the
+results published into each profile's partition, and only then the acks.
 
 Failures follow ``cairn_common.failures``. What is wrong with one request (an id or address that
 cannot be stored, a template that does not render, a ledger row the database refuses) is that
