@@ -1,10 +1,14 @@
 """Deliveries per second with ONE dispatcher process, to a local webhook sink and SMTP server.
 
-    uv run python bench/dispatcher/run.py [--webhooks 20000] [--emails 5000]
+    uv run python bench/dispatcher/run.py [--webhooks 20000] [--emails 5000] [--rate-limit 2000/s]
 
 Starts its own NATS and PostgreSQL (loopback, a temporary folder), queues the deliveries in the
 deliveries stream first, then starts one dispatcher process and measures from the first request a
 sink sees to the last (so start-up is not counted). Prints the figures and stops everything.
+
+``--rate-limit`` puts that limit on the webhook channel (``options.rate_limit``): the webhook
+rate should then be the limit, every delivery still sent once, and the CPU per delivery shows
+what deferring and redelivering the excess costs.
 """
 
 from __future__ import annotations
@@ -186,6 +190,8 @@ async def main(args: argparse.Namespace) -> None:
             ("Channel", "webhook"): {
                 "type": "webhook",
                 "settings": {"url": f"http://127.0.0.1:{web_port}/hook"},
+                "allow_networks": ["127.0.0.0/8"],  # the sink is on loopback
+                **({"rate_limit": args.rate_limit} if args.rate_limit else {}),
             },
             ("Channel", "email"): {
                 "type": "smtp",
@@ -229,7 +235,22 @@ async def main(args: argparse.Namespace) -> None:
         webhook_reqs = [request(i, "webhook", None) for i in range(args.webhooks)]
         email_reqs = [request(i, "email", f"user{i}@example.test") for i in range(args.emails)]
         print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
-        await phase("webhook", hooks, webhook_reqs, nats_server.url, env, log)
+        name = f"webhook (rate_limit {args.rate_limit})" if args.rate_limit else "webhook"
+        await phase(name, hooks, webhook_reqs, nats_server.url, env, log)
+        if args.rate_limit:
+            db = await asyncpg.connect(url)
+            held = await db.fetchrow(
+                "SELECT count(*) FILTER (WHERE held_since IS NOT NULL) AS held,"
+                " count(DISTINCT delivery_id) AS rows,"
+                " max(extract(epoch FROM sent_at - held_since)) AS longest,"
+                " sum(CASE WHEN sent_at < slot_at - interval '20 ms' THEN 1 ELSE 0 END) AS early"
+                " FROM delivery_ledger WHERE channel = 'webhook'"
+            )
+            await db.close()
+            print(
+                f"  ledger: {held['rows']} deliveries, {held['held']} held back by the limit"
+                f" (longest {held['longest'] or 0:.1f} s), {held['early']} sent before their slot"
+            )
         await phase("smtp", mails, email_reqs, nats_server.url, env, log)
     finally:
         if smtp is not None:
@@ -246,4 +267,5 @@ if __name__ == "__main__":
     parser.add_argument("--emails", type=int, default=5_000)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--smtp-pool", type=int, default=32)
+    parser.add_argument("--rate-limit", default="", help="e.g. 2000/s, on the webhook channel")
     asyncio.run(main(parser.parse_args()))

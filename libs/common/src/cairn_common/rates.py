@@ -3,11 +3,12 @@ the schedule the dispatchers share.
 
 A limit is ``<count>/<period>``: the period a unit (``s``, ``sec``, ``second``, ``min``,
 ``minute``, ``h``, ``hour``, ``d``, ``day``) or a length in one unit (``10m``, ``2h``). It is
-held as a steady rate (one send per ``spacing`` seconds) with a burst of up to one second's
-worth (at least one send), like a token bucket that refills continuously: ``500/min`` lets 8 go
-at once, then one every 0.12 s. Excess sends are never dropped: each is given the next free slot
-of the schedule, in the order the dispatchers reach them, and waits for it (see
-``cairn_dispatcher.rates``).
+held as a steady rate (one send per ``spacing`` seconds) with a burst of one second's worth or a
+tenth of the limit, whichever is less (at least one send), like a token bucket that refills
+continuously: ``500/min`` lets 8 go at once, then one every 0.12 s; ``1000/s`` lets 100 go at
+once. So no period ever carries more than the limit plus a tenth. Excess sends are never
+dropped: each is given the next free slot of the schedule, in the order the dispatchers reach
+them, and waits for it (see ``cairn_dispatcher.rates``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class RateLimit(msgspec.Struct, frozen=True, array_like=True):
 
     @property
     def burst(self) -> int:
-        """Sends that may go at once after a quiet spell: one second's worth, at least one."""
-        return max(1, min(self.count, math.floor(self.count / self.per_seconds)))
+        """Sends that may go at once after a quiet spell: one second's worth or a tenth of the
+        limit, whichever is less; at least one."""
+        return max(1, min(math.floor(self.count / self.per_seconds), self.count // 10))
 
     @property
     def tolerance(self) -> float:
