@@ -8,12 +8,13 @@ test decides when the dispatcher's result arrives and what it says.
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cairn_common.messages import Event
 from cairn_journey.effects import SendRequested, TimerCancelled, TimerSet
 
 from .support import T0, Profile, catalogue, example, journey
@@ -329,3 +330,49 @@ def test_the_text_goes_exactly_when_no_open_came_within_a_day_of_sending(
         p.fire_next()
     opened_in_time = open_at is not None and open_at < window_end
     assert ("text-reminder" in p.sends()) == (not opened_in_time)
+
+
+def _opened(p: Profile, email: SendRequested, accepted: datetime) -> None:
+    """An open Cairn accepted at ``accepted`` and the matcher applies now (a backlog)."""
+    p.apply(
+        Event(
+            message_id=f"open-{accepted.isoformat()}",
+            type="track",
+            profile_id=p.profile_id,
+            partition=0,
+            received_at=accepted,
+            timestamp=accepted,
+            event="Email Opened",
+            properties={"delivery_id": email.delivery.delivery_id},
+        )
+    )
+
+
+def test_a_backlog_judges_the_window_by_when_inputs_were_accepted_not_applied() -> None:
+    """The matcher was down: the email's result and an open accepted inside the window are
+    applied only after the window ended. The open, queued behind the result, still counts: the
+    window parks with its timer due at once instead of timing out on the spot."""
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    email = only_send(p)
+    sent = p.now
+    p.advance(DAY + 2 * H)  # everything below is applied two hours after the window closed
+    p.result(email, "sent", at=sent)
+    (window,) = timers(p, "wait_for")
+    assert window.due_at == sent + DAY  # already past: the scheduler fires it at once
+    _opened(p, email, accepted=sent + 3 * H)
+    assert p.sends() == ["initial-email"]
+    assert p.ended() == [("completed", "completed")]
+
+
+def test_an_open_accepted_after_the_window_closed_is_too_late_even_before_the_timer_fires() -> None:
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    email = only_send(p)
+    sent = p.now
+    p.advance(DAY + 2 * H)
+    p.result(email, "sent", at=sent)
+    _opened(p, email, accepted=sent + DAY + H)  # an hour after the window closed
+    assert p.positions() == ["opened"]  # not matched: the window's timer decides
+    p.fire_next()
+    assert p.sends() == ["initial-email", "text-reminder"]

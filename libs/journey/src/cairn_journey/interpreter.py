@@ -86,6 +86,7 @@ def run_input(
         if fingerprint in state.seen:
             return state, []
         run = ProfileRun(state, inp.profile_id, catalogue, now)
+        run.accepted = min(inp.received_at, now)
         run.note_ids(inp.user_id, inp.anonymous_id)
         if identify:
             run.merge_traits(inp.traits)
@@ -112,6 +113,7 @@ def _delivery_result(
     if name is None or fingerprint in state.seen:
         return state, []  # ``deferred``: it will be tried again, the instance keeps waiting
     run = ProfileRun(state, inp.profile_id, catalogue, now)
+    run.accepted = min(inp.at, now)
     run.expire()
     run.on_outcome(inp)
     scope = run.scope(delivery_event_properties(inp), _EMPTY, name)

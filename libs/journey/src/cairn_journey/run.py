@@ -100,6 +100,8 @@ class ProfileRun(StepRunner):
             step = compiled.steps.get(pending.step_id) if compiled is not None else None
             if compiled is None or not isinstance(step, WaitForStep):
                 continue
+            if self.accepted >= pending.due_at:
+                continue  # accepted after the window closed: its timer decides (timed_out)
             spec = step.wait_for
             index = next(
                 (
@@ -209,9 +211,6 @@ class ProfileRun(StepRunner):
         self.effects.append(TimerCancelled(timer_id=pending.timer_id))
         instance = replace(instance, pending=None)
         due = outcome.at + spec.within
-        if due <= self.now:
-            self.proceed(instance, compiled, self.timed_out(compiled, step, instance), since=due)
-            return
         visit = instance.visits.get(step.id, 1)
         timer_id = make_id("tm_", instance.id, step.id, f"{visit}:{outcome.outcome}")
         self.park_wait_for(instance, step, timer_id, due)

@@ -95,6 +95,9 @@ class StepRunner:
         self.history = state.history
         self.seen = state.seen
         self.effects: list[Effect] = []
+        self.accepted = now
+        """When Cairn accepted the input being applied (ingest's ``received_at``, a result's
+        ``at``): a window is judged by it, not by when a backlog let the input be applied."""
 
     def _ids(self) -> dict[str, str]:
         ids = {"id": self.profile_id}
@@ -286,10 +289,10 @@ class StepRunner:
                         heard = tuple(h for h in heard if h is not heard_event)
                         following = self.path_taken(compiled, step, index, instance)
                         start = heard_event.at
-                    elif opened + spec.within <= self.now:
-                        following = self.timed_out(compiled, step, instance)
-                        start = opened + spec.within
                     else:
+                        # Even a window that is already over parks (its timer due at once): an
+                        # awaited event accepted inside it may still be queued behind this
+                        # input, and it must be applied before the window is called timed out.
                         due, kind = opened + spec.within, "wait_for"
             elif type(step) is BranchStep:
                 following = self._branch(instance, compiled, step, following)
@@ -427,7 +430,7 @@ class StepRunner:
 
     def hear(self, instance: Instance, record: dict[str, Any]) -> None:
         """Keep an early event for a later ``wait_for`` (bounded, oldest dropped)."""
-        heard = (*instance.heard[-(HEARD_KEPT - 1) :], Heard(record=record, at=self.now))
+        heard = (*instance.heard[-(HEARD_KEPT - 1) :], Heard(record=record, at=self.accepted))
         self.instances[instance.id] = replace(instance, heard=heard)
 
     def outcome_unknown(
