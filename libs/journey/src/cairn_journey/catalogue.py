@@ -89,10 +89,10 @@ class CompiledJourney:
         """Per split step with a decided winner: the path every later entry takes."""
 
     def path_name(self, step_id: str, index: int) -> str:
-        """How a split's path is named in counters: its ``name``, else its index."""
+        """How a split's path is named in counters (:meth:`SplitStep.path_name`)."""
         step = self.steps[step_id]
         assert isinstance(step, SplitStep)
-        return step.split[index].name or str(index)
+        return step.path_name(index)
 
     def _index(self, steps: tuple[Step, ...], after: Step | None = None) -> None:
         """Index ``steps``; the step after the last one is ``after`` (the step that follows the

@@ -32,22 +32,17 @@ class PathFigures(msgspec.Struct, frozen=True, kw_only=True):
         return 100.0 * self.converted / self.entered if self.entered else None
 
 
-def path_names(step: SplitStep) -> list[str]:
-    """How each path is named in counters: its ``name``, else its index."""
-    return [path.name or str(i) for i, path in enumerate(step.split)]
-
-
 def figures(step: SplitStep, counters: Mapping[str, int]) -> list[PathFigures]:
     """Per path, from the split step's counters."""
     return [
         PathFigures(
-            name=name,
+            name=(name := step.path_name(i)),
             percent=path.percent,
             entered=counters.get(f"split:{name}", 0),
             sends=counters.get(f"sends:{name}", 0),
             converted=counters.get(f"converted:{name}", 0),
         )
-        for name, path in zip(path_names(step), step.split, strict=True)
+        for i, path in enumerate(step.split)
     ]
 
 

@@ -215,6 +215,10 @@ class SplitStep(Doc, frozen=True):
     sticky: bool = False
     winner: Winner | None = None
 
+    def path_name(self, index: int) -> str:
+        """How a path is named in counters and stats: its ``name``, else its index."""
+        return self.split[index].name or str(index)
+
 
 class Update(Doc, frozen=True):
     """Change the profile's traits from inside a journey, in the same commit as the step.

@@ -342,20 +342,20 @@ class Dispatcher:
         whose slot is not due yet is deferred until it, never dropped. A delivery deferred
         before keeps the slot it was given."""
         wanted: dict[str, tuple[RateLimit, list[Pending]]] = {}
-        limited: list[tuple[Pending, list[str]]] = []
+        limited: list[tuple[Pending, list[tuple[str, RateLimit]], bool]] = []
         for p in batch:
-            keys = [key for key, limit in _limits(p) if limit is not None]
-            if not keys:
+            limits = _limits(p)
+            if not limits:
                 continue
             row = p.row
-            if row is not None and row.status == "deferred" and row.slot_at is not None:
+            kept = row is not None and row.status == "deferred" and row.slot_at is not None
+            if kept:
+                assert row is not None
                 p.slot_at, p.held_since = row.slot_at, row.held_since
-                limited.append((p, []))
-                continue
-            for key, limit in _limits(p):
-                if limit is not None:
+            else:
+                for key, limit in limits:
                     wanted.setdefault(key, (limit, []))[1].append(p)
-            limited.append((p, keys))
+            limited.append((p, limits, not kept))
         if not limited:
             return
         slots, db_now = await self._rates.reserve(
@@ -363,16 +363,15 @@ class Dispatcher:
         )
         taken = {key: iter(key_slots) for key, key_slots in slots.items()}
         now = db_now or datetime.now(UTC)
-        for p, keys in limited:
-            for key in keys:
-                slot = next(taken[key])
-                p.slot_at = slot if p.slot_at is None else max(p.slot_at, slot)
+        for p, limits, reserved in limited:
+            if reserved:  # the latest of its schedules' slots (a kept slot stays as it is)
+                p.slot_at = max(next(taken[key]) for key, _ in limits)
             assert p.slot_at is not None
             wait = (p.slot_at - now).total_seconds()
             if wait <= SLOT_SLACK:
                 continue
             p.held_since = p.held_since or now
-            what = " and ".join(f"{key} {limit}" for key, limit in _limits(p) if limit)
+            what = " and ".join(f"{key} {limit}" for key, limit in limits)
             RATE_LIMITED.labels(p.req.channel or p.req.destination or "").inc()
             p.decision = Decision(
                 status="deferred",
@@ -543,16 +542,14 @@ class Dispatcher:
         )
 
 
-def _limits(p: Pending) -> list[tuple[str, RateLimit | None]]:
+def _limits(p: Pending) -> list[tuple[str, RateLimit]]:
     """The rate limits a send is under, by schedule key: its journey's, its target's."""
-    target = p.target
-    return [
-        (f"journey:{p.req.journey}", p.req.rate_limit),
-        (
-            f"{target.kind.lower()}:{target.name}" if target else "",
-            target.rate_limit if target else None,
-        ),
-    ]
+    limits: list[tuple[str, RateLimit]] = []
+    if p.req.rate_limit is not None:
+        limits.append((f"journey:{p.req.journey}", p.req.rate_limit))
+    if p.target is not None and p.target.rate_limit is not None:
+        limits.append((f"{p.target.kind.lower()}:{p.target.name}", p.target.rate_limit))
+    return limits
 
 
 def _held_for(p: Pending) -> float | None:
