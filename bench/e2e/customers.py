@@ -44,6 +44,8 @@ _BASE64_PART = re.compile(
     re.IGNORECASE,
 )
 _DELIVERY = re.compile(rb"X-Cairn-Delivery-Id: *([^\r\n]+)", re.IGNORECASE)
+DELIVERY_ID = "X-Cairn-Delivery-Id"
+"""The header every Cairn send carries its delivery id (idempotency key) in, SMS included."""
 
 
 class Arrival(msgspec.Struct, array_like=True):
@@ -150,7 +152,7 @@ def http_app(customers: Customers) -> web.Application:
         form = await request.post()
         found = _CART.search(str(form.get("Body", "")).encode())
         if found:
-            customers.arrived("sms", found[1].decode(), "")
+            customers.arrived("sms", found[1].decode(), request.headers.get(DELIVERY_ID, ""))
         n = len(customers.arrivals)
         return web.json_response({"sid": f"SM{n:032x}", "status": "queued"}, status=201)
 

@@ -180,6 +180,7 @@ async def test_sms_through_the_twilio_messages_api(
     assert req.path == "/2010-04-01/Accounts/AC42/Messages.json"
     assert req.form() == {"To": "+15559999", "From": "+15550001", "Body": "Cart c1 waits"}
     assert req.headers["authorization"] == "Basic " + base64.b64encode(b"AC42:key-123").decode()
+    assert req.headers["x-cairn-delivery-id"] == "s-1"
 
 
 async def test_push_through_fcm_v1_with_a_service_account_token(

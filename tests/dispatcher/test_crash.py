@@ -21,6 +21,7 @@ from tests.dispatcher.support import (
     Results,
     apply,
     delivery,
+    eventually,
     ledger,
     send_requests,
 )
@@ -29,6 +30,7 @@ from tests.support.processes import ServiceProcess
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("restarted", ["same replica", "another replica"])
 async def test_sigkill_after_the_provider_call_resends_once_with_the_same_idempotency_key(
     db: asyncpg.Connection,
     sink: HttpSink,
@@ -36,7 +38,12 @@ async def test_sigkill_after_the_provider_call_resends_once_with_the_same_idempo
     js: JetStreamContext,
     topology: Topology,
     start_dispatcher: Callable[..., ServiceProcess],
+    restarted: str,
 ) -> None:
+    """The dispatcher dies holding a provider call. Restarted under its own name (as ``cairn
+    up`` and a StatefulSet do) it takes its claim back on the redelivery; another replica
+    waits until the dead one's claim lapses (``CAIRN_CLAIM_SECONDS``). Either way the request
+    is sent once more, with the same key, and recorded once."""
     await apply(
         db,
         "Channel",
@@ -44,26 +51,72 @@ async def test_sigkill_after_the_provider_call_resends_once_with_the_same_idempo
         {"provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"}},
     )
     sink.hold = asyncio.Event()  # the provider has the request but has not answered yet
-    first = start_dispatcher()
+    # A claim outliving the ack wait, so another replica surely meets it before it lapses.
+    first = start_dispatcher(CAIRN_REPLICA_ID="one", CAIRN_CLAIM_SECONDS="8")
     await first.wait_ready()
     results = await Results.listen(nc, topology)
     await send_requests(js, topology, delivery("k-1", channel="webhook"))
     await sink.arrived.wait()
     first.kill()
     assert await first.wait_exit() != 0
-    assert await ledger(db, "k-1") is None  # it died before writing the outcome
+    row = await ledger(db, "k-1")  # it died before writing the outcome: only its claim
+    assert row is not None
+    assert row["status"] == "sending"
     sink.hold.set()
 
-    second = start_dispatcher()
+    second = start_dispatcher(CAIRN_REPLICA_ID="one" if restarted == "same replica" else "two")
     await second.wait_ready()
     # After the 3 s ack wait runs out; the bound fails with the minute-long wait of before.
     sent = await results.wait("k-1", "sent", timeout=30)
-    assert sent.attempts == 2
+    if restarted == "same replica":
+        assert sent.attempts == 2
+        assert "is sending it" not in second.output()
+    else:
+        assert "replica one is sending it" in second.output()
     assert [r.headers["webhook-id"] for r in sink.requests] == ["k-1", "k-1"]
     # Once recorded, later redeliveries send nothing more.
     await send_requests(js, topology, delivery("k-2", channel="webhook"))
     await results.wait("k-2", "sent")
     assert [r.headers["webhook-id"] for r in sink.requests] == ["k-1", "k-1", "k-2"]
+
+
+async def test_a_copy_redelivered_while_its_send_is_under_way_waits_for_it_and_is_not_resent(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    """The first dispatcher's in-progress acks never reach JetStream (as when they are lost in
+    a NATS leader election), so the 3 s ack wait runs out while its provider call is still open
+    and the request is redelivered to a second dispatcher. The copy meets the first's claim in
+    the ledger and waits; once the first records the send, the copy replays its outcome. The
+    provider is called once."""
+    await apply(
+        db,
+        "Channel",
+        "webhook",
+        {"provider": "webhook", "options": {"allow_networks": LOOPBACK, "url": f"{sink.url}/hook"}},
+    )
+    sink.hold = asyncio.Event()
+    first = start_dispatcher(CAIRN_PROGRESS_INTERVAL_SECONDS="60", CAIRN_REPLICA_ID="first")
+    await first.wait_ready()
+    results = await Results.listen(nc, topology)
+    await send_requests(js, topology, delivery("k-1", channel="webhook"))
+    await sink.arrived.wait()
+    second = start_dispatcher(CAIRN_REPLICA_ID="second")
+    await second.wait_ready()
+
+    await eventually(lambda: "replica first is sending it" in second.output(), timeout=20)
+    assert len(sink.requests) == 1
+    sink.hold.set()
+    await results.wait("k-1", "sent")
+    await asyncio.sleep(4)  # past another ack wait and the copy's retry
+    assert [r.headers["webhook-id"] for r in sink.requests] == ["k-1"]
+    row = await ledger(db, "k-1")
+    assert row is not None
+    assert (row["status"], row["claimed_by"]) == ("sent", None)
 
 
 async def test_a_delivery_whose_dispatcher_dies_on_its_last_attempt_is_dead_lettered_not_lost(

@@ -111,12 +111,14 @@ async def test_a_ledger_row_refused_after_the_provider_calls_costs_only_its_deli
     topology: Topology,
     start_dispatcher: Callable[..., ServiceProcess],
 ) -> None:
-    """The database refuses one delivery's ledger row after all three were sent. The other two
-    are recorded and acknowledged; the refused one is dead-lettered with the database's reason
-    (never redelivered, so never sent again); nothing is sent twice."""
+    """The database refuses one delivery's ledger row after all three were sent (it took the
+    claim made before the send, not the outcome). The other two are recorded and acknowledged;
+    the refused one is dead-lettered with the database's reason (never redelivered, so never
+    sent again); nothing is sent twice."""
     await webhook_channel(db, sink)
     await db.execute(
-        "ALTER TABLE delivery_ledger ADD CONSTRAINT refuses_k2 CHECK (delivery_id <> 'k-2')"
+        "ALTER TABLE delivery_ledger ADD CONSTRAINT refuses_k2"
+        " CHECK (delivery_id <> 'k-2' OR status = 'sending')"
     )
     await provision_topology(js, topology)
     await send_requests(
@@ -135,10 +137,49 @@ async def test_a_ledger_row_refused_after_the_provider_calls_costs_only_its_deli
     assert "its ledger row was refused" in letter.reason
     assert "refuses_k2" in letter.reason
     assert await ledger(db, "k-1") is not None
-    assert await ledger(db, "k-2") is None
+    row = await ledger(db, "k-2")
+    assert row is not None
+    assert row["status"] == "sending"  # its claim, never its outcome
     # Past the consumer's ack wait: nothing was redelivered and sent again.
     await asyncio.sleep(3)
     assert webhook_ids(sink) == ["k-1", "k-2", "k-3"]
+    assert alive(dispatcher)
+
+
+async def test_a_delivery_whose_claim_the_database_refuses_is_dead_lettered_unsent(
+    db: asyncpg.Connection,
+    sink: HttpSink,
+    nc: NATS,
+    js: JetStreamContext,
+    topology: Topology,
+    start_dispatcher: Callable[..., ServiceProcess],
+) -> None:
+    """No row of one delivery can be stored, not even the claim made before its provider call:
+    it is dead-lettered with the database's reason and never sent (nothing would record the
+    send); its neighbours in the batch are claimed, sent and recorded."""
+    await webhook_channel(db, sink)
+    await db.execute(
+        "ALTER TABLE delivery_ledger ADD CONSTRAINT refuses_c2 CHECK (delivery_id <> 'c-2')"
+    )
+    await provision_topology(js, topology)
+    await send_requests(
+        js,
+        topology,
+        *(delivery(f"c-{n}", channel="webhook", profile_id=f"user-{n}") for n in (1, 2, 3)),
+    )
+    dispatcher = start_dispatcher()
+    results = await Results.listen(nc, topology)
+    await dispatcher.wait_ready()
+
+    await results.wait("c-1", "sent")
+    await results.wait("c-3", "sent")
+    await eventually(lambda: len(results.of("c-2")) > 0)
+    [letter] = await dead_letters(js, topology, topology.deliveries_stream)
+    assert letter.reason.startswith("its ledger row was refused: CheckViolationError")
+    assert "refuses_c2" in letter.reason
+    assert await ledger(db, "c-2") is None
+    await asyncio.sleep(3)  # past the ack wait: not redelivered, never sent
+    assert webhook_ids(sink) == ["c-1", "c-3"]
     assert alive(dispatcher)
 
 

@@ -223,7 +223,9 @@ async def test_top_level_loops_and_buffer_hogs_stay_in_their_worker(
     await eventually(lambda: {"/fn-1", "/hook"} <= {r.path for r in sink.requests})
     workers = _workers(first.proc.pid)
     assert workers
-    assert await ledger(db, "loop-1") is None  # still looping: nothing recorded, nothing sent
+    row = await ledger(db, "loop-1")  # still looping: only its claim recorded, nothing sent
+    assert row is not None
+    assert row["status"] == "sending"
     first.terminate()
     assert await first.wait_exit(timeout=30) == 0
     await eventually(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), timeout=10)

@@ -146,6 +146,7 @@ class Deliveries:
         self.seen: list[DeliveryRequested] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> Deliveries:
         self._sub = await self._js.pull_subscribe_bind(
@@ -155,13 +156,16 @@ class Deliveries:
         return self
 
     async def stop(self) -> None:
+        """Stop taking requests. The flag as well as the cancel: nats-py's ``fetch`` can turn a
+        cancellation into the ``TimeoutError`` the loop waits out, which hung a teardown."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 msgs = await self._sub.fetch(500, timeout=0.2)
             except TimeoutError:

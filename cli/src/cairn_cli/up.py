@@ -278,8 +278,9 @@ async def _supervise(
                 "CAIRN_HEALTH_PORT": str(ports.health[name]),
                 "CAIRN_NATS_USER": nats_auth.user_name(Topology().namespace, service),
                 "CAIRN_NATS_PASSWORD": passwords[service],
-                # One of each runs here: a restarted matcher or scheduler takes its previous
-                # process's partitions and timer claims back at once (leases.py, lookahead.py).
+                # Each replica keeps its name across restarts: a restarted matcher, scheduler or
+                # dispatcher takes its previous process's partitions, timer claims and delivery
+                # claims back at once (leases.py, lookahead.py, decision 0064).
                 "CAIRN_REPLICA_ID": f"{socket.gethostname()}-{name}",
             },
             service=service,

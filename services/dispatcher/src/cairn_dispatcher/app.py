@@ -42,6 +42,7 @@ async def run(ctx: ServiceContext[Settings]) -> None:
                 ),
                 name="consumer-lag",
             )
+            tg.create_task(dispatcher.keep_claims(ctx.stopping), name="delivery-claims")
             await consume(ctx, durable, dispatcher)
     finally:
         await providers.close()

@@ -14,9 +14,13 @@ cannot be stored, a template that does not render, a ledger row the database ref
 delivery's outcome, never the batch's: its neighbours are sent and recorded once. Once provider
 calls were made, a transient failure of the ledger write (the database away) is retried in place
 while JetStream is told the batch is still in progress: what was sent is recorded, not sent again.
-A crash between a provider call and the ledger write means the request is redelivered and sent
-once more with the same idempotency key (delivery id): at most one duplicate, which providers
-that honour the key drop.
+Before its provider call a delivery is claimed in the ledger (``sending``, in this replica's name,
+renewed while the call and the ledger write are under way; decision 0064). A copy redelivered
+meanwhile (an in-progress ack lost in a NATS leader election outlives the ack wait) meets the
+claim and waits for the outcome instead of being sent twice. Only a crash between a provider
+call and the ledger write sends a request once more, with the same idempotency key (delivery
+id), once the dead replica's claim lapses or the replica is back: at most one duplicate, which
+providers that honour the key drop.
 
 A request re-driven from the dead letters (``Cairn-Redrive``) whose delivery was recorded as
 ``dead_lettered`` is tried again: the operator fixed what was wrong.
@@ -54,6 +58,7 @@ from cairn_dispatcher.providers.registry import Providers
 from cairn_dispatcher.rates import SendRates
 from cairn_dispatcher.repo import (
     TERMINAL,
+    ClaimRequest,
     DeliveryLedger,
     Instances,
     LedgerEntry,
@@ -97,7 +102,8 @@ REQUEST_TO_SENT = Histogram(
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     status: str
-    """Ledger status; 'retrying' is the only one without a published result."""
+    """Ledger status. 'retrying' has no published result; nor has 'sending' (another replica
+    holds the delivery's claim: this copy neither records nor reports anything, it waits)."""
     settle: Outcome
     reason: str | None = None
     provider_message_id: str | None = None
@@ -123,6 +129,8 @@ class Pending(msgspec.Struct, kw_only=True):
     """The rate-limit slot it goes at (``cairn_dispatcher.rates``)."""
     held_since: datetime | None = None
     """When a rate limit first held it back."""
+    unrecordable: bool = False
+    """The database refused even its claim: no ledger row of it can be written."""
 
 
 class Dispatcher:
@@ -149,6 +157,34 @@ class Dispatcher:
         self._providers = providers
         self._results = results
         self._rates = rates
+        self._claims: dict[str, float] = {}
+        """Deliveries this process holds claims on (being sent), and when each was last
+        written (monotonic)."""
+
+    async def keep_claims(self, stopping: asyncio.Event) -> None:
+        """Renew the claims of deliveries still being sent, every third of their lifetime, so
+        a slow provider call or a ledger write waiting for the database keeps its claim while
+        a dead process's claims lapse."""
+        every = self.settings.claim_seconds / 3
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=every)
+                return
+            except TimeoutError:
+                pass
+            due = time.monotonic() - every
+            ids = [d for d, at in self._claims.items() if at <= due]
+            if not ids:
+                continue
+            try:
+                await self._ledger.renew(ids, self.settings.replica_id, self.settings.claim_seconds)
+            except Exception as exc:  # the next round tries again; the ledger write decides
+                log.warning("renewing delivery claims failed", error=describe(exc))
+                continue
+            now = time.monotonic()
+            for d in ids:
+                if d in self._claims:
+                    self._claims[d] = now
 
     async def __call__(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """Handle a batch while telling JetStream it is still being worked on: the consumer's
@@ -208,17 +244,62 @@ class Dispatcher:
                     p.span.end()
 
     async def _handle_batch(self, batch: list[Pending]) -> list[Outcome]:
+        mine: list[str] = []
+        try:
+            return await self._claimed_batch(batch, mine)
+        finally:
+            for delivery_id in mine:
+                self._claims.pop(delivery_id, None)
+
+    async def _claim(self, batch: list[Pending], mine: list[str]) -> list[Pending]:
+        """Claim the deliveries of the batch not decided yet; those another replica (or this
+        process, in another batch) is sending wait for it. Returns the claimed ones, with
+        what the ledger held for each (``Pending.row``); a terminal row is replayed."""
+        wanted: list[Pending] = []
+        for p in batch:
+            if p.req.delivery_id in self._claims:
+                p.decision = _busy("this replica is sending it", 1.0)
+            else:
+                self._claims[p.req.delivery_id] = time.monotonic()
+                mine.append(p.req.delivery_id)
+                wanted.append(p)
+        found = await self._ledger.claim(
+            [_claim_request(p) for p in wanted],
+            self.settings.replica_id,
+            self.settings.claim_seconds,
+        )
+        claimed: list[Pending] = []
+        for p in wanted:
+            delivery_id = p.req.delivery_id
+            p.row = found.rows.get(delivery_id)
+            if (reason := found.refused.get(delivery_id)) is not None:
+                log.error("ledger row refused", delivery_id=delivery_id, reason=reason)
+                p.decision = _dead(f"its ledger row was refused: {reason}")
+                p.unrecordable = True
+            elif delivery_id in found.claimed:
+                claimed.append(p)
+            elif p.row is not None and p.row.status in TERMINAL:
+                claimed.append(p)  # replayed, below: nothing is written
+            else:
+                lapses = found.lapses_in(delivery_id)
+                holder = p.row.claimed_by if p.row is not None else None
+                p.decision = _busy(
+                    f"replica {holder or 'another'} is sending it",
+                    1.0 if lapses is None else min(lapses + 0.1, self.settings.claim_seconds),
+                )
+        return claimed
+
+    async def _claimed_batch(self, batch: list[Pending], mine: list[str]) -> list[Outcome]:
         now = datetime.now(UTC)
         for p in batch:
             if problem := _unstorable_key(p.req):
                 p.decision = _dead(f"the request's {problem}")
-        live = [p for p in batch if p.decision is None]
         await self._lookup.refresh()
-        done = await self._ledger.rows([p.req.delivery_id for p in live])
+        live = await self._claim([p for p in batch if p.decision is None], mine)
         statuses = await self._instances.statuses(list({p.req.instance_id for p in live}))
         replay: list[Pending] = []
         for p in live:
-            row = done.get(p.req.delivery_id)
+            row = p.row
             if row is not None and row.status in TERMINAL and not _redriven_after(row.status, p):
                 p.decision = Decision(
                     status=row.status,
@@ -229,16 +310,14 @@ class Dispatcher:
                 p.sent_at, p.held_since = row.sent_at, row.held_since
                 replay.append(p)
             elif statuses.get(p.req.instance_id) == "exited":
-                p.row = row
                 p.decision = Decision(status="dropped", settle=ACK, reason="instance exited")
             else:
-                p.row = row
                 self._resolve(p)
         await self._apply_policies([p for p in batch if p.decision is None], now)
         await self._rate_limit([p for p in batch if p.decision is None])
         await self._prepare_jobs([p for p in batch if p.decision is None])
         await self._send_all([p for p in batch if p.decision is None])
-        await self._record([p for p in batch if p not in replay], now)
+        await self._record([p for p in batch if p not in replay and _recorded(p)], now)
         return await self._publish_results(batch, now)
 
     async def _record(self, batch: list[Pending], now: datetime) -> None:
@@ -507,7 +586,7 @@ class Dispatcher:
                     reason=decision.reason,
                     **_trace_ids(p),
                 )
-            if decision.status != "retrying":
+            if decision.status not in ("retrying", "sending"):
                 reporting.append((p, self._result(p, decision, now)))
         stored = await self._results.publish(
             [result for _, result in reporting], [_trace_headers(p) for p, _ in reporting]
@@ -624,6 +703,33 @@ def _unstorable_key(req: DeliveryRequested) -> str | None:
 def _redriven_after(status: str, p: Pending) -> bool:
     """A re-driven copy of a dead-lettered delivery is a new try, not a replay."""
     return status == "dead_lettered" and REDRIVE_HEADER in p.item.headers
+
+
+def _busy(why: str, delay: float) -> Decision:
+    """Another holder of the delivery's claim is sending it: wait for its outcome."""
+    return Decision(status="sending", settle=Retry(why, delay=delay), reason=why)
+
+
+def _recorded(p: Pending) -> bool:
+    """Whether the batch writes the delivery's ledger row: not when another holder of its claim
+    is sending it, nor when the database refused even the claim."""
+    waits = p.decision is not None and p.decision.status == "sending"
+    return not (waits or p.unrecordable)
+
+
+def _claim_request(p: Pending) -> ClaimRequest:
+    req = p.req
+    return ClaimRequest(
+        delivery_id=req.delivery_id,
+        profile_id=req.profile_id,
+        journey=req.journey,
+        version=req.version,
+        instance_id=req.instance_id,
+        step_id=req.step_id,
+        channel=req.channel,
+        destination=req.destination,
+        redriven=REDRIVE_HEADER in p.item.headers,
+    )
 
 
 def _dead(reason: str) -> Decision:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,26 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True):
     sent_at: datetime | None = None
     slot_at: datetime | None = None
     held_since: datetime | None = None
+    claimed_by: str | None = None
+    claim_until: datetime | None = None
+
+
+class Claims(msgspec.Struct, frozen=True, kw_only=True):
+    """What claiming a batch found (``DeliveryLedger.claim``)."""
+
+    rows: dict[str, LedgerRow]
+    """What the ledger held for each delivery before this claim."""
+    claimed: set[str]
+    """Deliveries this replica now holds: it may send them."""
+    refused: dict[str, str]
+    """Deliveries whose row the database refuses for good, and why."""
+
+    def lapses_in(self, delivery_id: str) -> float | None:
+        """Seconds until another replica's claim on the delivery lapses, if it holds one."""
+        row = self.rows.get(delivery_id)
+        if row is None or row.status != "sending" or row.claim_until is None:
+            return None
+        return max(0.0, (row.claim_until - datetime.now(UTC)).total_seconds())
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +85,21 @@ class Suppression(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery to claim before sending it: the ledger row's identifying columns."""
+
+    delivery_id: str
+    profile_id: str
+    journey: str
+    version: int
+    instance_id: str
+    step_id: str
+    channel: str | None
+    destination: str | None
+    redriven: bool = False
+    """Re-driven from the dead letters: may take a ``dead_lettered`` row."""
+
+
 def _storable(entry: LedgerEntry) -> LedgerEntry:
     """Every text of the entry as PostgreSQL can store it: a forged request's NUL in an address
     or an id must not cost the ledger row that records what was done."""
@@ -80,13 +115,116 @@ class DeliveryLedger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def rows(self, delivery_ids: Sequence[str]) -> dict[str, LedgerRow]:
-        records = await self._pool.fetch(
-            "SELECT delivery_id, status, reason, provider_message_id, attempts, sent_at,"
-            " slot_at, held_since FROM delivery_ledger WHERE delivery_id = ANY($1::text[])",
-            list(delivery_ids),
-        )
-        return {r["delivery_id"]: LedgerRow(**dict(r)) for r in records}
+    async def claim(
+        self,
+        requests: Sequence[ClaimRequest],
+        replica: str,
+        seconds: float,
+    ) -> Claims:
+        """Claim a batch's deliveries for this replica for ``seconds`` (decision 0064) and read
+        what the ledger held for them before. A delivery is claimed unless its row is terminal
+        (a ``dead_lettered`` one may be taken by a re-driven request) or another replica's
+        claim on it has not lapsed; a claim of this replica's own name is taken back (the
+        process that made it is gone or gave the batch up). The claim is written without
+        waiting for the disk: losing one in a database crash only reopens the window it
+        closes. A row the database refuses for a permanent reason costs only its delivery."""
+        if not requests:
+            return Claims(rows={}, claimed=set(), refused={})
+        try:
+            return await self._claim(requests, replica, seconds)
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            if len(requests) == 1:
+                only = {requests[0].delivery_id: describe(exc)}
+                return Claims(rows={}, claimed=set(), refused=only)
+        rows: dict[str, LedgerRow] = {}
+        claimed: set[str] = set()
+        refused: dict[str, str] = {}
+        for request in requests:
+            try:
+                one = await self._claim([request], replica, seconds)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                refused[request.delivery_id] = describe(exc)
+                continue
+            rows.update(one.rows)
+            claimed |= one.claimed
+        return Claims(rows=rows, claimed=claimed, refused=refused)
+
+    async def _claim(
+        self, requests: Sequence[ClaimRequest], replica: str, seconds: float
+    ) -> Claims:
+        # the request's ids were checked storable (handlers._unstorable_key); a delivery twice in
+        # one batch is claimed once
+        unique = list({r.delivery_id: r for r in requests}.values())
+        columns = [[getattr(r, c) for r in unique] for c in ClaimRequest.__struct_fields__]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            records = await conn.fetch(
+                """
+                WITH wanted AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
+                        $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[])
+                        AS w(delivery_id, profile_id, journey, version, instance_id, step_id,
+                             channel, destination, redriven)
+                ), taken AS (
+                    INSERT INTO delivery_ledger AS l (delivery_id, profile_id, journey, version,
+                        instance_id, step_id, channel, destination, status, claimed_by,
+                        claim_until)
+                    SELECT delivery_id, profile_id, journey, version, instance_id, step_id,
+                        channel, destination, 'sending', $10, now() + make_interval(secs => $11)
+                    FROM wanted
+                    ON CONFLICT (delivery_id) DO UPDATE SET
+                        status = 'sending',
+                        claimed_by = EXCLUDED.claimed_by,
+                        claim_until = EXCLUDED.claim_until,
+                        updated_at = now()
+                    WHERE (l.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
+                               'suppressed', 'dropped', 'dead_lettered')
+                           OR (l.status = 'dead_lettered' AND l.delivery_id IN (
+                               SELECT delivery_id FROM wanted WHERE redriven)))
+                      AND (l.status <> 'sending' OR l.claim_until < now()
+                           OR l.claimed_by = EXCLUDED.claimed_by)
+                    RETURNING l.delivery_id
+                )
+                SELECT w.delivery_id, t.delivery_id IS NOT NULL AS claimed, b.status, b.reason,
+                    b.provider_message_id, b.attempts, b.sent_at, b.slot_at, b.held_since,
+                    b.claimed_by, b.claim_until
+                FROM wanted w
+                LEFT JOIN delivery_ledger b ON b.delivery_id = w.delivery_id
+                LEFT JOIN taken t ON t.delivery_id = w.delivery_id
+                """,
+                *columns,
+                replica,
+                seconds,
+            )
+        rows: dict[str, LedgerRow] = {}
+        claimed: set[str] = set()
+        for r in records:
+            if r["claimed"]:
+                claimed.add(r["delivery_id"])
+            if r["status"] is not None:  # the snapshot before this statement's claim
+                fields = dict(r)
+                del fields["claimed"]
+                rows[r["delivery_id"]] = LedgerRow(**fields)
+        return Claims(rows=rows, claimed=claimed, refused={})
+
+    async def renew(self, delivery_ids: Sequence[str], replica: str, seconds: float) -> None:
+        """Keep this replica's claims on deliveries still being sent for ``seconds`` more."""
+        if not delivery_ids:
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.execute(
+                "UPDATE delivery_ledger SET claim_until = now() + make_interval(secs => $3)"
+                " WHERE delivery_id = ANY($1::text[]) AND status = 'sending'"
+                " AND claimed_by = $2",
+                list(delivery_ids),
+                replica,
+                seconds,
+            )
 
     async def record(
         self, entries: Sequence[LedgerEntry], suppress: Sequence[Suppression] = ()
@@ -140,6 +278,8 @@ class DeliveryLedger:
                     address = COALESCE(EXCLUDED.address, delivery_ledger.address),
                     slot_at = EXCLUDED.slot_at,
                     held_since = COALESCE(delivery_ledger.held_since, EXCLUDED.held_since),
+                    claimed_by = NULL,
+                    claim_until = NULL,
                     updated_at = now()
                 WHERE delivery_ledger.status NOT IN ('sent', 'failed', 'bounced', 'skipped',
                     'suppressed', 'dropped')

@@ -1,9 +1,26 @@
 """The dispatcher's settings, read from CAIRN_* environment variables once at start."""
 
+import os
+import socket
+
+import msgspec
+
 from cairn_common.settings import CommonSettings, SettingsError
 
 
+def _default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class Settings(CommonSettings, frozen=True, kw_only=True):
+    replica_id: str = msgspec.field(default_factory=_default_replica)
+    """Names this replica in the ledger's claims on deliveries being sent (decision 0064): a
+    replica restarted under the same name takes its own claims back at once. The pod name in
+    Kubernetes."""
+    claim_seconds: float = 3.0
+    """How long a claim on a delivery being sent lasts unless renewed (it is, every third of
+    this, while the send and its ledger write are under way): a killed replica's claims lapse
+    this long after its last renewal, and another replica may then send them."""
     tracking_base_url: str = "http://127.0.0.1:8080"
     """Where ingest serves /t/o, /t/c and /t/u (open pixel, click and unsubscribe links)."""
     tracking_secret: str = ""
@@ -37,5 +54,7 @@ class Settings(CommonSettings, frozen=True, kw_only=True):
         super().__post_init__()
         if not 1 <= self.max_attempts <= 10:
             raise SettingsError("CAIRN_MAX_ATTEMPTS must be between 1 and 10 (the consumer's max)")
+        if not 0.5 <= self.claim_seconds <= 60:
+            raise SettingsError("CAIRN_CLAIM_SECONDS must be between 0.5 and 60")
         if self.provider_concurrency < 1 or self.smtp_pool_size < 1:
             raise SettingsError("CAIRN_PROVIDER_CONCURRENCY and CAIRN_SMTP_POOL_SIZE must be >= 1")

@@ -224,9 +224,12 @@ class Twilio(HttpProvider):
         if callback := self.target.setting("status_callback"):
             form["StatusCallback"] = str(callback)
         url = f"{self.base_url('https://api.twilio.com')}/2010-04-01/Accounts/{sid}/Messages.json"
+        # Twilio's Messages API takes no idempotency key; the delivery id travels in a header
+        # (as in every Cairn send) so a repeated SMS can be traced to the delivery it repeats.
         return HttpRequest(
             method="POST",
             url=url,
+            headers={"X-Cairn-Delivery-Id": job.idempotency_key},
             data=form,
             auth=(sid, token),
         )
