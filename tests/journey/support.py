@@ -159,8 +159,9 @@ class Profile:
                 live.pop(effect.timer_id, None)
         return list(live.values())
 
-    def fire(self, timer: TimerSet) -> list[Effect]:
-        """Move the clock to the timer's due time and fire it, as the scheduler would."""
+    def fire(self, timer: TimerSet, *, after_outage: bool = False) -> list[Effect]:
+        """Move the clock to the timer's due time and fire it, as the scheduler would
+        (``after_outage``: as it does once the stream took a fire it had refused)."""
         self.now = max(self.now, timer.due_at)
         self.log.append(TimerFiredMark(timer_id=timer.timer_id))
         return self.apply(
@@ -173,6 +174,7 @@ class Profile:
                 due_at=timer.due_at,
                 fired_at=self.now,
                 kind=timer.kind,
+                after_outage=after_outage,
             )
         )
 

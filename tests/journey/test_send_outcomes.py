@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from cairn_common.messages import Event
 from cairn_journey.effects import SendRequested, TimerCancelled, TimerSet
+from cairn_journey.run import LATE_GRACE
 
 from .support import T0, Profile, catalogue, example, journey
 
@@ -375,4 +376,55 @@ def test_an_open_accepted_after_the_window_closed_is_too_late_even_before_the_ti
     _opened(p, email, accepted=sent + DAY + H)  # an hour after the window closed
     assert p.positions() == ["opened"]  # not matched: the window's timer decides
     p.fire_next()
+    assert p.sends() == ["initial-email", "text-reminder"]
+
+
+def test_a_window_timer_that_came_through_an_outage_waits_once_for_inputs_on_their_way() -> None:
+    """NATS was electing a leader: ingest kept an open it accepted inside the window in its
+    backlog while the scheduler's retried fire got into the stream first, 20 s after the window
+    ended. The window waits ``LATE_GRACE`` more, once; the open arrives and matches."""
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    email = only_send(p)
+    p.result(email, "sent", at=p.now)
+    sent = p.now
+    (window,) = timers(p, "wait_for")
+    p.advance(DAY + timedelta(seconds=20))
+    p.fire(window, after_outage=True)
+    (grace,) = [t for t in timers(p, "wait_for") if t.timer_id != window.timer_id]
+    assert grace.due_at == p.now + LATE_GRACE
+    assert p.sends() == ["initial-email"]
+    _opened(p, email, accepted=sent + DAY - H)  # accepted inside the window, applied now
+    assert p.sends() == ["initial-email"]
+    assert p.ended() == [("completed", "completed")]
+
+
+def test_a_window_after_an_outage_with_nothing_on_its_way_times_out_after_one_grace() -> None:
+    """An open accepted after the window, applied during the grace, still does not match; the
+    grace timer, refused by the stream as well, times the window out: no second grace."""
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    email = only_send(p)
+    p.result(email, "sent", at=p.now)
+    sent = p.now
+    (window,) = timers(p, "wait_for")
+    p.advance(DAY + timedelta(seconds=20))
+    p.fire(window, after_outage=True)
+    _opened(p, email, accepted=sent + DAY + timedelta(seconds=1))
+    assert p.sends() == ["initial-email"]
+    (grace,) = [t for t in timers(p, "wait_for") if t.timer_id != window.timer_id]
+    p.fire(grace, after_outage=True)
+    assert p.sends() == ["initial-email", "text-reminder"]
+
+
+def test_a_late_window_timer_without_an_outage_times_out_at_once() -> None:
+    """Late because the matcher or scheduler was busy, not because the stream refused it: the
+    inputs accepted inside the window are already queued ahead of it (decision 0063)."""
+    p = shopper()
+    p.track("Cart Abandoned", cart_id="c1", cart_value=10)
+    email = only_send(p)
+    p.result(email, "sent", at=p.now)
+    (window,) = timers(p, "wait_for")
+    p.advance(DAY + timedelta(seconds=20))
+    p.fire(window)
     assert p.sends() == ["initial-email", "text-reminder"]

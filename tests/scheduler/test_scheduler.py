@@ -206,3 +206,40 @@ async def test_a_restarted_replica_of_the_same_name_fires_its_claimed_timers_wit
         await fires.until(50)
     assert Counter(fires.ids()) == Counter(ids)
     await conn.close()
+
+
+async def test_a_fire_the_stream_refused_says_so_when_it_gets_in(
+    spawn: Callable[..., ServiceProcess],
+    js: JetStreamContext,
+    topology: Topology,
+    database_url: str,
+) -> None:
+    """While the inputs stream refuses writes (full here; electing a leader or restarting in
+    the fault runs) the scheduler retries its fires. The one that gets in says it came through
+    an outage (``after_outage``), so a ``wait_for`` window waits for inputs still on their way
+    (decision 0065); a fire the stream took at once does not."""
+    await provision_topology(js, topology)
+    conn = await migrated(database_url)
+    fires = await Fires(js, topology).start()
+    proc = spawn(SCHEDULER)
+    await proc.wait_ready()
+    [first] = await set_timers(conn, [soon(0.2)], prefix="on-time")
+    await fires.until(1, timeout=15)
+
+    stream = topology.inputs_stream
+    await js.publish(topology.input_subject(0, "event"), b"{}", stream=stream)
+    config = (await js.stream_info(stream)).config
+    held = (await js.stream_info(stream)).state.messages
+    config.max_msgs = held  # full: every publish is refused
+    await js.update_stream(config)
+    [second] = await set_timers(conn, [soon(0.2)], prefix="refused")
+    async with asyncio.timeout(15):
+        while "firing timers failed; will retry" not in proc.output():
+            await asyncio.sleep(0.1)
+    config.max_msgs = -1
+    await js.update_stream(config)
+
+    seen = {fired.timer_id: fired for _, fired in await fires.until(2, timeout=15)}
+    assert not seen[first].after_outage
+    assert seen[second].after_outage
+    await conn.close()

@@ -79,6 +79,10 @@ class TimerFired(Wire, frozen=True, kw_only=True, tag="timer_fired"):
     due_at: datetime
     fired_at: datetime
     kind: str = "wait"
+    after_outage: bool = False
+    """The inputs stream refused this fire at least once (a NATS election, a restart): inputs
+    accepted meanwhile (ingest's tracking backlog) may still be on their way in. A ``wait_for``
+    window waits a little longer for them (decision 0065)."""
 
 
 DeliveryOutcome = Literal[

@@ -134,7 +134,7 @@ def _timer(
             if compiled is None:
                 return state, []  # version not loaded: keep the instance, change nothing
             run = ProfileRun(state, inp.profile_id, catalogue, now)
-            run.on_timer(instance, compiled)
+            run.on_timer(instance, compiled, after_outage=inp.after_outage)
             return run.finish()
     return state, []
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from msgspec.structs import replace
@@ -12,9 +12,9 @@ from cairn_common.messages import DeliveryResult
 from cairn_journey.catalogue import CompiledJourney
 from cairn_journey.conditions import MISSING, Scope, matches, resolve
 from cairn_journey.correlation import DELIVERY_ID_PROPERTY
-from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled
+from cairn_journey.effects import InstanceConverted, InstanceStarted, TimerCancelled, TimerSet
 from cairn_journey.model import RepeatAfter, SendStep, WaitForStep
-from cairn_journey.state import EntryHistory, Instance, SendOutcome, TriggerEvent
+from cairn_journey.state import EntryHistory, Instance, Pending, SendOutcome, TriggerEvent
 from cairn_journey.stepping import (
     StepRunner,
     can_come,
@@ -24,7 +24,12 @@ from cairn_journey.stepping import (
     with_path,
 )
 
-__all__ = ["ProfileRun", "make_id", "unique_key"]
+__all__ = ["LATE_GRACE", "ProfileRun", "make_id", "unique_key"]
+
+LATE_GRACE = timedelta(seconds=3)
+"""How much longer a window whose timer came through an outage waits, once, for inputs accepted
+inside it and still on their way: longer than ingest's tracking backlog takes to retry (2 s at
+most once the stream is back)."""
 
 
 class ProfileRun(StepRunner):
@@ -316,7 +321,9 @@ class ProfileRun(StepRunner):
 
     # ------------------------------------------------------------------ timers
 
-    def on_timer(self, instance: Instance, compiled: CompiledJourney) -> None:
+    def on_timer(
+        self, instance: Instance, compiled: CompiledJourney, *, after_outage: bool = False
+    ) -> None:
         pending = instance.pending
         assert pending is not None
         if self.now - instance.started_at >= self.catalogue.limits.instance_lifetime:
@@ -328,9 +335,33 @@ class ProfileRun(StepRunner):
             self.outcome_unknown(instance, compiled, step)
         elif isinstance(step, WaitForStep):
             due = pending.due_at
+            if after_outage and not pending.graced:
+                self.grace(instance, step, pending)
+                return
             self.proceed(instance, compiled, self.timed_out(compiled, step, instance), since=due)
         else:
             self.proceed(instance, compiled, compiled.next_step.get(pending.step_id))
+
+    def grace(self, instance: Instance, step: WaitForStep, pending: Pending) -> None:
+        """A window's timer that the inputs stream refused at least once came through an outage
+        (a NATS election or restart). What the customer did inside the window may have been
+        accepted and still be on its way (ingest keeps tracking hits JetStream could not take
+        yet, and retries them as the scheduler retries its fires): wait ``LATE_GRACE`` more,
+        once, before timing the window out. It still ends at ``due_at``: an input accepted
+        after it never matches."""
+        timer_id = make_id("tm_", instance.id, pending.timer_id, "grace")
+        self.effects.append(
+            TimerSet(
+                timer_id=timer_id,
+                instance_id=instance.id,
+                step_id=step.id,
+                due_at=self.now + LATE_GRACE,
+                kind="wait_for",
+            )
+        )
+        self.instances[instance.id] = replace(
+            instance, pending=replace(pending, timer_id=timer_id, graced=True)
+        )
 
     # ------------------------------------------------------------------ steps
 

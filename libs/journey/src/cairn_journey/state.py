@@ -26,6 +26,9 @@ class Pending(msgspec.Struct, frozen=True, array_like=True):
     timer_id: str
     kind: PendingKind
     due_at: datetime
+    graced: bool = False
+    """A ``wait_for`` whose timer came through an outage was given ``LATE_GRACE`` more before
+    timing out (decision 0065); its window still ends at ``due_at``."""
 
 
 class SendOutcome(msgspec.Struct, frozen=True, array_like=True):

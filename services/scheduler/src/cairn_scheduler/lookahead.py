@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import structlog
 from nats.js.client import JetStreamContext
 
@@ -218,7 +219,7 @@ class Lookahead:
             if classify(exc) is Failure.BUG:
                 raise
             log.warning("firing timers failed; will retry", error=describe(exc), count=len(due))
-            self._requeue(due)
+            self._requeue([msgspec.structs.replace(t, refused=True) for t in due])
             self._claimed.set()
             await wait_any(stop, timeout=0.5)
         finally:
@@ -263,6 +264,7 @@ class Lookahead:
             due_at=t.due_at,
             fired_at=fired_at,
             kind=t.kind,
+            after_outage=t.refused,
         )
         subject = self._topology.input_subject(t.partition, "timer")
         # A fire starts a trace of its own (the wait may have lasted days) that links to the

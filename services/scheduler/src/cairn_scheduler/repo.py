@@ -25,6 +25,8 @@ class DueTimer(msgspec.Struct, frozen=True):
     due_at: datetime
     traceparent: str | None = None
     """The trace that set the timer; its fire links to it."""
+    refused: bool = False
+    """Its fire was refused by the stream at least once (``TimerFired.after_outage``)."""
 
 
 async def claim_due(
