@@ -228,9 +228,9 @@ async def test_a_fire_the_stream_refused_says_so_when_it_gets_in(
 
     stream = topology.inputs_stream
     await js.publish(topology.input_subject(0, "event"), b"{}", stream=stream)
-    config = (await js.stream_info(stream)).config
-    held = (await js.stream_info(stream)).state.messages
-    config.max_msgs = held  # full: every publish is refused
+    info = await js.stream_info(stream)
+    config = info.config
+    config.max_msgs = info.state.messages  # full: every publish is refused
     await js.update_stream(config)
     [second] = await set_timers(conn, [soon(0.2)], prefix="refused")
     async with asyncio.timeout(15):

@@ -50,6 +50,7 @@ from cairn_common.observability import tracing_enabled
 from cairn_common.rates import RateLimit
 from cairn_common.storable import string_problem
 from cairn_common.topology import Topology
+from cairn_common.waiting import wait_any
 from cairn_dispatcher.documents import DocumentError, Target
 from cairn_dispatcher.lookup import Lookup
 from cairn_dispatcher.policy import consent_refusal, quiet_until
@@ -62,6 +63,7 @@ from cairn_dispatcher.repo import (
     DeliveryLedger,
     Instances,
     LedgerEntry,
+    LedgerKey,
     LedgerRow,
     Suppression,
     Suppressions,
@@ -166,12 +168,10 @@ class Dispatcher:
         a slow provider call or a ledger write waiting for the database keeps its claim while
         a dead process's claims lapse."""
         every = self.settings.claim_seconds / 3
-        while not stopping.is_set():
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=every)
+        while True:
+            await wait_any(stopping, timeout=every)
+            if stopping.is_set():
                 return
-            except TimeoutError:
-                pass
             due = time.monotonic() - every
             ids = [d for d, at in self._claims.items() if at <= due]
             if not ids:
@@ -544,16 +544,8 @@ class Dispatcher:
 
     def _entry(self, p: Pending, now: datetime) -> LedgerEntry:
         assert p.decision is not None
-        req = p.req
         return LedgerEntry(
-            delivery_id=req.delivery_id,
-            profile_id=req.profile_id,
-            journey=req.journey,
-            version=req.version,
-            instance_id=req.instance_id,
-            step_id=req.step_id,
-            channel=req.channel,
-            destination=req.destination,
+            **_key(p.req),
             address=p.address,
             status=p.decision.status,
             reason=p.decision.reason,
@@ -685,13 +677,10 @@ def _trace_headers(p: Pending) -> dict[str, str]:
     return headers
 
 
-_KEYS = ("delivery_id", "profile_id", "journey", "instance_id", "step_id", "channel", "destination")
-
-
 def _unstorable_key(req: DeliveryRequested) -> str | None:
     """The first id of the request that no query could carry (only a forged request has one:
     ingest refuses such values at the edge)."""
-    for name in _KEYS:
+    for name in LedgerKey.__struct_fields__:  # its ids; the version is checked below
         value = getattr(req, name)
         if isinstance(value, str) and (problem := string_problem(value)):
             return f"{name} {problem}"
@@ -717,19 +706,13 @@ def _recorded(p: Pending) -> bool:
     return not (waits or p.unrecordable)
 
 
+def _key(req: DeliveryRequested) -> dict[str, Any]:
+    """The request's ledger row name (``LedgerKey``'s fields), for a claim or an outcome."""
+    return {name: getattr(req, name) for name in LedgerKey.__struct_fields__}
+
+
 def _claim_request(p: Pending) -> ClaimRequest:
-    req = p.req
-    return ClaimRequest(
-        delivery_id=req.delivery_id,
-        profile_id=req.profile_id,
-        journey=req.journey,
-        version=req.version,
-        instance_id=req.instance_id,
-        step_id=req.step_id,
-        channel=req.channel,
-        destination=req.destination,
-        redriven=REDRIVE_HEADER in p.item.headers,
-    )
+    return ClaimRequest(**_key(p.req), redriven=REDRIVE_HEADER in p.item.headers)
 
 
 def _dead(reason: str) -> Decision:

@@ -49,8 +49,9 @@ class Claims(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.0, (row.claim_until - datetime.now(UTC)).total_seconds())
 
 
-class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One outcome to write; terminal rows are never overwritten."""
+class LedgerKey(msgspec.Struct, frozen=True, kw_only=True):
+    """What names a ledger row: the delivery and where it comes from (the row's first columns,
+    in their order)."""
 
     delivery_id: str
     profile_id: str
@@ -60,6 +61,11 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     channel: str | None
     destination: str | None
+
+
+class LedgerEntry(LedgerKey, frozen=True, kw_only=True):
+    """One outcome to write; terminal rows are never overwritten."""
+
     address: str | None
     status: str
     reason: str | None
@@ -85,17 +91,9 @@ class Suppression(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
-class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A delivery to claim before sending it: the ledger row's identifying columns."""
+class ClaimRequest(LedgerKey, frozen=True, kw_only=True):
+    """A delivery to claim before sending it."""
 
-    delivery_id: str
-    profile_id: str
-    journey: str
-    version: int
-    instance_id: str
-    step_id: str
-    channel: str | None
-    destination: str | None
     redriven: bool = False
     """Re-driven from the dead letters: may take a ``dead_lettered`` row."""
 
